@@ -1,0 +1,1 @@
+"""Feature and label definitions shared by batch and online paths (pure, no I/O). Issue #4."""

@@ -1,0 +1,1 @@
+"""Evidently drift, realized performance and the retraining trigger. Issue #7."""

@@ -1,0 +1,1 @@
+"""Data stages: the patient simulator, Kafka producer and landing (later: Spark ETL)."""

