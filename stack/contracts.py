@@ -1,0 +1,119 @@
+"""Message contracts between stages: one pydantic model each, JSON Schema generated from them.
+
+- :class:`VitalsEvent` — topic ``vitals.raw``, key = ``patient_id``. Any vital may be missing.
+- :class:`OutcomeEvent` — topic ``outcomes``, key = ``patient_id``.
+
+Validation is strict: a heart rate sent as ``"72"`` is a contract violation, not a number.
+Physiological plausibility is *not* part of the contract (an SpO2 of 140 is a valid
+message carrying a faulty reading); the ETL's expectations judge that.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+SCHEMA_VERSION = 1
+AVPU = ("A", "C", "V", "P", "U")
+Avpu = Literal["A", "C", "V", "P", "U"]
+DeteriorationKind = Literal["sepsis", "respiratory", "hypovolaemic", "cardiac"]
+OutcomeEventKind = Literal["icu_transfer", "emergency_response", "cardiac_arrest"]
+
+VITAL_FIELDS = (
+    "heart_rate",
+    "systolic_bp",
+    "diastolic_bp",
+    "spo2",
+    "resp_rate",
+    "temperature",
+)
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class VitalsEvent(_Contract):
+    """One reading of a bedside monitor (units: bpm, mmHg, %, breaths/min, °C)."""
+
+    event_id: UUID
+    schema_version: Literal[1]
+    patient_id: str
+    device_id: str
+    ts: AwareDatetime
+    heart_rate: float | None = None
+    systolic_bp: float | None = None
+    diastolic_bp: float | None = None
+    spo2: float | None = None
+    resp_rate: float | None = None
+    temperature: float | None = None
+    consciousness: Avpu | None = None
+    on_oxygen: bool | None = None
+
+
+class OutcomeEvent(_Contract):
+    """A deterioration outcome (e.g. ICU transfer) and the kind of deterioration behind it."""
+
+    outcome_id: UUID
+    schema_version: Literal[1]
+    patient_id: str
+    ts: AwareDatetime
+    kind: DeteriorationKind
+    event: OutcomeEventKind
+
+
+# Reason codes for dead letters, from pydantic error types. Stable: dashboards count them.
+_WRONG_TYPE = {
+    "int_type",
+    "float_type",
+    "bool_type",
+    "string_type",
+    "uuid_type",
+    "datetime_type",
+    "model_type",
+    "dict_type",
+    "int_from_float",
+}
+
+
+def violation_reason(exc: ValidationError) -> tuple[str, str]:
+    """``(reason_code, detail)`` for the first error of a failed validation.
+
+    Codes: ``bad_json``, ``missing_field``, ``unknown_field``, ``wrong_type``,
+    ``invalid_value``; the detail names the field.
+    """
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<message>"
+    kind = err["type"]
+    if kind in {"json_invalid", "json_type"}:
+        code = "bad_json"
+    elif kind == "missing":
+        code = "missing_field"
+    elif kind == "extra_forbidden":
+        code = "unknown_field"
+    elif kind in _WRONG_TYPE or kind.endswith("_type") or kind.endswith("_parsing"):
+        code = "wrong_type"
+    else:
+        code = "invalid_value"
+    return code, f"{loc}: {err['msg']}"
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schema of every contract, generated from the models (never written by hand)."""
+    return {
+        "vitals.raw": VitalsEvent.model_json_schema(),
+        "outcomes": OutcomeEvent.model_json_schema(),
+    }
+
+
+def ts_of(value: datetime) -> str:
+    """The contract's timestamp format: UTC ISO-8601 with milliseconds and ``Z``."""
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schemas(), indent=2))
