@@ -92,7 +92,6 @@ class _KpProducer:
                 batch_size=p.batch_size_bytes,
                 compression_type=None if p.compression == "none" else p.compression,
                 max_request_size=8 * 1024 * 1024,
-                buffer_memory=128 * 1024 * 1024,
             )
         except KafkaTimeoutError as exc:
             raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
