@@ -1,0 +1,82 @@
+# Vigil — `make help` lists every target. `make demo` and `make test` bootstrap the venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lock up down status simulate ingest demo test test-fast test-integration \
+        lint format bench mlflow-ui schemas clean
+
+help: ## List every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create the virtualenv and install the lock (re-runs only when the lock changes)
+
+lock: ## Re-resolve requirements.in into requirements.lock
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"; }
+	$(BIN)/uv pip compile -q requirements.in --python-version 3.11 -o requirements.lock
+
+up: setup ## Start the embedded stack (Kafka API, PostgreSQL, MLflow) on loopback
+	$(BIN)/python -m stack up
+
+down: setup ## Stop the embedded stack; no process is left behind
+	$(BIN)/python -m stack down
+
+status: setup ## Show pid, address and health of each embedded service
+	$(BIN)/python -m stack status
+
+simulate: up ## Simulate a ward into Kafka (PATIENTS=, HOURS=, SEED=, SCENARIO=, MODE=live)
+	$(BIN)/python -m pipelines.produce $(if $(PATIENTS),--patients $(PATIENTS)) \
+	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED)) \
+	  $(if $(SCENARIO),--scenario $(SCENARIO)) $(if $(MODE),--mode $(MODE)) \
+	  $(if $(SPEEDUP),--speedup $(SPEEDUP))
+
+ingest: up ## Land Kafka into the raw lake (bounded drain; CONTINUOUS=1 to keep running)
+	$(BIN)/python -m pipelines.landing $(if $(CONTINUOUS),--continuous)
+
+demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → summary
+	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) $(if $(HOURS),--hours $(HOURS))
+
+test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
+	$(BIN)/pytest -q
+
+test-fast: setup ## Unit tests only: no servers, a few seconds
+	$(BIN)/pytest -q -m "not integration and not e2e and not slow"
+
+test-integration: setup ## Integration and e2e tests only
+	$(BIN)/pytest -q -m "integration or e2e"
+
+lint: setup ## Ruff lint + format check, mypy (strict), import-linter layer contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: setup ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## Run every benchmark; results in bench/results/*.json
+	$(BIN)/python -m bench.bench_ingest
+
+mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
+	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'
+
+schemas: setup ## Print the JSON Schema of every message contract
+	$(BIN)/python -m stack.contracts
+
+clean: down ## Stop the stack and delete run-time data (lake, run dir, mlruns)
+	rm -rf .vigil data reports
+	find mlruns -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
