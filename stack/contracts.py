@@ -95,7 +95,7 @@ def violation_reason(exc: ValidationError) -> tuple[str, str]:
         code = "missing_field"
     elif kind == "extra_forbidden":
         code = "unknown_field"
-    elif kind in _WRONG_TYPE or kind.endswith("_type") or kind.endswith("_parsing"):
+    elif kind in _WRONG_TYPE or kind.endswith("_type"):
         code = "wrong_type"
     else:
         code = "invalid_value"

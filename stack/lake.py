@@ -101,8 +101,13 @@ class Lake:
         return sorted(out)
 
     def read_table(self, rel: str) -> pa.Table:
-        """All Parquet files under ``rel`` as one table (hive partition columns included)."""
-        files = self.files(rel)
+        """One Parquet file, or all Parquet files under a folder, as one table.
+
+        Partition folders (``date=…/hour=…``) are not added as columns: every zone keeps
+        its timestamps inside the files.
+        """
+        info = self.fs.get_file_info(self.path(rel))
+        files = [rel] if info.type == pafs.FileType.File else self.files(rel)
         if not files:
             return pa.table({})
         tables = [pq.read_table(self.path(f), filesystem=self.fs) for f in files]

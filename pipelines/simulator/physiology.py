@@ -207,9 +207,11 @@ def generate_chunk(
     assessed = ((k[None, :] + pop.cadence_phase[:, None] + 7) % every) == 0
     avpu = np.where(assessed, avpu, -1)
 
-    present = (tt >= pop.admit_min[col]) & (tt < pop.outcome_min[col])
+    # Readings are taken from admission until the outcome (the patient leaves the ward).
+    ts_grid = k[None, :] * cfg.interval_s + pop.phase_s[:, None] + rng.uniform(0, 2.0, (p, steps))
+    present = (ts_grid >= pop.admit_min[col] * 60) & (ts_grid < pop.outcome_min[col] * 60)
     pi, si = np.nonzero(present)
-    ts_s = k[si] * cfg.interval_s + pop.phase_s[pi] + rng.uniform(0, 2.0, pi.size)
+    ts_s = ts_grid[pi, si]
     return Readings(
         patient=pi.astype(np.int64),
         ts_s=ts_s,

@@ -107,6 +107,7 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     hypertension = rng.random(n) < np.clip(pop.hypertension_share * (1 + 0.5 * old), 0, 0.95)
 
     hr = rng.normal(76, 9, n) - 12 * beta_blocker + 3 * female + 3 * copd
+    hr = np.clip(hr, 48, 110)
     sbp = rng.normal(118, 11, n) + 0.45 * np.clip(age - 40, 0, None) + 14 * hypertension
     sbp -= 4 * female
     dbp = np.clip(sbp * rng.normal(0.6, 0.04, n), 45, 105)

@@ -1,0 +1,91 @@
+"""Shared fixtures.
+
+Unit tests get settings only. Integration tests get a real embedded stack (Tansu broker and
+PostgreSQL 18; MLflow on request) started once per session on free loopback ports, in a
+temporary run directory, and stopped at the end, so no process outlives the session.
+Each test that touches Kafka gets its own topics, consumer group and lake folder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stack.localstack import down, free_port, up
+from stack.settings import Settings, load_settings
+
+SMALL_WARD: dict[str, Any] = {"patients": 40, "hours": 3, "chunk_minutes": 30}
+
+
+def make_settings(tmp: Path, **sections: Any) -> Settings:
+    """Settings from base.yaml + an overlay written under ``tmp`` (env ignored)."""
+    overlay = {"run_dir": str(tmp / "run"), "lake": {"root": str(tmp / "lake")}}
+    for key, value in sections.items():
+        overlay[key] = value
+    path = tmp / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return load_settings(path, environ={})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def _stack_overlay(run: Path, services: list[str]) -> dict[str, Any]:
+    return {
+        "run_dir": str(run),
+        "local_stack": {
+            "kafka_port": free_port(),
+            "postgres_port": free_port(),
+            "mlflow_port": free_port(),
+            "services": services,
+            "start_timeout_s": 120,
+        },
+        "mlflow": {"local_store": str(run / "mlruns")},
+    }
+
+
+@pytest.fixture(scope="session")
+def stack_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A running Kafka API broker and PostgreSQL for the whole session."""
+    run = tmp_path_factory.mktemp("stack")
+    overlay = _stack_overlay(run, ["kafka", "postgres"])
+    path = run / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    s = load_settings(path, environ={})
+    try:
+        up(s, create_topics=False)
+        yield overlay
+    finally:
+        down(s)
+
+
+@pytest.fixture
+def stack_settings(stack_overlay: dict[str, Any], tmp_path: Path) -> Settings:
+    """Settings on the session stack with this test's own topics, group and lake."""
+    tag = uuid.uuid4().hex[:8]
+    return make_settings(
+        tmp_path,
+        run_dir=stack_overlay["run_dir"],
+        local_stack=stack_overlay["local_stack"],
+        mlflow=stack_overlay["mlflow"],
+        kafka={
+            "partitions": 3,
+            "topics": {
+                "vitals": f"vitals.raw.{tag}",
+                "outcomes": f"outcomes.{tag}",
+                "dead_letters": f"vitals.deadletter.{tag}",
+                "predictions": f"predictions.{tag}",
+                "alerts": f"alerts.{tag}",
+            },
+        },
+        landing={"group_id": f"landing-{tag}", "flush_records": 5000, "idle_timeout_s": 10},
+        simulator=SMALL_WARD,
+        logging={"format": "text"},
+    )
