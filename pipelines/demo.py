@@ -75,7 +75,9 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     console.print(table)
     console.print(f"raw vitals    {lake.uri}/{RAW_VITALS}/date=…/hour=…/")
     console.print(f"raw outcomes  {lake.uri}/{RAW_OUTCOMES}/")
-    console.print(f"dead letters  {lake.uri}/{RAW_DEAD}/  and topic {settings.kafka.topics.dead_letters}")
+    console.print(
+        f"dead letters  {lake.uri}/{RAW_DEAD}/  and topic {settings.kafka.topics.dead_letters}"
+    )
     console.print(f"MLflow UI     {ep.mlflow_uri}")
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")

@@ -252,7 +252,9 @@ class Lander:
         }
         name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         plan = [
-            (f"{zone}/{part}/{name}", t) for zone, parts in tables.items() for part, t in parts.items()
+            (f"{zone}/{part}/{name}", t)
+            for zone, parts in tables.items()
+            for part, t in parts.items()
         ]
         offsets: dict[str, dict[str, int]] = {}
         for tp, off in buf.next_offsets.items():
@@ -327,7 +329,9 @@ class Lander:
         """
         import psutil
 
-        summary = LandingSummary(run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous")
+        summary = LandingSummary(
+            run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous"
+        )
         ensure_topics(self.settings) if not self.settings.kafka.bootstrap_servers else None
         topics = [self.topics.vitals, self.topics.outcomes]
         partitions = self.client.all_partitions(topics)
@@ -390,7 +394,9 @@ class Lander:
             if dlq is not None:
                 dlq.close()
         summary.seconds = time.monotonic() - t0
-        self.lake.write_json(summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json")
+        self.lake.write_json(
+            summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json"
+        )
         log.info("landing done", extra={"stage": "landing", **summary.to_dict()})
         return summary
 

@@ -14,6 +14,7 @@ Offsets are always explicit: stages commit exactly what they have made durable.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from stack.settings import KafkaSettings
 Headers = Sequence[tuple[str, bytes]]
 
 
-class KafkaUnavailable(ConnectionError):
+class KafkaUnavailableError(ConnectionError):
     """The broker could not be reached; the message names the bootstrap servers."""
 
 
@@ -94,7 +95,7 @@ class _KpProducer:
                 max_request_size=8 * 1024 * 1024,
             )
         except KafkaTimeoutError as exc:
-            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+            raise KafkaUnavailableError(f"no Kafka broker answered at {bootstrap}") from exc
         self._errors: list[BaseException] = []
 
     def _on_error(self, exc: BaseException) -> None:
@@ -135,13 +136,13 @@ class _KpConsumer:
                 max_poll_records=c.max_poll_records,
             )
         except KafkaTimeoutError as exc:
-            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+            raise KafkaUnavailableError(f"no Kafka broker answered at {bootstrap}") from exc
 
     @staticmethod
     def _tp(tp: TopicPartition) -> Any:
-        from kafka import TopicPartition as KTP
+        from kafka import TopicPartition as KafkaTP
 
-        return KTP(tp.topic, tp.partition)
+        return KafkaTP(tp.topic, tp.partition)
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         self._c.assign([self._tp(tp) for tp in partitions])
@@ -186,9 +187,7 @@ class _KpConsumer:
         res = self._c.end_offsets([self._tp(tp) for tp in partitions])
         return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
 
-    def beginning_offsets(
-        self, partitions: Sequence[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         res = self._c.beginning_offsets([self._tp(tp) for tp in partitions])
         return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
 
@@ -210,7 +209,7 @@ class _KpAdmin:
         try:
             self._a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
         except KafkaTimeoutError as exc:
-            raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap}") from exc
+            raise KafkaUnavailableError(f"no Kafka broker answered at {bootstrap}") from exc
 
     def ensure_topics(self, topics: Mapping[str, int]) -> None:
         existing = set(self._a.list_topics())
@@ -222,10 +221,9 @@ class _KpAdmin:
         if missing:
             from kafka.errors import TopicAlreadyExistsError
 
-            try:
+            # Created concurrently by another process: that is the goal.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 self._a.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: that is the goal
 
     def partitions(self, topic: str) -> list[TopicPartition]:
         meta = self._a.describe_topics([topic])
@@ -239,10 +237,10 @@ class _KpAdmin:
 # ============================================================================ confluent
 class _CkProducer:
     def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
-        from confluent_kafka import Producer as CP
+        from confluent_kafka import Producer as ConfluentProducer
 
         p = settings.producer
-        self._p = CP(
+        self._p = ConfluentProducer(
             {
                 "bootstrap.servers": bootstrap,
                 "acks": "all",
@@ -287,10 +285,10 @@ class _CkProducer:
 
 class _CkConsumer:
     def __init__(self, settings: KafkaSettings, bootstrap: str, group_id: str | None) -> None:
-        from confluent_kafka import Consumer as CC
+        from confluent_kafka import Consumer as ConfluentConsumer
 
         c = settings.consumer
-        self._c = CC(
+        self._c = ConfluentConsumer(
             {
                 "bootstrap.servers": bootstrap,
                 # librdkafka needs a group id even for manual assignment; it is only used
@@ -308,9 +306,11 @@ class _CkConsumer:
 
     @staticmethod
     def _tp(tp: TopicPartition, offset: int | None = None) -> Any:
-        from confluent_kafka import TopicPartition as CTP
+        from confluent_kafka import TopicPartition as ConfluentTP
 
-        return CTP(tp.topic, tp.partition) if offset is None else CTP(tp.topic, tp.partition, offset)
+        if offset is None:
+            return ConfluentTP(tp.topic, tp.partition)
+        return ConfluentTP(tp.topic, tp.partition, offset)
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         from confluent_kafka import OFFSET_STORED
@@ -325,24 +325,27 @@ class _CkConsumer:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]:
+        from confluent_kafka import KafkaError
+
         msgs = self._c.consume(num_messages=max_records, timeout=timeout_s)
         out: list[Record] = []
         for m in msgs:
-            if m.error() is not None:
-                from confluent_kafka import KafkaError
-
-                if m.error().code() == KafkaError._PARTITION_EOF:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise RuntimeError(f"Kafka consume error: {m.error()}")
+                raise RuntimeError(f"Kafka consume error: {err}")
+            raw_headers: Any = m.headers() or []
+            headers = tuple((str(k), v if isinstance(v, bytes) else b"") for k, v in raw_headers)
             out.append(
                 Record(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
+                    str(m.topic()),
+                    int(m.partition() or 0),
+                    int(m.offset() or 0),
                     m.key(),
                     m.value(),
                     m.timestamp()[1],
-                    tuple(m.headers() or ()),
+                    headers,
                 )
             )
         return out
@@ -360,16 +363,12 @@ class _CkConsumer:
 
     def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {
-            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[1])
-            for tp in partitions
+            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[1]) for tp in partitions
         }
 
-    def beginning_offsets(
-        self, partitions: Sequence[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {
-            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[0])
-            for tp in partitions
+            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[0]) for tp in partitions
         }
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -395,7 +394,7 @@ class _CkAdmin:
 
     def ensure_topics(self, topics: Mapping[str, int]) -> None:
         from confluent_kafka import KafkaError
-        from confluent_kafka.admin import NewTopic
+        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
         existing = set(self._a.list_topics(timeout=15).topics)
         new = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
@@ -447,7 +446,7 @@ class KafkaClient:
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
-    """Block until a broker answers metadata requests, or raise :class:`KafkaUnavailable`."""
+    """Block until a broker answers metadata requests, or raise :class:`KafkaUnavailableError`."""
     from kafka import KafkaAdminClient
 
     deadline = time.monotonic() + timeout_s
@@ -461,4 +460,6 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
         except Exception as exc:
             last = exc
             time.sleep(0.2)
-    raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last}")
+    raise KafkaUnavailableError(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s}s: {last}"
+    )

@@ -77,7 +77,10 @@ class Lake:
         self._atomic_bytes(
             rel,
             lambda out: pq.write_table(
-                table, out, coerce_timestamps="us", allow_truncated_timestamps=True,
+                table,
+                out,
+                coerce_timestamps="us",
+                allow_truncated_timestamps=True,
                 compression="zstd",
             ),
         )

@@ -251,7 +251,9 @@ class PostgresService(_Service):
         pm = self.data / "postmaster.pid"
         try:
             pid = int(pm.read_text().splitlines()[0])
-            return pid if psutil.pid_exists(pid) and "postgres" in psutil.Process(pid).name() else None
+            return (
+                pid if psutil.pid_exists(pid) and "postgres" in psutil.Process(pid).name() else None
+            )
         except (FileNotFoundError, IndexError, ValueError, psutil.Error):
             return None
 

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stack.contracts import DeteriorationKind
+
 ENV_PREFIX = "VIGIL__"
 CONFIG_ENV = "VIGIL_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,18 +125,15 @@ class PopulationSettings(_Strict):
     )
 
 
+def _default_mix() -> dict[DeteriorationKind, float]:
+    return {"sepsis": 0.35, "respiratory": 0.30, "hypovolaemic": 0.15, "cardiac": 0.20}
+
+
 class EpisodeSettings(_Strict):
     """Deterioration episodes and their look-alikes (mimics)."""
 
     deterioration_rate_per_day: float = Field(0.08, ge=0, le=1)
-    mix: dict[Literal["sepsis", "respiratory", "hypovolaemic", "cardiac"], float] = Field(
-        default_factory=lambda: {
-            "sepsis": 0.35,
-            "respiratory": 0.30,
-            "hypovolaemic": 0.15,
-            "cardiac": 0.20,
-        }
-    )
+    mix: dict[DeteriorationKind, float] = Field(default_factory=_default_mix)
     min_hours: float = Field(2.0, gt=0)
     max_hours: float = Field(12.0, gt=0)
     quiet_share: float = Field(
@@ -146,7 +145,7 @@ class EpisodeSettings(_Strict):
 
     @field_validator("mix")
     @classmethod
-    def _mix_positive(cls, v: dict[str, float]) -> dict[str, float]:
+    def _mix_positive(cls, v: dict[DeteriorationKind, float]) -> dict[DeteriorationKind, float]:
         if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
             raise ValueError("episode mix needs non-negative weights with a positive sum")
         return v

@@ -251,7 +251,9 @@ class WardSimulator:
 
     # ------------------------------------------------------------------ outcomes
     def _outcome_messages(
-        self, patients: npt.NDArray[np.int64], outcome_s: npt.NDArray[np.float64],
+        self,
+        patients: npt.NDArray[np.int64],
+        outcome_s: npt.NDArray[np.float64],
         rng: np.random.Generator,
     ) -> list[Message]:
         pop = self.population

@@ -112,7 +112,7 @@ def generate_chunk(
     """Readings for steps ``[first_step, first_step + steps)``; updates ``state`` in place."""
     dt_min = cfg.interval_s / 60.0
     k = np.arange(first_step, first_step + steps)
-    t_min = k * dt_min
+    t_min = (k * dt_min).astype(np.float64)
     tt = t_min[None, :]
     p = pop.size
     col = (slice(None), None)

@@ -19,13 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.simulator.scenarios import Scenario
+from stack.contracts import DeteriorationKind
 from stack.settings import SimulatorSettings
 
 F = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 I = npt.NDArray[np.int64]  # noqa: E741
 
-KINDS = ("sepsis", "respiratory", "hypovolaemic", "cardiac")
+KINDS: tuple[DeteriorationKind, ...] = ("sepsis", "respiratory", "hypovolaemic", "cardiac")
 NO_EPISODE = -1
 MIMICS = ("pain_anxiety", "benign_fever", "night_desaturation")
 MAX_MIMICS = 4

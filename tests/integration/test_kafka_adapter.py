@@ -39,7 +39,7 @@ def test_produce_poll_commit_resume(client: KafkaClient, stack_settings: Setting
     # Tansu reports the high watermark as the last *batch's* base offset + 1, so the end
     # offsets may understate what is there; Apache Kafka reports exactly 200.
     assert 2 <= sum(ends.values()) <= 200
-    assert consumer.beginning_offsets(parts) == {tp: 0 for tp in parts}
+    assert consumer.beginning_offsets(parts) == dict.fromkeys(parts, 0)
     assert consumer.committed(parts[0]) is None
     got = []
     for _ in range(40):

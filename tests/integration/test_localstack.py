@@ -26,10 +26,12 @@ pytestmark = pytest.mark.integration
 
 def test_session_stack_is_healthy_and_real(stack_settings: Settings) -> None:
     st = status(stack_settings)
-    assert st["kafka"]["healthy"] and st["postgres"]["healthy"]
+    assert st["kafka"]["healthy"]
+    assert st["postgres"]["healthy"]
     with psycopg.connect(endpoints(stack_settings).database_url) as conn:
         version = conn.execute("SHOW server_version_num").fetchone()
-    assert version is not None and int(version[0]) >= 180000
+    assert version is not None
+    assert int(version[0]) >= 180000
     # Starting again reuses what runs.
     assert up(stack_settings, create_topics=False) == {"kafka": "reused", "postgres": "reused"}
 
@@ -59,7 +61,9 @@ def test_full_stack_up_down_leaves_no_process(tmp_path: Path) -> None:
         st = status(s)
         pids = [int(v["pid"]) for v in st.values()]  # type: ignore[call-overload]
         assert all(v["healthy"] for v in st.values())
-        family = {p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(True))]}
+        family = {
+            p for pid in pids for p in [pid, *(c.pid for c in psutil.Process(pid).children(True))]
+        }
         assert up(s)["mlflow"] == "reused"
     finally:
         stopped = down(s)
@@ -95,7 +99,9 @@ def test_a_service_that_never_gets_healthy_names_its_log(tmp_path: Path) -> None
 
     svc = Broken(s)
     try:
-        with pytest.raises(StackError, match=r"kafka did not become healthy .* see its log .*kafka\.log"):
+        with pytest.raises(
+            StackError, match=r"kafka did not become healthy .* see its log .*kafka\.log"
+        ):
             svc.start()
     finally:
         svc.stop()

@@ -45,7 +45,9 @@ def test_s3a_roots_are_understood_and_others_refused() -> None:
 def test_rows_are_split_by_event_hour() -> None:
     t0 = datetime(2026, 1, 5, 23, 59, 59, tzinfo=UTC)
     ts = [t0, t0 + timedelta(seconds=2), t0 - timedelta(hours=5)]
-    parts = _by_hour(pa.table({"ts": pa.array(ts, pa.timestamp("us", "UTC")), "i": [0, 1, 2]}), "ts")
+    parts = _by_hour(
+        pa.table({"ts": pa.array(ts, pa.timestamp("us", "UTC")), "i": [0, 1, 2]}), "ts"
+    )
     assert {k: v["i"].to_pylist() for k, v in parts.items()} == {
         "date=2026-01-05/hour=23": [0],
         "date=2026-01-06/hour=00": [1],
