@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import time
 import uuid
@@ -37,9 +38,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import typer
-from pydantic import ValidationError
 
-from stack.contracts import OutcomeEvent, VitalsEvent, violation_reason
+from stack.batchvalidate import BatchValidator, arrow_schema
+from stack.contracts import OutcomeEvent, VitalsEvent
 from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
@@ -61,35 +62,8 @@ _KAFKA_COLS = [
     ("kafka_ts", _TS),
     ("landed_at", _TS),
 ]
-VITALS_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("schema_version", pa.int16()),
-        ("patient_id", pa.string()),
-        ("device_id", pa.string()),
-        ("ts", _TS),
-        ("heart_rate", pa.float64()),
-        ("systolic_bp", pa.float64()),
-        ("diastolic_bp", pa.float64()),
-        ("spo2", pa.float64()),
-        ("resp_rate", pa.float64()),
-        ("temperature", pa.float64()),
-        ("consciousness", pa.string()),
-        ("on_oxygen", pa.bool_()),
-        *_KAFKA_COLS,
-    ]
-)
-OUTCOMES_SCHEMA = pa.schema(
-    [
-        ("outcome_id", pa.string()),
-        ("schema_version", pa.int16()),
-        ("patient_id", pa.string()),
-        ("ts", _TS),
-        ("kind", pa.string()),
-        ("event", pa.string()),
-        *_KAFKA_COLS,
-    ]
-)
+VITALS_SCHEMA = pa.schema([*arrow_schema(VitalsEvent), *_KAFKA_COLS])
+OUTCOMES_SCHEMA = pa.schema([*arrow_schema(OutcomeEvent), *_KAFKA_COLS])
 DEAD_SCHEMA = pa.schema(
     [
         ("reason", pa.string()),
@@ -139,49 +113,74 @@ class LandingSummary:
 
 
 class _Buffer:
-    """Column lists for one flush; appending a validated event is a handful of list appends."""
+    """One flush worth of validated rows (Arrow tables) and dead letters."""
 
     def __init__(self) -> None:
-        self.vitals: dict[str, list[Any]] = {f.name: [] for f in VITALS_SCHEMA}
-        self.outcomes: dict[str, list[Any]] = {f.name: [] for f in OUTCOMES_SCHEMA}
-        self.dead: dict[str, list[Any]] = {f.name: [] for f in DEAD_SCHEMA}
-        self.next_offsets: dict[TopicPartition, int] = {}
+        self.vitals: list[pa.Table] = []
+        self.outcomes: list[pa.Table] = []
+        self.dead: list[tuple[Record, str, str]] = []
+        self.last_offsets: dict[tuple[str, int], int] = {}
         self.count = 0
 
+    @property
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(t, p): off + 1 for (t, p), off in self.last_offsets.items()}
+
     @staticmethod
-    def _kafka(cols: dict[str, list[Any]], rec: Record, now: datetime) -> None:
-        cols["kafka_topic"].append(rec.topic)
-        cols["kafka_partition"].append(rec.partition)
-        cols["kafka_offset"].append(rec.offset)
-        cols["kafka_ts"].append(rec.timestamp_ms * 1000)
-        cols["landed_at"].append(now)
+    def with_kafka(rows: pa.Table, recs: list[Record], schema: pa.Schema) -> pa.Table:
+        """Validated rows plus the Kafka coordinates of the records they came from."""
+        index = rows.column("_index")
+        kafka = {
+            "kafka_topic": pa.array([r.topic for r in recs], pa.string()),
+            "kafka_partition": pa.array([r.partition for r in recs], pa.int32()),
+            "kafka_offset": pa.array([r.offset for r in recs], pa.int64()),
+            "kafka_ts": pa.array([r.timestamp_ms * 1000 for r in recs], pa.int64()).cast(_TS),
+        }
+        cols = {name: rows.column(name) for name in rows.column_names if name != "_index"}
+        cols.update({k: v.take(index) for k, v in kafka.items()})
+        cols["landed_at"] = pa.nulls(rows.num_rows, _TS)  # set at flush
+        return pa.table(cols, schema=schema)
 
-    def add_vitals(self, ev: VitalsEvent, rec: Record, now: datetime) -> None:
-        c = self.vitals
-        d = ev.__dict__
-        c["event_id"].append(str(d["event_id"]))
-        for name in (
-            "schema_version", "patient_id", "device_id", "ts", "heart_rate", "systolic_bp",
-            "diastolic_bp", "spo2", "resp_rate", "temperature", "consciousness", "on_oxygen",
-        ):  # fmt: skip
-            c[name].append(d[name])
-        self._kafka(c, rec, now)
+    def tables(self, landed_at: datetime) -> tuple[pa.Table, pa.Table, pa.Table]:
+        stamp = pa.scalar(landed_at, _TS)
 
-    def add_outcome(self, ev: OutcomeEvent, rec: Record, now: datetime) -> None:
-        c = self.outcomes
-        d = ev.__dict__
-        c["outcome_id"].append(str(d["outcome_id"]))
-        for name in ("schema_version", "patient_id", "ts", "kind", "event"):
-            c[name].append(d[name])
-        self._kafka(c, rec, now)
+        def stamped(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+            t = pa.concat_tables(parts) if parts else schema.empty_table()
+            i = t.schema.get_field_index("landed_at")
+            return t.set_column(i, "landed_at", pa.array([stamp] * t.num_rows, _TS))
 
-    def add_dead(self, rec: Record, reason: str, detail: str, now: datetime) -> None:
-        c = self.dead
-        c["reason"].append(reason)
-        c["detail"].append(detail)
-        c["key"].append(rec.key)
-        c["value"].append(rec.value)
-        self._kafka(c, rec, now)
+        dead = {
+            "reason": [r for _rec, r, _d in self.dead],
+            "detail": [d for _rec, _r, d in self.dead],
+            "key": [rec.key for rec, _r, _d in self.dead],
+            "value": [rec.value for rec, _r, _d in self.dead],
+            "kafka_topic": [rec.topic for rec, _r, _d in self.dead],
+            "kafka_partition": [rec.partition for rec, _r, _d in self.dead],
+            "kafka_offset": [rec.offset for rec, _r, _d in self.dead],
+            "kafka_ts": [rec.timestamp_ms * 1000 for rec, _r, _d in self.dead],
+            "landed_at": [landed_at] * len(self.dead),
+        }
+        return (
+            stamped(self.vitals, VITALS_SCHEMA),
+            stamped(self.outcomes, OUTCOMES_SCHEMA),
+            pa.table(dead, schema=DEAD_SCHEMA),
+        )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux's ``VmHWM`` is per address space, so it is not inherited across exec the way
+    ``ru_maxrss`` is (a lander started by a large parent would report the parent's peak).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _by_hour(table: pa.Table, ts_col: str) -> dict[str, pa.Table]:
@@ -208,6 +207,8 @@ class Lander:
         self.client = client or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
         self.lake = Lake(settings.resolve(settings.lake.root))
         self.journal = f"_landing/{self.cfg.group_id}/pending.json"
+        self._vitals = BatchValidator(VitalsEvent)
+        self._outcomes = BatchValidator(OutcomeEvent)
         self._stop = False
         self._failpoint = self._parse_failpoint()
 
@@ -228,7 +229,8 @@ class Lander:
             for t, parts in pending["offsets"].items()
             for p, o in parts.items()
         }
-        committed = all((consumer.committed(tp) or 0) >= off for tp, off in planned.items())
+        now = consumer.committed(list(planned))
+        committed = all((now[tp] or 0) >= off for tp, off in planned.items())
         if not committed:
             for rel in pending["files"]:
                 self.lake.delete(rel)
@@ -243,12 +245,13 @@ class Lander:
     def _flush(
         self, buf: _Buffer, consumer: Consumer, dlq: Producer | None, summary: LandingSummary
     ) -> None:
-        if not buf.next_offsets:
+        if not buf.last_offsets:
             return
+        vitals, outcomes, dead = buf.tables(datetime.now(UTC))
         tables = {
-            RAW_VITALS: _by_hour(pa.table(buf.vitals, schema=VITALS_SCHEMA), "ts"),
-            RAW_OUTCOMES: _by_hour(pa.table(buf.outcomes, schema=OUTCOMES_SCHEMA), "ts"),
-            RAW_DEAD: _by_hour(pa.table(buf.dead, schema=DEAD_SCHEMA), "kafka_ts"),
+            RAW_VITALS: _by_hour(vitals, "ts"),
+            RAW_OUTCOMES: _by_hour(outcomes, "ts"),
+            RAW_DEAD: _by_hour(dead, "kafka_ts"),
         }
         name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         plan = [
@@ -268,26 +271,25 @@ class Lander:
         summary.flushes += 1
         if self._failpoint is not None and summary.flushes >= self._failpoint:
             os._exit(17)  # simulated crash: files written, offsets not committed
-        if dlq is not None and buf.dead["value"]:
-            for key, value, reason, detail, topic, part, off in zip(
-                buf.dead["key"], buf.dead["value"], buf.dead["reason"], buf.dead["detail"],
-                buf.dead["kafka_topic"], buf.dead["kafka_partition"], buf.dead["kafka_offset"],
-                strict=True,
-            ):  # fmt: skip
+        if dlq is not None and buf.dead:
+            for rec, reason, detail in buf.dead:
                 dlq.send(
                     self.topics.dead_letters,
-                    value or b"",
-                    key=key,
+                    rec.value or b"",
+                    key=rec.key,
                     headers=[
                         ("reason", reason.encode()),
                         ("detail", detail.encode()),
-                        ("source", f"{topic}/{part}/{off}".encode()),
+                        ("source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
                     ],
                 )
             dlq.flush()
         consumer.commit(buf.next_offsets)
         self.lake.delete(self.journal)
         summary.files.extend(rel for rel, _ in plan)
+        summary.vitals += vitals.num_rows
+        summary.outcomes += outcomes.num_rows
+        summary.dead_letters.update(reason for _rec, reason, _d in buf.dead)
         for tp, off in buf.next_offsets.items():
             summary.committed[f"{tp.topic}/{tp.partition}"] = off
         log.info(
@@ -301,24 +303,24 @@ class Lander:
         )
 
     # ------------------------------------------------------------------ main loop
-    def _handle(self, rec: Record, buf: _Buffer, summary: LandingSummary, now: datetime) -> None:
-        buf.count += 1
-        buf.next_offsets[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
-        if rec.value is None:
-            buf.add_dead(rec, "empty_message", "message has no value", now)
-            summary.dead_letters["empty_message"] += 1
-            return
-        try:
-            if rec.topic == self.topics.vitals:
-                buf.add_vitals(VitalsEvent.model_validate_json(rec.value), rec, now)
-                summary.vitals += 1
+    def _take(self, records: list[Record], buf: _Buffer, summary: LandingSummary) -> None:
+        """Validate a polled batch into the buffer, columnar (see ``stack.batchvalidate``)."""
+        last = buf.last_offsets
+        by_topic: dict[str, list[Record]] = {}
+        for rec in records:
+            last[rec.topic, rec.partition] = rec.offset
+            by_topic.setdefault(rec.topic, []).append(rec)
+        for topic, recs in by_topic.items():
+            if topic == self.topics.vitals:
+                validator, schema, out = self._vitals, VITALS_SCHEMA, buf.vitals
             else:
-                buf.add_outcome(OutcomeEvent.model_validate_json(rec.value), rec, now)
-                summary.outcomes += 1
-        except ValidationError as exc:
-            reason, detail = violation_reason(exc)
-            buf.add_dead(rec, reason, detail, now)
-            summary.dead_letters[reason] += 1
+                validator, schema, out = self._outcomes, OUTCOMES_SCHEMA, buf.outcomes
+            result = validator.validate([r.value for r in recs])
+            if result.table.num_rows:
+                out.append(_Buffer.with_kafka(result.table, recs, schema))
+            buf.dead.extend((recs[i], reason, detail) for i, reason, detail in result.rejects)
+        buf.count += len(records)
+        summary.records += len(records)
 
     def run(self, *, bounded: bool = True, max_seconds: float | None = None) -> LandingSummary:
         """Land messages; bounded mode stops at the end offsets seen at start.
@@ -327,8 +329,6 @@ class Lander:
             bounded: drain and exit (Airflow) rather than run until stopped.
             max_seconds: stop (after a final flush) once this much time has passed.
         """
-        import psutil
-
         summary = LandingSummary(
             run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous"
         )
@@ -337,16 +337,15 @@ class Lander:
         partitions = self.client.all_partitions(topics)
         consumer = self.client.consumer(self.cfg.group_id)
         dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
-        proc = psutil.Process()
         t0 = time.monotonic()
         try:
             consumer.assign(partitions)
             self._recover(consumer, summary)
-            begin = consumer.beginning_offsets(partitions)
-            position = {tp: consumer.committed(tp) or begin[tp] for tp in partitions}
-            for tp, off in position.items():
-                consumer.seek(tp, off)
-            end = consumer.end_offsets(partitions) if bounded else {}
+            # Assigned partitions resume from the group's committed offsets (or the earliest).
+            marks = consumer.watermarks(partitions)
+            committed = consumer.committed(partitions)
+            position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
+            end = {tp: high for tp, (_low, high) in marks.items()}
             buf = _Buffer()
             last_flush = last_data = time.monotonic()
             self._install_signal_handlers()
@@ -362,11 +361,9 @@ class Lander:
                 records = consumer.poll_batch(
                     self.settings.kafka.consumer.max_poll_records, 0.2 if caught_up else 0.5
                 )
-                now = datetime.now(UTC)
-                for rec in records:
-                    self._handle(rec, buf, summary, now)
-                    position[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
-                summary.records += len(records)
+                self._take(records, buf, summary)
+                for (topic, part), off in buf.last_offsets.items():
+                    position[TopicPartition(topic, part)] = off + 1
                 mono = time.monotonic()
                 if records:
                     last_data = mono
@@ -383,13 +380,12 @@ class Lander:
                     buf.count and mono - last_flush >= self.cfg.flush_seconds
                 ):
                     self._flush(buf, consumer, dlq, summary)
-                    summary.peak_rss_mb = max(summary.peak_rss_mb, proc.memory_info().rss / 2**20)
                     buf, last_flush = _Buffer(), mono
                 if max_seconds is not None and mono - t0 > max_seconds:
                     break
             self._flush(buf, consumer, dlq, summary)
         finally:
-            summary.peak_rss_mb = max(summary.peak_rss_mb, proc.memory_info().rss / 2**20)
+            summary.peak_rss_mb = peak_rss_mb()
             consumer.close()
             if dlq is not None:
                 dlq.close()

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 AVPU = ("A", "C", "V", "P", "U")
@@ -37,6 +37,10 @@ class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# A vital is a finite number or absent; NaN and infinities are not readings.
+_VITAL: Any = Field(None, allow_inf_nan=False)
+
+
 class VitalsEvent(_Contract):
     """One reading of a bedside monitor (units: bpm, mmHg, %, breaths/min, °C)."""
 
@@ -45,12 +49,12 @@ class VitalsEvent(_Contract):
     patient_id: str
     device_id: str
     ts: AwareDatetime
-    heart_rate: float | None = None
-    systolic_bp: float | None = None
-    diastolic_bp: float | None = None
-    spo2: float | None = None
-    resp_rate: float | None = None
-    temperature: float | None = None
+    heart_rate: float | None = _VITAL
+    systolic_bp: float | None = _VITAL
+    diastolic_bp: float | None = _VITAL
+    spo2: float | None = _VITAL
+    resp_rate: float | None = _VITAL
+    temperature: float | None = _VITAL
     consciousness: Avpu | None = None
     on_oxygen: bool | None = None
 

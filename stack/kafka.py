@@ -6,7 +6,7 @@
 
 - :class:`Producer` — ``send(topic, key, value, headers)``, ``flush()``, ``close()``;
 - :class:`Consumer` — manual ``assign``/``subscribe``, ``poll_batch``, ``commit`` of
-  explicit next offsets, ``committed``, ``end_offsets``, ``seek``;
+  explicit next offsets, ``committed``, ``watermarks`` (low, high), ``seek``;
 - :class:`Admin` — ``ensure_topics`` and ``partitions``.
 
 Offsets are always explicit: stages commit exactly what they have made durable.
@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stack.settings import KafkaSettings
 
@@ -35,9 +35,8 @@ class TopicPartition:
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed message, client-independent."""
+class Record(NamedTuple):
+    """A consumed message, client-independent (a tuple: cheap to build per message)."""
 
     topic: str
     partition: int
@@ -62,11 +61,12 @@ class Consumer(Protocol):
     def assignment(self) -> set[TopicPartition]: ...
     def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
-    def committed(self, partition: TopicPartition) -> int | None: ...
-    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
-    def beginning_offsets(
+    def committed(
         self, partitions: Sequence[TopicPartition]
-    ) -> dict[TopicPartition, int]: ...
+    ) -> dict[TopicPartition, int | None]: ...
+    def watermarks(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]]: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     def position(self, partition: TopicPartition) -> int: ...
     def close(self) -> None: ...
@@ -132,7 +132,7 @@ class _KpConsumer:
                 session_timeout_ms=c.session_timeout_ms,
                 heartbeat_interval_ms=c.heartbeat_interval_ms,
                 fetch_max_bytes=c.fetch_max_bytes,
-                max_partition_fetch_bytes=c.fetch_max_bytes,
+                max_partition_fetch_bytes=c.max_partition_fetch_bytes,
                 max_poll_records=c.max_poll_records,
             )
         except KafkaTimeoutError as exc:
@@ -165,7 +165,7 @@ class _KpConsumer:
                     r.key,
                     r.value,
                     r.timestamp,
-                    tuple((k, v) for k, v in (r.headers or ())),
+                    tuple(map(tuple, r.headers)) if r.headers else (),
                 )
                 for r in recs
             )
@@ -179,17 +179,20 @@ class _KpConsumer:
                 {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
             )
 
-    def committed(self, partition: TopicPartition) -> int | None:
-        off = self._c.committed(self._tp(partition))
-        return None if off is None else int(off)
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        out: dict[TopicPartition, int | None] = {}
+        for tp in partitions:
+            off = self._c.committed(self._tp(tp))
+            out[tp] = None if off is None else int(off)
+        return out
 
-    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        res = self._c.end_offsets([self._tp(tp) for tp in partitions])
-        return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
-
-    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        res = self._c.beginning_offsets([self._tp(tp) for tp in partitions])
-        return {TopicPartition(k.topic, k.partition): int(v) for k, v in res.items()}
+    def watermarks(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        ktps = [self._tp(tp) for tp in partitions]
+        low = self._c.beginning_offsets(ktps)
+        high = self._c.end_offsets(ktps)
+        return {tp: (int(low[k]), int(high[k])) for tp, k in zip(partitions, ktps, strict=True)}
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._c.seek(self._tp(partition), offset)
@@ -300,6 +303,8 @@ class _CkConsumer:
                 "session.timeout.ms": c.session_timeout_ms,
                 "heartbeat.interval.ms": c.heartbeat_interval_ms,
                 "fetch.max.bytes": c.fetch_max_bytes,
+                "max.partition.fetch.bytes": c.max_partition_fetch_bytes,
+                "queued.max.messages.kbytes": 32768,
             }
         )
         self._assigned: list[TopicPartition] = []
@@ -356,20 +361,21 @@ class _CkConsumer:
                 offsets=[self._tp(tp, off) for tp, off in offsets.items()], asynchronous=False
             )
 
-    def committed(self, partition: TopicPartition) -> int | None:
-        res = self._c.committed([self._tp(partition)], timeout=15)
-        off = res[0].offset
-        return None if off < 0 else int(off)
-
-    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        res = self._c.committed([self._tp(tp) for tp in partitions], timeout=15)
         return {
-            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[1]) for tp in partitions
+            TopicPartition(r.topic, r.partition): (None if r.offset < 0 else int(r.offset))
+            for r in res
         }
 
-    def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        return {
-            tp: int(self._c.get_watermark_offsets(self._tp(tp), timeout=15)[0]) for tp in partitions
-        }
+    def watermarks(
+        self, partitions: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        out = {}
+        for tp in partitions:
+            low, high = self._c.get_watermark_offsets(self._tp(tp), timeout=15)
+            out[tp] = (int(low), int(high))
+        return out
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         # librdkafka only seeks partitions that are actively fetched; re-assigning with an

@@ -387,6 +387,8 @@ class MlflowService(_Service):
         env = dict(os.environ)
         # The server resolves its workers through PATH; make it the venv's.
         env["PATH"] = f"{mlflow_bin.parent}{os.pathsep}{env.get('PATH', '')}"
+        # The job runner (huey workers for GenAI features) costs ~2 GB here; we use none.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         _spawn(
             [
                 str(mlflow_bin) if mlflow_bin.exists() else shutil.which("mlflow") or "mlflow",

@@ -60,7 +60,8 @@ class ConsumerSettings(_Strict):
     max_poll_records: int = Field(5000, gt=0)
     session_timeout_ms: int = Field(6000, gt=0)
     heartbeat_interval_ms: int = Field(1000, gt=0)
-    fetch_max_bytes: int = Field(52_428_800, gt=0)
+    fetch_max_bytes: int = Field(16_777_216, gt=0, description="per fetch request")
+    max_partition_fetch_bytes: int = Field(2_097_152, gt=0, description="per partition")
 
 
 class KafkaSettings(_Strict):
@@ -201,7 +202,7 @@ class SimulatorSettings(_Strict):
 # --------------------------------------------------------------------------- stages
 class LandingSettings(_Strict):
     group_id: str = "vigil-landing"
-    flush_records: int = Field(100_000, gt=0)
+    flush_records: int = Field(50_000, gt=0)
     flush_seconds: float = Field(10.0, gt=0)
     idle_timeout_s: float = Field(
         5.0, gt=0, description="bounded drain gives up waiting for data after this long"

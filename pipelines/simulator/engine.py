@@ -11,8 +11,6 @@ Deterministic by seed: the same settings give the same bytes in the same order.
 
 from __future__ import annotations
 
-import heapq
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -63,9 +61,21 @@ class SimStats:
         return asdict(self)
 
 
+_UUID_SLOTS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
 def _uuids(rng: np.random.Generator, n: int) -> list[str]:
-    raw = bytearray(rng.bytes(16 * n))
-    return [str(uuid.UUID(bytes=bytes(raw[i * 16 : i * 16 + 16]), version=4)) for i in range(n)]
+    """``n`` random (version 4) UUID strings from ``rng``, formatted in bulk."""
+    if n == 0:
+        return []
+    raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype=np.uint8).reshape(n, 32)
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    out[:, _UUID_SLOTS] = hexed
+    text = out.tobytes().decode("ascii")
+    return [text[i : i + 36] for i in range(0, 36 * n, 36)]
 
 
 def _iso(start_ms: int, ts_s: npt.NDArray[np.float64]) -> list[str]:
@@ -110,8 +120,7 @@ class WardSimulator:
     def messages(self) -> Iterator[list[Message]]:
         """Chunks of messages in emission order; late messages wait in a heap."""
         state = WardState.initial(self.population, np.random.default_rng([self.cfg.seed, 2]))
-        pending: list[tuple[float, int, Message]] = []
-        seq = 0
+        pending: list[Message] = []  # late messages not yet due
         pop = self.population
         outcome_s = pop.outcome_min * 60.0
         for chunk, first in enumerate(range(0, self._steps_total, self._steps_chunk)):
@@ -120,13 +129,9 @@ class WardSimulator:
             readings = generate_chunk(pop, self.cfg, state, first, steps, rng)
             chunk_end_s = (first + steps) * self.cfg.interval_s
             chunk_start_s = first * self.cfg.interval_s
-            for msg in self._vitals_messages(readings, rng):
-                heapq.heappush(pending, (msg[3], seq, msg))
-                seq += 1
+            batch = pending + self._vitals_messages(readings, rng)
             ends = np.nonzero((outcome_s >= chunk_start_s) & (outcome_s < chunk_end_s))[0]
-            for msg in self._outcome_messages(ends, outcome_s, rng):
-                heapq.heappush(pending, (msg[3], seq, msg))
-                seq += 1
+            batch += self._outcome_messages(ends, outcome_s, rng)
             self.stats.episodes_started += int(
                 (
                     (pop.episode_kind != NO_EPISODE)
@@ -134,12 +139,13 @@ class WardSimulator:
                     & (pop.onset_min * 60 < chunk_end_s)
                 ).sum()
             )
-            ready: list[Message] = []
-            while pending and pending[0][0] < chunk_end_s:
-                ready.append(heapq.heappop(pending)[2])
-            yield ready
+            emit = np.fromiter((m[3] for m in batch), dtype=np.float64, count=len(batch))
+            order = np.argsort(emit, kind="stable")
+            due = int(np.searchsorted(emit[order], chunk_end_s, side="left"))
+            yield [batch[i] for i in order[:due].tolist()]
+            pending = [batch[i] for i in order[due:].tolist()]
         if pending:
-            yield [heapq.heappop(pending)[2] for _ in range(len(pending))]
+            yield pending
 
     # ------------------------------------------------------------------ vitals
     def _vitals_messages(self, r: Readings, rng: np.random.Generator) -> list[Message]:

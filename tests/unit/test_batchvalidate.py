@@ -1,0 +1,145 @@
+"""The columnar validator accepts exactly what the pydantic contract accepts, row for row."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from stack.batchvalidate import BatchValidator, arrow_schema
+from stack.contracts import OutcomeEvent, VitalsEvent, violation_reason
+
+BASE: dict[str, Any] = {
+    "event_id": "0b8d3c1e-3f4a-4c2b-9a7e-1d2c3b4a5f60",
+    "schema_version": 1,
+    "patient_id": "pt-1",
+    "device_id": "dev-1",
+    "ts": "2026-01-05T10:00:00.123Z",
+    "heart_rate": 88,
+    "systolic_bp": 120.0,
+    "diastolic_bp": None,
+    "spo2": 95,
+    "resp_rate": 18,
+    "temperature": 37.2,
+    "consciousness": "A",
+    "on_oxygen": False,
+}
+
+ODD_VALUES: list[Any] = [None, "x", "", 1, 0, -3.5, 1.0, True, [], {}, [1], {"a": 1}]
+FIELD_SPECIFIC: dict[str, list[Any]] = {
+    "event_id": [
+        "0B8D3C1E-3F4A-4C2B-9A7E-1D2C3B4A5F60",
+        "0b8d3c1e3f4a4c2b9a7e1d2c3b4a5f60",
+        "urn:uuid:0b8d3c1e-3f4a-4c2b-9a7e-1d2c3b4a5f60",
+        "0b8d3c1e-3f4a-4c2b-9a7e-1d2c3b4a5f6",
+    ],
+    "ts": [
+        "2026-01-05T10:00:00Z", "2026-01-05T12:00:00+02:00", "2026-01-05T10:00:00.123456Z",
+        "2026-01-05T10:00:00.1234567Z", "2026-01-05T10:00:00", "2026-01-05 10:00:00Z",
+        "2026-13-05T10:00:00Z", "2026-01-05T10:00:00z", "2026-01-05", 1767607200,
+    ],
+    "schema_version": [2, "1", 1.0],
+    "consciousness": ["a", "X", "AV"],
+    "heart_rate": [1e308, -0.0, 12345678901234567890],
+}  # fmt: skip
+
+
+def _variants() -> list[bytes | None]:
+    out: list[bytes | None] = [orjson.dumps(BASE)]
+    for field in BASE:
+        without = {k: v for k, v in BASE.items() if k != field}
+        out.append(orjson.dumps(without))
+        for value in ODD_VALUES + FIELD_SPECIFIC.get(field, []):
+            out.append(orjson.dumps({**BASE, field: value}))
+    good = orjson.dumps(BASE)
+    out += [
+        None,
+        b"",
+        b"   ",
+        good[:40],
+        good + good,  # two objects on one line
+        json.dumps(BASE, indent=2).encode(),  # pretty-printed: spans lines
+        b"\xef\xbb\xbf" + good,  # UTF-8 byte-order mark
+        b"  " + good,
+        good.replace(b"pt-1", b"pt-\xff"),  # not UTF-8
+        good[:-1] + b',"extra":1}',
+        good[:-1] + b',"heart_rate":90}',  # duplicate key
+        good.replace(b'"heart_rate":88', b'"heart_rate":NaN'),
+        good.replace(b'"heart_rate":88', b'"heart_rate":Infinity'),
+        good.replace(b"pt-1", b"pt-\\u00e9"),
+        b"[1,2]",
+        b"null",
+        b"42",
+    ]
+    return out
+
+
+def _pydantic(raw: bytes | None) -> tuple[str, Any]:
+    if not raw:
+        return "reject", "empty_message"
+    try:
+        ev = VitalsEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        return "reject", violation_reason(exc)[0]
+    row = dict(ev.__dict__)
+    row["event_id"] = str(row["event_id"])
+    row["ts"] = row["ts"].astimezone(UTC)
+    return "accept", row
+
+
+def test_every_variant_gets_the_pydantic_verdict() -> None:
+    variants = _variants()
+    # Interleave good messages so that bad ones sit inside batches, as in production.
+    good = orjson.dumps({**BASE, "event_id": str(uuid.uuid4())})
+    batch: list[bytes | None] = []
+    for v in variants:
+        batch += [good, v, good]
+    result = BatchValidator(VitalsEvent).validate(batch)
+    rows = {r.pop("_index"): r for r in result.table.to_pylist()}
+    rejects = {i: reason for i, reason, _detail in result.rejects}
+    assert set(rows).isdisjoint(rejects)
+    assert set(rows) | set(rejects) == set(range(len(batch)))
+    mismatches = []
+    for i, raw in enumerate(batch):
+        verdict, expected = _pydantic(raw)
+        if verdict == "accept":
+            got = rows.get(i)
+            if got is None or {k: got[k] for k in expected} != expected:
+                mismatches.append((raw, "accepted by pydantic", got, expected))
+        elif rejects.get(i) != expected:
+            mismatches.append((raw, "rejected by pydantic", rejects.get(i), expected))
+    assert not mismatches, mismatches[:5]
+    assert result.table.column("_index").to_pylist() == sorted(rows)
+    # The interleaved good messages took the fast path; only the variants needed pydantic.
+    assert result.slow_path <= len(variants)
+
+
+def test_arrow_schema_is_derived_from_the_model() -> None:
+    schema = arrow_schema(VitalsEvent)
+    assert schema.names == list(VitalsEvent.model_fields)
+    assert str(schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    assert arrow_schema(OutcomeEvent).names == list(OutcomeEvent.model_fields)
+
+
+def test_a_batch_of_only_bad_messages_and_an_empty_batch() -> None:
+    v = BatchValidator(VitalsEvent)
+    empty = v.validate([])
+    assert empty.table.num_rows == 0
+    assert empty.rejects == []
+    bad = v.validate([b"{", b"nope", None])
+    assert [r[1] for r in bad.rejects] == ["bad_json", "bad_json", "empty_message"]
+
+
+@pytest.mark.parametrize("size", [1, 1023, 1024, 1025, 5000])
+def test_slice_boundaries_keep_every_row(size: int) -> None:
+    msgs = [orjson.dumps({**BASE, "event_id": str(uuid.uuid4())}) for _ in range(size)]
+    msgs[size // 2] = b'{"truncated'
+    r = BatchValidator(VitalsEvent).validate(msgs)
+    assert r.table.num_rows == size - 1
+    assert [i for i, _r, _d in r.rejects] == [size // 2]
+    assert r.slow_path == 1
