@@ -176,7 +176,10 @@ def _one(
         "simulate_vs_raw_produce": sent.rate / raw_produce,
         "raw_consume_msgs_per_s": raw_consume,
         "landing_msgs_per_s": landed["records_per_s"],
+        "landing_drain_msgs_per_s": landed["drain_records_per_s"],
+        "landing_startup_s": landed["startup_s"],
         "landing_vs_raw_consume": landed["records_per_s"] / raw_consume,
+        "landing_drain_vs_raw_consume": landed["drain_records_per_s"] / raw_consume,
         "lander_peak_rss_mb": rss_mb,
     }
 

@@ -87,12 +87,20 @@ class LandingSummary:
     flushes: int = 0
     recovered_files: int = 0
     seconds: float = 0.0
+    first_record_s: float | None = None  # startup: connect, offsets, first fetch
     committed: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
 
     @property
     def rate(self) -> float:
+        """Records per second over the whole run, startup included."""
         return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def drain_rate(self) -> float:
+        """Records per second from the first record on (the steady-state throughput)."""
+        busy = self.seconds - (self.first_record_s or 0.0)
+        return self.records / busy if busy > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +115,8 @@ class LandingSummary:
             "recovered_files": self.recovered_files,
             "seconds": round(self.seconds, 3),
             "records_per_s": round(self.rate, 1),
+            "drain_records_per_s": round(self.drain_rate, 1),
+            "startup_s": round(self.first_record_s or 0.0, 3),
             "committed": self.committed,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
@@ -332,12 +342,14 @@ class Lander:
         summary = LandingSummary(
             run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous"
         )
-        ensure_topics(self.settings) if not self.settings.kafka.bootstrap_servers else None
+        if not self.settings.kafka.bootstrap_servers:
+            ensure_topics(self.settings)  # the embedded broker forgets topics on restart
         topics = [self.topics.vitals, self.topics.outcomes]
         partitions = self.client.all_partitions(topics)
         consumer = self.client.consumer(self.cfg.group_id)
         dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
         t0 = time.monotonic()
+        previous_handlers: dict[int, Any] = {}
         try:
             consumer.assign(partitions)
             self._recover(consumer, summary)
@@ -348,7 +360,7 @@ class Lander:
             end = {tp: high for tp, (_low, high) in marks.items()}
             buf = _Buffer()
             last_flush = last_data = time.monotonic()
-            self._install_signal_handlers()
+            previous_handlers = self._install_signal_handlers()
             caught_up = False
             while not self._stop:
                 if bounded and all(position[tp] >= end[tp] for tp in partitions):
@@ -361,6 +373,8 @@ class Lander:
                 records = consumer.poll_batch(
                     self.settings.kafka.consumer.max_poll_records, 0.2 if caught_up else 0.5
                 )
+                if records and summary.first_record_s is None:
+                    summary.first_record_s = time.monotonic() - t0
                 self._take(records, buf, summary)
                 for (topic, part), off in buf.last_offsets.items():
                     position[TopicPartition(topic, part)] = off + 1
@@ -385,6 +399,8 @@ class Lander:
                     break
             self._flush(buf, consumer, dlq, summary)
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             summary.peak_rss_mb = peak_rss_mb()
             consumer.close()
             if dlq is not None:
@@ -396,15 +412,19 @@ class Lander:
         log.info("landing done", extra={"stage": "landing", **summary.to_dict()})
         return summary
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Stop gracefully (final flush) on SIGTERM/SIGINT; returns the handlers replaced."""
+
         def stop(_sig: int, _frame: FrameType | None) -> None:
             self._stop = True
 
+        previous: dict[int, Any] = {}
         try:
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, stop)
         except ValueError:
             pass  # not the main thread (e.g. inside a test runner thread): no handlers
+        return previous
 
 
 def main(

@@ -216,3 +216,15 @@ def test_malformed_kinds_all_reach_the_dead_letters(stack_settings: Settings) ->
     reasons = Counter(_lake(s).read_table(RAW_DEAD)["reason"].to_pylist())
     assert set(reasons) == set(MALFORMED_KINDS)
     assert reasons == Counter(sent.stats.malformed)
+
+
+def test_live_mode_is_paced_to_the_clock(stack_settings: Settings) -> None:
+    # Half an hour of ward time at 3600x: about half a second of wall-clock time.
+    s = with_simulator(stack_settings, patients=5, hours=0.5, mode="live", speedup=3600)
+    t0 = time.monotonic()
+    sent, _ = simulate_to_kafka(s)
+    elapsed = time.monotonic() - t0
+    assert 0.4 < elapsed < 5
+    backfill, _ = simulate_to_kafka(with_simulator(stack_settings, patients=5, hours=0.5))
+    assert backfill.messages == sent.messages
+    assert Lander(s).run(bounded=True).records == 2 * sent.messages
