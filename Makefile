@@ -47,7 +47,8 @@ ingest: up ## Land Kafka into the raw lake (bounded drain; CONTINUOUS=1 to keep 
 	$(BIN)/python -m pipelines.landing $(if $(CONTINUOUS),--continuous)
 
 demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → summary
-	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) $(if $(HOURS),--hours $(HOURS))
+	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) \
+	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED))
 
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
 	$(BIN)/pytest -q

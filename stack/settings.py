@@ -95,6 +95,7 @@ class SparkSettings(_Strict):
     master: str = "local[*]"
     shuffle_partitions: int = Field(8, gt=0)
     driver_memory: str = "2g"
+    ui: bool = Field(False, description="Spark UI on port 4040 (loopback)")
 
 
 class LocalStackSettings(_Strict):
@@ -210,6 +211,35 @@ class LandingSettings(_Strict):
     dead_letters_to_topic: bool = True
 
 
+def _default_presence() -> dict[str, float]:
+    # Below these shares of non-null readings a vital counts as "almost entirely missing"
+    # (a broken feed), given monitors every minute, a cuff every 15 min, a thermometer
+    # every 30 min.
+    return {
+        "heart_rate": 0.5,
+        "spo2": 0.5,
+        "resp_rate": 0.5,
+        "systolic_bp": 0.02,
+        "diastolic_bp": 0.02,
+        "temperature": 0.01,
+    }
+
+
+class EtlSettings(_Strict):
+    """Batch-level thresholds of the raw expectations and the ETL's time bounds."""
+
+    max_duplicate_share: float = Field(0.05, ge=0, le=1)
+    max_out_of_range_share: float = Field(0.03, ge=0, le=1)
+    max_bad_time_share: float = Field(0.01, ge=0, le=1)
+    max_future_minutes: float = Field(5.0, ge=0)
+    max_age_days: float = Field(730.0, gt=0)
+    min_present_share: dict[str, float] = Field(default_factory=_default_presence)
+    context_hours: int = Field(
+        2, ge=0, description="hours before (and after) a partition read for continuity"
+    )
+    reports_dir: Path = Path("reports/etl")
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -225,6 +255,7 @@ class Settings(_Strict):
     local_stack: LocalStackSettings = LocalStackSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     landing: LandingSettings = LandingSettings()
+    etl: EtlSettings = EtlSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

@@ -1,0 +1,194 @@
+"""Per-event cleaning of raw vital-sign events: one definition for the ETL and the scorer.
+
+The batch ETL (Spark, per patient) and the online scorer (per poll batch, with carried
+state) both call :func:`clean_events`, so the real-time path cleans exactly as the lake
+does. Rules, applied in this order:
+
+1. **Units.** A temperature between 86 and 113 is a reading in °F (30–45 °C) and is
+   converted; ``fahrenheit:temperature`` is recorded as a *correction*.
+2. **Impossible values.** Outside :data:`HARD_LIMITS` a value is not a physiological
+   reading (sensor or firmware error): it is rejected (``impossible:<vital>``). A diastolic
+   pressure at or above the systolic rejects both (``impossible:blood_pressure``).
+3. **Motion artifacts.** A probe that slips reads an SpO2 of 0–50 for a moment, and ECG
+   leads that move count spikes; neither is a crisis:
+   - SpO2 below 50, or below 70 just after a normal SpO2 (≥ 85 within 10 minutes), while
+     the heart rate in the same reading is not abnormal (40–140 or not measured), is an
+     artifact (``artifact:spo2``) — a real desaturation that deep comes with a heart-rate
+     response and does not happen between two one-minute readings;
+   - a heart rate above 150 that jumps more than 50 bpm above the last plausible heart
+     rate of the past 5 minutes is an artifact (``artifact:heart_rate``).
+   "Previous" readings are the patient's own plausible readings *before* this event (never
+   after it), carried across batches in :class:`CleaningState`, so a scorer that sees one
+   event at a time decides as the batch job does.
+4. **Row status.** An event whose every measured vital was rejected contributes nothing:
+   it is ``quarantined`` with its reasons; otherwise it is ``ok`` with the rejected values
+   removed (their reasons listed).
+
+Input columns: ``patient_id``, ``ts`` (UTC), the six vitals, ``consciousness``,
+``on_oxygen`` (any others pass through). Rows must be ordered by patient, then time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+VITALS = ("heart_rate", "systolic_bp", "diastolic_bp", "spo2", "resp_rate", "temperature")
+
+# Physically possible ranges (°C for temperature). Wide on purpose: they catch broken
+# sensors and entry errors, not sick patients; clinical bands are NEWS2's business.
+HARD_LIMITS: dict[str, tuple[float, float]] = {
+    "heart_rate": (20.0, 300.0),
+    "systolic_bp": (40.0, 300.0),
+    "diastolic_bp": (20.0, 200.0),
+    "spo2": (0.0, 100.0),
+    "resp_rate": (3.0, 80.0),
+    "temperature": (25.0, 45.0),
+}
+FAHRENHEIT_BAND = (86.0, 113.0)
+SPO2_ARTIFACT_ALWAYS = 50.0
+SPO2_ARTIFACT_AFTER_NORMAL = 70.0
+SPO2_NORMAL_BEFORE = 85.0
+SPO2_CONTEXT = pd.Timedelta(minutes=10)
+HR_NOT_ABNORMAL = (40.0, 140.0)
+HR_SPIKE_ABOVE = 150.0
+HR_SPIKE_JUMP = 50.0
+HR_CONTEXT = pd.Timedelta(minutes=5)
+
+STATUS_OK = "ok"
+STATUS_QUARANTINED = "quarantined"
+
+
+@dataclass
+class CleaningState:
+    """Per patient: the last plausible SpO2 and heart rate, and when they were read."""
+
+    last: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            {
+                "spo2": pd.Series(dtype="float64"),
+                "spo2_ts": pd.Series(dtype="datetime64[us, UTC]"),
+                "heart_rate": pd.Series(dtype="float64"),
+                "heart_rate_ts": pd.Series(dtype="datetime64[us, UTC]"),
+            },
+            index=pd.Index([], name="patient_id", dtype="object"),
+        )
+    )
+
+
+def _previous(
+    values: pd.Series, ts: pd.Series, pid: pd.Series, prior: pd.Series, prior_ts: pd.Series
+) -> tuple[pd.Series, pd.Series]:
+    """Last non-null ``values`` strictly before each row, per patient, with its time."""
+    prev = values.groupby(pid, sort=False).shift(1)
+    prev_ts = ts.where(values.notna()).groupby(pid, sort=False).shift(1)
+    prev = prev.groupby(pid, sort=False).ffill()
+    prev_ts = prev_ts.groupby(pid, sort=False).ffill()
+    if len(prior):
+        prev = prev.fillna(pid.map(prior))
+        prev_ts = prev_ts.fillna(pid.map(prior_ts))
+    return prev, prev_ts
+
+
+def clean_events(
+    events: pd.DataFrame, state: CleaningState | None = None
+) -> tuple[pd.DataFrame, CleaningState]:
+    """Apply the cleaning rules; returns the cleaned events and the state to carry on.
+
+    The output has the input's columns (vitals cleaned, temperature in °C) plus
+    ``status`` (``ok`` | ``quarantined``), ``corrections`` and ``rejections`` (comma-joined
+    ``reason:field`` codes, empty when none).
+    """
+    state = state or CleaningState()
+    out = events.copy()
+    n = len(out)
+    pid = out["patient_id"]
+    ts = out["ts"]
+    raw = {v: out[v].astype("float64") for v in VITALS}
+    present_before = pd.concat([raw[v].notna() for v in VITALS], axis=1).any(axis=1)
+    corrections = np.full(n, "", dtype=object)
+    rejections = np.full(n, "", dtype=object)
+
+    def note(target: np.ndarray, mask: pd.Series | np.ndarray, code: str) -> None:
+        m = np.asarray(mask, dtype=bool)
+        if m.any():
+            target[m] = np.where(target[m] == "", code, target[m] + "," + code)
+
+    vals = {v: raw[v].copy() for v in VITALS}
+
+    # 1. units
+    temp = vals["temperature"]
+    fahr = temp.between(*FAHRENHEIT_BAND)
+    vals["temperature"] = temp.where(~fahr, ((temp - 32.0) * 5.0 / 9.0).round(2))
+    note(corrections, fahr, "fahrenheit:temperature")
+
+    # 3a. artifacts need the plausible readings before each event (judged before limits
+    # remove anything, so that context never depends on this event's own fate).
+    hr_lo = HARD_LIMITS["heart_rate"][0]
+    hr = vals["heart_rate"]
+    hr_ref = hr.where(hr.between(hr_lo, HR_SPIKE_ABOVE))
+    prev_hr, prev_hr_ts = _previous(
+        hr_ref, ts, pid, state.last["heart_rate"], state.last["heart_rate_ts"]
+    )
+    spo2 = vals["spo2"]
+    spo2_ref = spo2.where(spo2.between(SPO2_ARTIFACT_AFTER_NORMAL, HARD_LIMITS["spo2"][1]))
+    prev_spo2, prev_spo2_ts = _previous(
+        spo2_ref, ts, pid, state.last["spo2"], state.last["spo2_ts"]
+    )
+
+    # 2. impossible values
+    for v in VITALS:
+        lo, hi = HARD_LIMITS[v]
+        bad = vals[v].notna() & ~vals[v].between(lo, hi)
+        vals[v] = vals[v].mask(bad)
+        note(rejections, bad, f"impossible:{v}")
+    inverted = vals["diastolic_bp"].ge(vals["systolic_bp"]) & vals["systolic_bp"].notna()
+    for v in ("systolic_bp", "diastolic_bp"):
+        vals[v] = vals[v].mask(inverted)
+    note(rejections, inverted, "impossible:blood_pressure")
+
+    # 3b. artifacts
+    hr_ok = vals["heart_rate"].isna() | vals["heart_rate"].between(*HR_NOT_ABNORMAL)
+    recent_normal = (prev_spo2 >= SPO2_NORMAL_BEFORE) & ((ts - prev_spo2_ts) <= SPO2_CONTEXT)
+    s = vals["spo2"]
+    spo2_art = hr_ok & (
+        (s < SPO2_ARTIFACT_ALWAYS) | ((s < SPO2_ARTIFACT_AFTER_NORMAL) & recent_normal)
+    )
+    vals["spo2"] = s.mask(spo2_art)
+    note(rejections, spo2_art, "artifact:spo2")
+    h = vals["heart_rate"]
+    recent_hr = (ts - prev_hr_ts) <= HR_CONTEXT
+    hr_art = (h > HR_SPIKE_ABOVE) & recent_hr & ((h - prev_hr) > HR_SPIKE_JUMP)
+    vals["heart_rate"] = h.mask(hr_art)
+    note(rejections, hr_art, "artifact:heart_rate")
+
+    for v in VITALS:
+        out[v] = vals[v]
+    present_after = pd.concat([vals[v].notna() for v in VITALS], axis=1).any(axis=1)
+    quarantined = present_before & ~present_after
+    out["status"] = np.where(quarantined, STATUS_QUARANTINED, STATUS_OK)
+    out["corrections"] = corrections
+    out["rejections"] = rejections
+
+    return out, _next_state(state, pid, ts, hr_ref, spo2_ref)
+
+
+def _next_state(
+    state: CleaningState, pid: pd.Series, ts: pd.Series, hr_ref: pd.Series, spo2_ref: pd.Series
+) -> CleaningState:
+    """The state after these events: each patient's latest plausible SpO2 and heart rate."""
+    last = state.last.copy()
+    for name, ref in (("heart_rate", hr_ref), ("spo2", spo2_ref)):
+        seen = (
+            pd.DataFrame({"patient_id": pid, "ts": ts, "v": ref})
+            .dropna(subset=["v"])
+            .groupby("patient_id", sort=False)
+            .last()
+        )
+        if len(seen):
+            last = last.reindex(last.index.union(seen.index))
+            last.loc[seen.index, name] = seen["v"]
+            last.loc[seen.index, f"{name}_ts"] = seen["ts"]
+    return CleaningState(last=last)

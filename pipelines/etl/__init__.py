@@ -1,0 +1,1 @@
+"""Spark ETL validated by Great Expectations: raw lake → processed lake + PostgreSQL."""

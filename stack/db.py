@@ -1,0 +1,146 @@
+"""PostgreSQL: connections, the schema declared in code (versioned migrations), bulk COPY.
+
+The schema is a list of numbered migrations applied in order and recorded in
+``schema_migrations``; applying is idempotent and serialised by an advisory lock, so any
+stage may call :func:`migrate` before it writes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from stack.localstack import endpoints
+from stack.settings import Settings
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "ETL: per-minute vitals, quarantine, partition tracking, run summaries",
+        """
+        CREATE TABLE vitals_minute (
+            patient_id      text        NOT NULL,
+            minute          timestamptz NOT NULL,
+            heart_rate      double precision,
+            systolic_bp     double precision,
+            diastolic_bp    double precision,
+            spo2            double precision,
+            resp_rate       double precision,
+            temperature     double precision,
+            consciousness   char(1) CHECK (consciousness IN ('A', 'C', 'V', 'P', 'U')),
+            on_oxygen       boolean,
+            n_heart_rate    smallint NOT NULL,
+            n_systolic_bp   smallint NOT NULL,
+            n_diastolic_bp  smallint NOT NULL,
+            n_spo2          smallint NOT NULL,
+            n_resp_rate     smallint NOT NULL,
+            n_temperature   smallint NOT NULL,
+            n_consciousness smallint NOT NULL,
+            n_events        smallint NOT NULL,
+            partition       text     NOT NULL,
+            PRIMARY KEY (patient_id, minute)
+        );
+        CREATE INDEX vitals_minute_partition ON vitals_minute (partition);
+        CREATE TABLE quarantine (
+            run_id     text NOT NULL,
+            partition  text NOT NULL,
+            event_id   text NOT NULL,
+            patient_id text,
+            ts         timestamptz,
+            scope      text NOT NULL CHECK (scope IN ('row', 'value')),
+            field      text,
+            raw_value  text,
+            reason     text NOT NULL
+        );
+        CREATE INDEX quarantine_partition ON quarantine (partition);
+        CREATE TABLE etl_partitions (
+            partition        text PRIMARY KEY,
+            fingerprint      text        NOT NULL,
+            run_id           text        NOT NULL,
+            processed_at     timestamptz NOT NULL,
+            raw_rows         bigint NOT NULL,
+            source_rows      bigint NOT NULL,
+            quarantined_rows bigint NOT NULL,
+            duplicates       bigint NOT NULL,
+            corrected_values bigint NOT NULL,
+            rejected_values  bigint NOT NULL,
+            minute_rows      bigint NOT NULL,
+            CHECK (raw_rows = source_rows + quarantined_rows + duplicates)
+        );
+        CREATE TABLE etl_runs (
+            run_id       text PRIMARY KEY,
+            started_at   timestamptz NOT NULL,
+            finished_at  timestamptz,
+            status       text NOT NULL,
+            partitions   text[] NOT NULL DEFAULT '{}',
+            raw_rows     bigint,
+            source_rows  bigint,
+            quarantined_rows bigint,
+            duplicates   bigint,
+            minute_rows  bigint,
+            raw_validation_success       boolean,
+            processed_validation_success boolean,
+            report_dir   text,
+            error        text,
+            seconds      double precision
+        );
+        """,
+    ),
+]
+
+
+def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
+    """A connection to the configured (or embedded) database."""
+    return psycopg.connect(endpoints(settings).database_url, autocommit=autocommit)
+
+
+def migrate(settings: Settings) -> list[int]:
+    """Apply pending migrations in order; returns the versions applied now."""
+    applied_now: list[int] = []
+    with connect(settings) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(74234)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version int PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        for version, description, sql in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (version, description),
+            )
+            applied_now.append(version)
+    return applied_now
+
+
+@contextmanager
+def transaction(settings: Settings) -> Iterator[psycopg.Connection[tuple]]:  # type: ignore[type-arg]
+    """A connection whose work commits on success and rolls back on error."""
+    with connect(settings) as conn, conn.transaction():
+        yield conn
+
+
+def copy_table(conn: psycopg.Connection[tuple], table: str, data: pa.Table) -> int:  # type: ignore[type-arg]
+    """Bulk-load an Arrow table with ``COPY … FROM STDIN (FORMAT csv)``; returns rows."""
+    if data.num_rows == 0:
+        return 0
+    buf = io.BytesIO()
+    pacsv.write_csv(data, buf, write_options=pacsv.WriteOptions(include_header=False))
+    cols = ", ".join(f'"{c}"' for c in data.column_names)
+    with (
+        conn.cursor() as cur,
+        cur.copy(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)") as cp,
+    ):
+        view = buf.getbuffer()
+        for start in range(0, len(view), 1 << 20):
+            cp.write(view[start : start + (1 << 20)])
+    return int(data.num_rows)
