@@ -39,13 +39,16 @@ VITALS = ("heart_rate", "systolic_bp", "diastolic_bp", "spo2", "resp_rate", "tem
 
 # Physically possible ranges (°C for temperature). Wide on purpose: they catch broken
 # sensors and entry errors, not sick patients; clinical bands are NEWS2's business.
+# Temperature is the exception that needs care: below 33 °C or above 43 °C a ward reading
+# is a misplaced probe or a unit error (0 °C sent as 32 °F reads like 32 °C), not a
+# patient still on a ward.
 HARD_LIMITS: dict[str, tuple[float, float]] = {
     "heart_rate": (20.0, 300.0),
     "systolic_bp": (40.0, 300.0),
     "diastolic_bp": (20.0, 200.0),
     "spo2": (0.0, 100.0),
     "resp_rate": (3.0, 80.0),
-    "temperature": (25.0, 45.0),
+    "temperature": (33.0, 43.0),
 }
 FAHRENHEIT_BAND = (86.0, 113.0)
 SPO2_ARTIFACT_ALWAYS = 50.0

@@ -89,3 +89,32 @@ def stack_settings(stack_overlay: dict[str, Any], tmp_path: Path) -> Settings:
         simulator=SMALL_WARD,
         logging={"format": "text"},
     )
+
+
+@pytest.fixture
+def etl_settings(stack_settings: Settings) -> Iterator[Settings]:
+    """Stack settings with a database of this test's own (tables are per test)."""
+    import psycopg
+
+    from stack.localstack import endpoints
+
+    base = endpoints(stack_settings).database_url
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = base.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = base.rsplit("/", 1)[0] + f"/{name}"
+    s = stack_settings.model_copy(
+        update={
+            "postgres": stack_settings.postgres.model_copy(update={"url": url}),
+            "spark": stack_settings.spark.model_copy(
+                update={"master": "local[2]", "shuffle_partitions": 4}
+            ),
+            "etl": stack_settings.etl.model_copy(
+                update={"reports_dir": stack_settings.run_path.parent / f"reports-{name}"}
+            ),
+        }
+    )
+    yield s
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

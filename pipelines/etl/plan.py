@@ -12,10 +12,14 @@ minutes are forward-filled from H and so are *reprocessed* when H changes.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+
+_PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/hour=([01]\d|2[0-3])$")
 
 
 def partition_of(hour: datetime) -> str:
@@ -28,12 +32,11 @@ def hour_of(partition: str) -> datetime:
     Raises:
         ValueError: not of the form ``date=YYYY-MM-DD/hour=HH``.
     """
-    try:
-        date_part, hour_part = partition.split("/")
-        day = datetime.strptime(date_part.removeprefix("date="), "%Y-%m-%d")
-        return day.replace(hour=int(hour_part.removeprefix("hour=")), tzinfo=UTC)
-    except ValueError as exc:
-        raise ValueError(f"not a partition name: {partition!r} (want date=…/hour=…)") from exc
+    m = _PARTITION.match(partition)
+    if not m:
+        raise ValueError(f"not a partition name: {partition!r} (want date=YYYY-MM-DD/hour=HH)")
+    day = datetime.strptime(m.group(1), "%Y-%m-%d")
+    return day.replace(hour=int(m.group(2)), tzinfo=UTC)
 
 
 def fingerprints(files: Iterable[str], zone: str) -> dict[str, str]:

@@ -179,11 +179,12 @@ class WardSimulator:
         self.stats.artifacts += int(art.size)
         note(art, "artifact")
 
-        # Impossible values: firmware or transcription errors.
+        # Impossible values: firmware or transcription errors corrupt a measured value.
         imp = np.nonzero(rng.random(n) < f.impossible)[0]
         names = list(IMPOSSIBLE)
         for i in imp.tolist():
-            v = names[int(rng.integers(0, len(names)))]
+            measured = [v for v in names if not np.isnan(vals[v][i])] or names
+            v = measured[int(rng.integers(0, len(measured)))]
             vals[v][i] = IMPOSSIBLE[v][int(rng.integers(0, 4))]
         self.stats.impossible += int(imp.size)
         note(imp, "impossible")
