@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-
 _PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/hour=([01]\d|2[0-3])$")
 
 

@@ -86,7 +86,7 @@ P = [f"date=2026-01-05/hour={h:02d}" for h in range(6)]
 
 
 def test_plan_processes_new_and_changed_partitions_with_neighbours() -> None:
-    raw = {p: "v1" for p in P}
+    raw = dict.fromkeys(P, "v1")
     first = plan(raw, {}, context_hours=2)
     assert first.pending == P
     assert first.context == []
