@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock up down status simulate ingest demo test test-fast test-integration \
+.PHONY: help setup lock up down status simulate ingest etl demo test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
 help: ## List every target
@@ -46,7 +46,10 @@ simulate: up ## Simulate a ward into Kafka (PATIENTS=, HOURS=, SEED=, SCENARIO=,
 ingest: up ## Land Kafka into the raw lake (bounded drain; CONTINUOUS=1 to keep running)
 	$(BIN)/python -m pipelines.landing $(if $(CONTINUOUS),--continuous)
 
-demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → summary
+etl: up ## Validate, clean and resample new raw partitions (PARTITION=date=…/hour=… FORCE=1)
+	$(BIN)/python -m pipelines.etl $(if $(PARTITION),--partition $(PARTITION)) $(if $(FORCE),--force)
+
+demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → ETL → summary
 	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) \
 	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED))
 
@@ -69,8 +72,9 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## Run every benchmark; results in bench/results/*.json
+bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~30 min)
 	$(BIN)/python -m bench.bench_ingest
+	$(BIN)/python -m bench.bench_etl
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'

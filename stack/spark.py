@@ -31,7 +31,7 @@ def spark_session(settings: Settings, app: str = "vigil") -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "20000")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.ui.enabled", "true" if cfg.ui else "false")

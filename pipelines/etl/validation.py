@@ -149,7 +149,11 @@ class SuiteRunner:
         self.source = self.ctx.data_sources.add_spark("spark")
         self._n = 0
 
-    def run(self, name: str, df: DataFrame, expectations: list[Any]) -> ValidationOutcome:
+    def run(
+        self, name: str, df: DataFrame, expectations: list[Any], *, detail: bool = False
+    ) -> ValidationOutcome:
+        """Validate ``df``; ``detail`` adds observed values and examples (slower: for the
+        failure path, where the message should say what was seen)."""
         import great_expectations as gx
         from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -167,7 +171,7 @@ class SuiteRunner:
                 name=f"{name}_{self._n}",
                 validation_definitions=[vd],
                 actions=[UpdateDataDocsAction(name="data_docs")],
-                result_format="SUMMARY",
+                result_format="SUMMARY" if detail else "BOOLEAN_ONLY",
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": df})

@@ -25,6 +25,8 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
             "start_timeout_s": 120,
         },
         mlflow={"local_store": str(tmp_path / "mlruns")},
+        spark={"master": "local[2]", "shuffle_partitions": 4},
+        etl={"reports_dir": str(tmp_path / "reports")},
     )
     s = with_simulator(s, patients=30, hours=4)
     console = Console(record=True, width=120)
@@ -36,6 +38,14 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     assert result["reconciliation"]["ok"], result["reconciliation"]
     # admissions are spread over the first quarter of the window: ~7/8 of full coverage
     assert 30 * 4 * 60 * 0.7 < result["landed"]["vitals"] < 30 * 4 * 60 * 1.05
-    for needle in ("reconciled with simulator", "MLflow UI", "dead letters", "raw vitals"):
+    for needle in ("reconciled with simulator", "MLflow UI", "dead letters", "raw vitals",
+                   "ETL:", "data_docs/index.html"):  # fmt: skip
         assert needle in text
+    etl = result["etl"]
+    assert etl["status"] == "success"
+    totals = etl["totals"]
+    assert totals["raw_rows"] == result["landed"]["vitals"]
+    assert totals["raw_rows"] == (
+        totals["source_rows"] + totals["quarantined_rows"] + totals["duplicates"]
+    )
     assert f"127.0.0.1:{s.local_stack.mlflow_port}" in text

@@ -1,0 +1,139 @@
+"""ETL throughput: raw events/s through validate + clean + resample + both outputs.
+
+The raw lake is written straight from the simulator through the landing's own validator
+and table builders (no broker: this measures the ETL, not ingestion), at each size, into
+a private stack (PostgreSQL) and lake. Spark runs ``local[2]``.
+
+Reports per size: events/s, seconds per step (GX raw validation, transform with shuffle,
+GX output validation, Parquet write, PostgreSQL COPY), peak RSS of the whole process tree
+(the Spark JVM and its Python workers included), and the growth from the smallest to the
+largest size (1.0 = linear). Target (issue #3): ≥ 100,000 raw events/s at 10M, ~linear.
+
+Usage: ``python -m bench.bench_etl [--sizes 1000000 10000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from bench.common import machine, private_stack, versions, write_result
+from pipelines.etl.job import run_etl
+from pipelines.landing import RAW_VITALS, VITALS_SCHEMA, _Buffer, _by_hour
+from pipelines.produce import with_simulator
+from pipelines.simulator.engine import WardSimulator
+from stack.batchvalidate import BatchValidator
+from stack.contracts import VitalsEvent
+from stack.kafka import Record
+from stack.lake import Lake
+from stack.settings import Settings
+
+EVENTS_PER_PATIENT_DAY = 1440 * 0.86  # readings per patient over 24 h (admissions, outcomes)
+
+
+def write_raw_lake(s: Settings, events: int) -> int:
+    """Simulate about ``events`` raw vitals events and land them as the lander would."""
+    patients = math.ceil(events / EVENTS_PER_PATIENT_DAY)
+    s = with_simulator(s, patients=patients, hours=24, seed=5, chunk_minutes=60)
+    lake = Lake(s.resolve(s.lake.root))
+    validator = BatchValidator(VitalsEvent)
+    written = 0
+    offset = 0
+    for n, chunk in enumerate(WardSimulator(s.simulator).messages()):
+        vitals = [m for m in chunk if m[0] == "vitals"]
+        recs = [
+            Record("vitals.raw", 0, offset + i, k, v, int(1_767_571_200_000 + e * 1000))
+            for i, (_r, k, v, e) in enumerate(vitals)
+        ]
+        offset += len(recs)
+        result = validator.validate([r.value for r in recs])
+        table = _Buffer.with_kafka(result.table, recs, VITALS_SCHEMA)
+        for part, t in _by_hour(table, "ts").items():
+            lake.write_parquet(t, f"{RAW_VITALS}/{part}/bench-{n:05d}.parquet")
+        written += table.num_rows
+    return written
+
+
+class PeakRss:
+    """Samples the RSS of this process and all its children (Spark JVM, Python workers)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def run(sizes: list[int]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for size in sizes:
+        with private_stack(
+            ["postgres"],
+            spark={"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g"},
+        ) as (s, _overlay):
+            t0 = time.monotonic()
+            raw = write_raw_lake(s, size)
+            gen_s = time.monotonic() - t0
+            with PeakRss() as rss:
+                t0 = time.monotonic()
+                summary = run_etl(s)
+                seconds = time.monotonic() - t0
+            assert summary.total("raw_rows") == raw, (summary.total("raw_rows"), raw)
+            results[str(size)] = {
+                "raw_events": raw,
+                "seconds": round(seconds, 1),
+                "events_per_s": round(raw / seconds),
+                "steps_s": {k: round(v, 1) for k, v in summary.timings.items()},
+                "minute_rows": summary.total("minute_rows"),
+                "partitions": len(summary.pending),
+                "peak_rss_mb": round(rss.peak / 2**20),
+                "generate_raw_lake_s": round(gen_s, 1),
+            }
+            print(size, json.dumps(results[str(size)]), flush=True)
+    small, large = str(min(sizes)), str(max(sizes))
+    growth = (results[large]["seconds"] / results[small]["seconds"]) / (
+        results[large]["raw_events"] / results[small]["raw_events"]
+    )
+    return {
+        "target": {"events_per_s_at_largest": ">= 100000", "growth": "~1.0 (linear)"},
+        "parameters": {"sizes": sizes, "spark_master": "local[2]", "simulated_hours": 24},
+        "results": results,
+        "growth_time_per_event_largest_vs_smallest": round(growth, 2),
+        "versions": versions("pyspark", "great-expectations", "pandas", "pyarrow", "psycopg"),
+        "machine": machine(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    out = run(ap.parse_args().sizes)
+    print(write_result("etl", out))
+
+
+if __name__ == "__main__":
+    main()
