@@ -78,6 +78,22 @@ def test_faults_end_where_they_belong_and_rows_reconcile(etl_settings: Settings)
     corrected = q(s, "SELECT sum(corrected_values) FROM etl_partitions")[0][0]
     fahr_readings = [e for e, k in log.items() if k == ["fahrenheit"]]
     assert corrected >= len(fahr_readings)
+    # Late and out-of-order events count in the minute they were measured in.
+    late = [e for e, k in log.items() if k == ["late"]]
+    assert late
+    raw_pd = raw.select(["event_id", "patient_id", "ts"]).to_pandas()
+    late_rows = raw_pd[raw_pd.event_id.isin(late)].drop_duplicates("event_id")
+    per_minute = {
+        (p, m): n for p, m, n in q(s, "SELECT patient_id, minute, n_events FROM vitals_minute")
+    }
+    for _, r in late_rows.iterrows():
+        assert per_minute[(r.patient_id, r.ts.floor("min").to_pydatetime())] >= 1
+    # Missing readings stay missing (never invented): observed counts match the raw data.
+    hr_obs = q(s, "SELECT sum(n_heart_rate) FROM vitals_minute")[0][0]
+    raw_hr = raw.to_pandas().drop_duplicates("event_id")["heart_rate"]
+    usable_hr = raw_hr.between(20, 300).sum()
+    assert hr_obs <= usable_hr
+    assert hr_obs >= usable_hr - sum(1 for k in log.values() if "artifact" in k)
     # One row per patient-minute, in the lake and in PostgreSQL alike.
     pg = q(s, "SELECT count(*), count(DISTINCT (patient_id, minute)) FROM vitals_minute")[0]
     assert pg[0] == pg[1] == minutes.num_rows == summary.total("minute_rows")
