@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import psutil
+import psycopg
 
 from bench.common import machine, private_stack, versions, write_result
 from pipelines.etl.job import run_etl
@@ -33,6 +34,7 @@ from stack.batchvalidate import BatchValidator
 from stack.contracts import VitalsEvent
 from stack.kafka import Record
 from stack.lake import Lake
+from stack.localstack import endpoints
 from stack.settings import Settings
 
 EVENTS_PER_PATIENT_DAY = 1440 * 0.86  # readings per patient over 24 h (admissions, outcomes)
@@ -59,6 +61,24 @@ def write_raw_lake(s: Settings, events: int) -> int:
             lake.write_parquet(t, f"{RAW_VITALS}/{part}/bench-{n:05d}.parquet")
         written += table.num_rows
     return written
+
+
+def _fresh(base: Settings, size: int) -> Settings:
+    """``base`` with a lake folder and a PostgreSQL database of this size's own."""
+    url = endpoints(base).database_url
+    name = f"bench_etl_{size}"
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.model_copy(
+        update={
+            "lake": base.lake.model_copy(update={"root": f"{base.lake.root}-{size}"}),
+            "postgres": base.postgres.model_copy(
+                update={"url": url.rsplit("/", 1)[0] + f"/{name}"}
+            ),
+            "etl": base.etl.model_copy(update={"reports_dir": base.run_path / f"reports-{size}"}),
+        }
+    )
 
 
 class PeakRss:
@@ -90,11 +110,12 @@ class PeakRss:
 
 def run(sizes: list[int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for size in sizes:
-        with private_stack(
-            ["postgres"],
-            spark={"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g"},
-        ) as (s, _overlay):
+    spark = {"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g"}
+    # One stack and one Spark session for every size (Spark keeps its scratch space under
+    # the run directory); each size gets a lake and a database of its own.
+    with private_stack(["postgres"], spark=spark) as (base, _overlay):
+        for size in sizes:
+            s = _fresh(base, size)
             t0 = time.monotonic()
             raw = write_raw_lake(s, size)
             gen_s = time.monotonic() - t0
@@ -102,7 +123,8 @@ def run(sizes: list[int]) -> dict[str, Any]:
                 t0 = time.monotonic()
                 summary = run_etl(s)
                 seconds = time.monotonic() - t0
-            assert summary.total("raw_rows") == raw, (summary.total("raw_rows"), raw)
+            if summary.total("raw_rows") != raw:
+                raise RuntimeError(f"ETL saw {summary.total('raw_rows')} of {raw} raw rows")
             results[str(size)] = {
                 "raw_events": raw,
                 "seconds": round(seconds, 1),

@@ -37,7 +37,7 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-def _stack_overlay(run: Path, services: list[str]) -> dict[str, Any]:
+def isolated_stack_overlay(run: Path, services: list[str]) -> dict[str, Any]:
     return {
         "run_dir": str(run),
         "local_stack": {
@@ -55,7 +55,7 @@ def _stack_overlay(run: Path, services: list[str]) -> dict[str, Any]:
 def stack_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running Kafka API broker and PostgreSQL for the whole session."""
     run = tmp_path_factory.mktemp("stack")
-    overlay = _stack_overlay(run, ["kafka", "postgres"])
+    overlay = isolated_stack_overlay(run, ["kafka", "postgres"])
     path = run / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
     s = load_settings(path, environ={})

@@ -15,11 +15,11 @@ from stack.localstack import (
     StackError,
     down,
     endpoints,
-    free_port,
     status,
     up,
 )
 from stack.settings import Settings, load_settings
+from tests.conftest import isolated_stack_overlay
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +37,8 @@ def test_session_stack_is_healthy_and_real(stack_settings: Settings) -> None:
 
 
 def _own_settings(tmp_path: Path, services: list[str]) -> Settings:
-    overlay = {
-        "run_dir": str(tmp_path / "run"),
-        "mlflow": {"local_store": str(tmp_path / "mlruns")},
-        "local_stack": {
-            "kafka_port": free_port(),
-            "postgres_port": free_port(),
-            "mlflow_port": free_port(),
-            "services": services,
-            "start_timeout_s": 120,
-        },
-    }
     p = tmp_path / "o.yaml"
-    p.write_text(yaml.safe_dump(overlay))
+    p.write_text(yaml.safe_dump(isolated_stack_overlay(tmp_path / "run", services)))
     return load_settings(p, environ={})
 
 

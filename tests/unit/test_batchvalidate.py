@@ -13,22 +13,9 @@ from pydantic import ValidationError
 
 from stack.batchvalidate import BatchValidator, arrow_schema
 from stack.contracts import OutcomeEvent, VitalsEvent, violation_reason
+from tests.unit.test_contracts import EVENT
 
-BASE: dict[str, Any] = {
-    "event_id": "0b8d3c1e-3f4a-4c2b-9a7e-1d2c3b4a5f60",
-    "schema_version": 1,
-    "patient_id": "pt-1",
-    "device_id": "dev-1",
-    "ts": "2026-01-05T10:00:00.123Z",
-    "heart_rate": 88,
-    "systolic_bp": 120.0,
-    "diastolic_bp": None,
-    "spo2": 95,
-    "resp_rate": 18,
-    "temperature": 37.2,
-    "consciousness": "A",
-    "on_oxygen": False,
-}
+BASE: dict[str, Any] = {**EVENT, "systolic_bp": 120.0}
 
 ODD_VALUES: list[Any] = [None, "x", "", 1, 0, -3.5, 1.0, True, [], {}, [1], {"a": 1}]
 FIELD_SPECIFIC: dict[str, list[Any]] = {
