@@ -100,7 +100,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     )
     console.print(f"processed     {lake.uri}/{PROCESSED_ZONE}/  and table vitals_minute")
     console.print(f"quarantine    {lake.uri}/{QUARANTINE_ZONE}/  and table quarantine")
-    console.print(f"validation    {etl.report_dir}/data_docs/index.html")
+    console.print(f"validation    {etl.report_dir}/  (JSON + GX Data Docs in data_docs/)")
     console.print(f"MLflow UI     {ep.mlflow_uri}")
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")

@@ -389,6 +389,8 @@ class MlflowService(_Service):
         env["PATH"] = f"{mlflow_bin.parent}{os.pathsep}{env.get('PATH', '')}"
         # The job runner (huey workers for GenAI features) costs ~2 GB here; we use none.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        # Patient-adjacent metadata stays on site: no usage telemetry (and no network here).
+        env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         _spawn(
             [
                 str(mlflow_bin) if mlflow_bin.exists() else shutil.which("mlflow") or "mlflow",

@@ -148,6 +148,7 @@ class SuiteRunner:
         )
         self.source = self.ctx.data_sources.add_spark("spark")
         self._n = 0
+        self._used: set[str] = set()
 
     def run(
         self, name: str, df: DataFrame, expectations: list[Any], *, detail: bool = False
@@ -158,17 +159,20 @@ class SuiteRunner:
         from great_expectations.checkpoint import UpdateDataDocsAction
 
         self._n += 1
-        asset = self.source.add_dataframe_asset(f"{name}_{self._n}")
+        # Names are unique per context; keep the plain suite name for the main runs.
+        unique = name if name not in self._used else f"{name}_{self._n}"
+        self._used.add(unique)
+        asset = self.source.add_dataframe_asset(unique)
         batch = asset.add_batch_definition_whole_dataframe("all")
-        suite = self.ctx.suites.add(gx.ExpectationSuite(name=f"{name}_{self._n}"))
+        suite = self.ctx.suites.add(gx.ExpectationSuite(name=unique))
         for exp in expectations:
             suite.add_expectation(exp)
         vd = self.ctx.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{name}_{self._n}", data=batch, suite=suite)
+            gx.ValidationDefinition(name=unique, data=batch, suite=suite)
         )
         checkpoint = self.ctx.checkpoints.add(
             gx.Checkpoint(
-                name=f"{name}_{self._n}",
+                name=unique,
                 validation_definitions=[vd],
                 actions=[UpdateDataDocsAction(name="data_docs")],
                 result_format="SUMMARY" if detail else "BOOLEAN_ONLY",

@@ -39,7 +39,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     # admissions are spread over the first quarter of the window: ~7/8 of full coverage
     assert 30 * 4 * 60 * 0.7 < result["landed"]["vitals"] < 30 * 4 * 60 * 1.05
     for needle in ("reconciled with simulator", "MLflow UI", "dead letters", "raw vitals",
-                   "ETL:", "data_docs/index.html"):  # fmt: skip
+                   "ETL:", "GX Data Docs"):  # fmt: skip
         assert needle in text
     etl = result["etl"]
     assert etl["status"] == "success"
