@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         etl={"reports_dir": str(tmp_path / "reports")},
     )
     s = with_simulator(s, patients=30, hours=4)
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=400)  # no wrapping of long paths
     try:
         result = run_demo(s, console)
     finally:
