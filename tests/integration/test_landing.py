@@ -171,15 +171,16 @@ def test_crash_between_write_and_commit_loses_and_duplicates_nothing(
 
 
 def test_kill_mid_drain_then_rerun_loses_nothing(stack_settings: Settings, tmp_path: Path) -> None:
-    s = with_simulator(stack_settings, faults=FAULTY, patients=60)
-    s = s.model_copy(update={"landing": s.landing.model_copy(update={"flush_records": 2000})})
+    # Many small flushes, so that the kill surely lands while work remains.
+    s = with_simulator(stack_settings, faults=FAULTY, patients=60, hours=6)
+    s = s.model_copy(update={"landing": s.landing.model_copy(update={"flush_records": 1000})})
     sent, _ = simulate_to_kafka(s)
     cmd, env = _lander_cmd(s, tmp_path)
     lake = _lake(s)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(lake.files(RAW_VITALS)) < 3:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and not lake.files(RAW_VITALS):
+        time.sleep(0.005)
     proc.kill()  # SIGKILL: no chance to flush or clean up
     proc.wait()
     partial = sum(_offsets(lake).values())
