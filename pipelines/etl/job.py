@@ -301,7 +301,7 @@ class EtlJob:
         self._write_lake(minutes, quarantine, p.pending)
         timings["write_lake_s"] = time.monotonic() - tick
         tick = time.monotonic()
-        self._write_postgres(p.pending, summary, counts)
+        self._write_postgres(p, summary, counts)
         timings["write_postgres_s"] = time.monotonic() - tick
         ranked.unpersist()
         cleaned.unpersist()
@@ -416,9 +416,9 @@ class EtlJob:
         return f"{self.lake.uri}/{zone}"
 
     def _write_postgres(
-        self, pending: list[str], summary: EtlSummary, counts: dict[str, PartitionCounts]
+        self, p: Plan, summary: EtlSummary, counts: dict[str, PartitionCounts]
     ) -> None:
-        for q in pending:
+        for q in p.pending:
             minutes = self._lake_table(PROCESSED_ZONE, q)
             quarantine = self._lake_table(QUARANTINE_ZONE, q)
             c = counts[q]
@@ -450,15 +450,11 @@ class EtlJob:
                         minute_rows = EXCLUDED.minute_rows
                     """,
                     (
-                        q, self._fingerprint(q), summary.run_id, c.raw_rows, c.source_rows,
+                        q, p.fingerprints[q], summary.run_id, c.raw_rows, c.source_rows,
                         c.quarantined_rows, c.duplicates, c.corrected_values,
                         c.rejected_values, c.minute_rows,
                     ),
                 )  # fmt: skip
-
-    def _fingerprint(self, q: str) -> str:
-        files = self.lake.files(f"{RAW_ZONE}/{q}")
-        return fingerprints(files, RAW_ZONE)[q]
 
     def _lake_table(self, zone: str, q: str) -> pa.Table:
         return self.lake.read_table(f"{zone}/{q}")

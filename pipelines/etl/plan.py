@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 _PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/hour=([01]\d|2[0-3])$")
@@ -58,6 +58,9 @@ def fingerprints(files: Iterable[str], zone: str) -> dict[str, str]:
 class Plan:
     pending: list[str]  # partitions whose outputs this run (re)writes
     context: list[str]  # partitions read for continuity only
+    # Fingerprints as planned: recorded as processed, so files landing *during* the run
+    # are never marked done without having been read.
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def inputs(self) -> list[str]:
@@ -97,4 +100,8 @@ def plan(
             earlier = partition_of(h - timedelta(hours=k))
             if earlier in raw and earlier not in pending:
                 context.add(earlier)
-    return Plan(pending=sorted(pending), context=sorted(context))
+    return Plan(
+        pending=sorted(pending),
+        context=sorted(context),
+        fingerprints={p: raw[p] for p in pending},
+    )

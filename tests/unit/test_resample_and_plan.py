@@ -98,3 +98,9 @@ def test_plan_processes_new_and_changed_partitions_with_neighbours() -> None:
     backfill = plan(raw, raw, context_hours=1, only=[P[0]], force=True)
     assert backfill.pending == P[0:2]
     assert backfill.context == []
+
+
+def test_plan_records_the_fingerprints_it_saw() -> None:
+    raw = dict.fromkeys(P, "v1")
+    p = plan(raw, {}, context_hours=1, only=[P[3]])
+    assert p.fingerprints == {P[3]: "v1", P[4]: "v1"}
