@@ -41,6 +41,7 @@ import typer
 
 from stack.batchvalidate import BatchValidator, arrow_schema
 from stack.contracts import OutcomeEvent, VitalsEvent
+from stack.gctune import throughput_gc
 from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
@@ -350,61 +351,62 @@ class Lander:
         dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
         t0 = time.monotonic()
         previous_handlers: dict[int, Any] = {}
-        try:
-            consumer.assign(partitions)
-            self._recover(consumer, summary)
-            # Assigned partitions resume from the group's committed offsets (or the earliest).
-            marks = consumer.watermarks(partitions)
-            committed = consumer.committed(partitions)
-            position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
-            end = {tp: high for tp, (_low, high) in marks.items()}
-            buf = _Buffer()
-            last_flush = last_data = time.monotonic()
-            previous_handlers = self._install_signal_handlers()
-            caught_up = False
-            while not self._stop:
-                if bounded and all(position[tp] >= end[tp] for tp in partitions):
-                    # Some brokers (Tansu) report the end of the last *batch* start, and a
-                    # poll may leave part of a fetched batch buffered: one more poll takes
-                    # what was already there, then the drain ends.
-                    if caught_up:
+        with throughput_gc():  # fewer GC passes over live batches
+            try:
+                consumer.assign(partitions)
+                self._recover(consumer, summary)
+                # Assigned partitions resume from the group's committed offsets (or the earliest).
+                marks = consumer.watermarks(partitions)
+                committed = consumer.committed(partitions)
+                position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
+                end = {tp: high for tp, (_low, high) in marks.items()}
+                buf = _Buffer()
+                last_flush = last_data = time.monotonic()
+                previous_handlers = self._install_signal_handlers()
+                caught_up = False
+                while not self._stop:
+                    if bounded and all(position[tp] >= end[tp] for tp in partitions):
+                        # Some brokers (Tansu) report the end of the last *batch* start, and a
+                        # poll may leave part of a fetched batch buffered: one more poll takes
+                        # what was already there, then the drain ends.
+                        if caught_up:
+                            break
+                        caught_up = True
+                    records = consumer.poll_batch(
+                        self.settings.kafka.consumer.max_poll_records, 0.2 if caught_up else 0.5
+                    )
+                    if records and summary.first_record_s is None:
+                        summary.first_record_s = time.monotonic() - t0
+                    self._take(records, buf, summary)
+                    for (topic, part), off in buf.last_offsets.items():
+                        position[TopicPartition(topic, part)] = off + 1
+                    mono = time.monotonic()
+                    if records:
+                        last_data = mono
+                    elif bounded and mono - last_data > self.cfg.idle_timeout_s:
+                        log.warning(
+                            "no data before reaching the end offsets; stopping",
+                            extra={"stage": "landing", "lagging": {
+                                f"{tp.topic}/{tp.partition}": end[tp] - position[tp]
+                                for tp in partitions if position[tp] < end[tp]
+                            }},
+                        )  # fmt: skip
                         break
-                    caught_up = True
-                records = consumer.poll_batch(
-                    self.settings.kafka.consumer.max_poll_records, 0.2 if caught_up else 0.5
-                )
-                if records and summary.first_record_s is None:
-                    summary.first_record_s = time.monotonic() - t0
-                self._take(records, buf, summary)
-                for (topic, part), off in buf.last_offsets.items():
-                    position[TopicPartition(topic, part)] = off + 1
-                mono = time.monotonic()
-                if records:
-                    last_data = mono
-                elif bounded and mono - last_data > self.cfg.idle_timeout_s:
-                    log.warning(
-                        "no data before reaching the end offsets; stopping",
-                        extra={"stage": "landing", "lagging": {
-                            f"{tp.topic}/{tp.partition}": end[tp] - position[tp]
-                            for tp in partitions if position[tp] < end[tp]
-                        }},
-                    )  # fmt: skip
-                    break
-                if buf.count >= self.cfg.flush_records or (
-                    buf.count and mono - last_flush >= self.cfg.flush_seconds
-                ):
-                    self._flush(buf, consumer, dlq, summary)
-                    buf, last_flush = _Buffer(), mono
-                if max_seconds is not None and mono - t0 > max_seconds:
-                    break
-            self._flush(buf, consumer, dlq, summary)
-        finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            summary.peak_rss_mb = peak_rss_mb()
-            consumer.close()
-            if dlq is not None:
-                dlq.close()
+                    if buf.count >= self.cfg.flush_records or (
+                        buf.count and mono - last_flush >= self.cfg.flush_seconds
+                    ):
+                        self._flush(buf, consumer, dlq, summary)
+                        buf, last_flush = _Buffer(), mono
+                    if max_seconds is not None and mono - t0 > max_seconds:
+                        break
+                self._flush(buf, consumer, dlq, summary)
+            finally:
+                for sig, handler in previous_handlers.items():
+                    signal.signal(sig, handler)
+                summary.peak_rss_mb = peak_rss_mb()
+                consumer.close()
+                if dlq is not None:
+                    dlq.close()
         summary.seconds = time.monotonic() - t0
         self.lake.write_json(
             summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json"

@@ -17,6 +17,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipelines.simulator.engine import SimStats, WardSimulator, summarize_population
+from stack.gctune import throughput_gc
 from stack.kafka import KafkaClient
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
@@ -88,7 +89,7 @@ def simulate_to_kafka(
         disable=not progress,
     )
     hours = cfg.hours
-    with bar:
+    with bar, throughput_gc():
         task = bar.add_task(f"{cfg.patients} patients × {hours:g} h", total=hours, msgs=0)
         try:
             for chunk in sim.messages():
