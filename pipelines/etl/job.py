@@ -308,9 +308,7 @@ class EtlJob:
         minutes.unpersist()
 
     def _read_raw(self, spark: SparkSession, partitions: list[str]) -> DataFrame:
-        paths = [self.lake.path(RAW_ZONE, q) for q in partitions]
-        uri = [p if not self.lake.uri.startswith("s3a://") else "s3a://" + p for p in paths]
-        return spark.read.parquet(*uri)
+        return spark.read.parquet(*(self._uri(f"{RAW_ZONE}/{q}") for q in partitions))
 
     def _quarantine(self, first: DataFrame, cleaned: DataFrame, run_id: str) -> DataFrame:
         from pyspark.sql import functions as F  # noqa: N812
@@ -412,15 +410,16 @@ class EtlJob:
                 .parquet(self._uri(zone))
             )
 
-    def _uri(self, zone: str) -> str:
-        return f"{self.lake.uri}/{zone}"
+    def _uri(self, rel: str) -> str:
+        """What Spark reads and writes: a local path, or ``s3a://bucket/...``."""
+        return f"{self.lake.uri}/{rel}"
 
     def _write_postgres(
         self, p: Plan, summary: EtlSummary, counts: dict[str, PartitionCounts]
     ) -> None:
         for q in p.pending:
-            minutes = self._lake_table(PROCESSED_ZONE, q)
-            quarantine = self._lake_table(QUARANTINE_ZONE, q)
+            minutes = self.lake.read_table(f"{PROCESSED_ZONE}/{q}")
+            quarantine = self.lake.read_table(f"{QUARANTINE_ZONE}/{q}")
             c = counts[q]
             with transaction(self.settings) as conn:
                 conn.execute("DELETE FROM vitals_minute WHERE partition = %s", (q,))
@@ -455,9 +454,6 @@ class EtlJob:
                         c.rejected_values, c.minute_rows,
                     ),
                 )  # fmt: skip
-
-    def _lake_table(self, zone: str, q: str) -> pa.Table:
-        return self.lake.read_table(f"{zone}/{q}")
 
     # ------------------------------------------------------------------ failure
     def _fail(
