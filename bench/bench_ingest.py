@@ -160,7 +160,7 @@ def _one(
 ) -> dict[str, float]:
     tag = f"{client.replace('-', '')}-{uuid.uuid4().hex[:6]}"
     topics = {
-        "vitals": f"vitals.{tag}", "outcomes": f"outcomes.{tag}",
+        "vitals": f"vitals.{tag}", "outcomes": f"outcomes.{tag}", "admissions": f"adm.{tag}",
         "dead_letters": f"dead.{tag}", "predictions": f"pred.{tag}",
         "alerts": f"alerts.{tag}",
     }  # fmt: skip

@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE, run_etl
-from pipelines.landing import RAW_DEAD, RAW_OUTCOMES, RAW_VITALS, Lander, LandingSummary
+from pipelines.landing import (
+    RAW_ADMISSIONS,
+    RAW_DEAD,
+    RAW_OUTCOMES,
+    RAW_VITALS,
+    Lander,
+    LandingSummary,
+)
 from pipelines.produce import ProduceSummary, simulate_to_kafka, with_simulator
 from stack.lake import Lake
 from stack.localstack import endpoints, up
@@ -32,6 +39,7 @@ def reconcile(sent: ProduceSummary, landed: LandingSummary) -> dict[str, Any]:
         "vitals rows (incl. duplicates)": (s.vitals_messages - malformed, landed.vitals),
         "dead letters": (malformed, sum(landed.dead_letters.values())),
         "outcomes": (s.outcomes, landed.outcomes),
+        "admissions": (s.admissions, landed.admissions),
     }
     return {
         "checks": {k: {"sent": a, "landed": b, "ok": a == b} for k, (a, b) in checks.items()},
@@ -67,6 +75,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     table.add_row("patients", f"{s.patients:,}")
     table.add_row("distinct vitals events", f"{s.valid_events:,}")
     table.add_row("vitals rows landed (duplicates kept for ETL)", f"{landed.vitals:,}")
+    table.add_row("admissions", f"{landed.admissions:,}")
     table.add_row("outcomes (deteriorations)", f"{landed.outcomes:,}  {s.outcomes_by_kind}")
     for reason, n in sorted(landed.dead_letters.items()):
         table.add_row(f"dead letters: {reason}", f"{n:,}")
@@ -95,6 +104,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     console.print(table)
     console.print(f"raw vitals    {lake.uri}/{RAW_VITALS}/date=…/hour=…/")
     console.print(f"raw outcomes  {lake.uri}/{RAW_OUTCOMES}/")
+    console.print(f"admissions    {lake.uri}/{RAW_ADMISSIONS}/")
     console.print(
         f"dead letters  {lake.uri}/{RAW_DEAD}/  and topic {settings.kafka.topics.dead_letters}"
     )

@@ -1,6 +1,6 @@
 """Kafka → raw lake (``make ingest``): every offset lands exactly once, nothing is dropped.
 
-Vitals and outcomes are validated against their contracts and written as Parquet,
+Vitals, outcomes and admissions are validated against their contracts and written as Parquet,
 partitioned by event date and hour (``raw/vitals/date=YYYY-MM-DD/hour=HH/``). Messages
 that cannot be decoded or break the contract go, with their original bytes and the
 reason, to ``raw/deadletter/`` and to the dead-letter topic.
@@ -40,7 +40,7 @@ import pyarrow as pa
 import typer
 
 from stack.batchvalidate import BatchValidator, arrow_schema
-from stack.contracts import OutcomeEvent, VitalsEvent
+from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.gctune import throughput_gc
 from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.lake import Lake
@@ -52,6 +52,7 @@ log = logging.getLogger("vigil.landing")
 
 RAW_VITALS = "raw/vitals"
 RAW_OUTCOMES = "raw/outcomes"
+RAW_ADMISSIONS = "raw/admissions"
 RAW_DEAD = "raw/deadletter"
 FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files
 
@@ -65,6 +66,7 @@ _KAFKA_COLS = [
 ]
 VITALS_SCHEMA = pa.schema([*arrow_schema(VitalsEvent), *_KAFKA_COLS])
 OUTCOMES_SCHEMA = pa.schema([*arrow_schema(OutcomeEvent), *_KAFKA_COLS])
+ADMISSIONS_SCHEMA = pa.schema([*arrow_schema(AdmissionEvent), *_KAFKA_COLS])
 DEAD_SCHEMA = pa.schema(
     [
         ("reason", pa.string()),
@@ -83,6 +85,7 @@ class LandingSummary:
     records: int = 0
     vitals: int = 0
     outcomes: int = 0
+    admissions: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     files: list[str] = field(default_factory=list)
     flushes: int = 0
@@ -110,6 +113,7 @@ class LandingSummary:
             "records": self.records,
             "vitals": self.vitals,
             "outcomes": self.outcomes,
+            "admissions": self.admissions,
             "dead_letters": dict(self.dead_letters),
             "files": len(self.files),
             "flushes": self.flushes,
@@ -129,6 +133,7 @@ class _Buffer:
     def __init__(self) -> None:
         self.vitals: list[pa.Table] = []
         self.outcomes: list[pa.Table] = []
+        self.admissions: list[pa.Table] = []
         self.dead: list[tuple[Record, str, str]] = []
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.count = 0
@@ -152,7 +157,7 @@ class _Buffer:
         cols["landed_at"] = pa.nulls(rows.num_rows, _TS)  # set at flush
         return pa.table(cols, schema=schema)
 
-    def tables(self, landed_at: datetime) -> tuple[pa.Table, pa.Table, pa.Table]:
+    def tables(self, landed_at: datetime) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
         stamp = pa.scalar(landed_at, _TS)
 
         def stamped(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -174,6 +179,7 @@ class _Buffer:
         return (
             stamped(self.vitals, VITALS_SCHEMA),
             stamped(self.outcomes, OUTCOMES_SCHEMA),
+            stamped(self.admissions, ADMISSIONS_SCHEMA),
             pa.table(dead, schema=DEAD_SCHEMA),
         )
 
@@ -209,7 +215,7 @@ def _by_hour(table: pa.Table, ts_col: str) -> dict[str, pa.Table]:
 
 
 class Lander:
-    """Drains the vitals and outcomes topics into the raw lake."""
+    """Drains the vitals, outcomes and admissions topics into the raw lake."""
 
     def __init__(self, settings: Settings, *, client: KafkaClient | None = None) -> None:
         self.settings = settings
@@ -220,6 +226,7 @@ class Lander:
         self.journal = f"_landing/{self.cfg.group_id}/pending.json"
         self._vitals = BatchValidator(VitalsEvent)
         self._outcomes = BatchValidator(OutcomeEvent)
+        self._admissions = BatchValidator(AdmissionEvent)
         self._stop = False
         self._failpoint = self._parse_failpoint()
 
@@ -258,10 +265,11 @@ class Lander:
     ) -> None:
         if not buf.last_offsets:
             return
-        vitals, outcomes, dead = buf.tables(datetime.now(UTC))
+        vitals, outcomes, admissions, dead = buf.tables(datetime.now(UTC))
         tables = {
             RAW_VITALS: _by_hour(vitals, "ts"),
             RAW_OUTCOMES: _by_hour(outcomes, "ts"),
+            RAW_ADMISSIONS: _by_hour(admissions, "ts"),
             RAW_DEAD: _by_hour(dead, "kafka_ts"),
         }
         name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
@@ -300,6 +308,7 @@ class Lander:
         summary.files.extend(rel for rel, _ in plan)
         summary.vitals += vitals.num_rows
         summary.outcomes += outcomes.num_rows
+        summary.admissions += admissions.num_rows
         summary.dead_letters.update(reason for _rec, reason, _d in buf.dead)
         for tp, off in buf.next_offsets.items():
             summary.committed[f"{tp.topic}/{tp.partition}"] = off
@@ -324,6 +333,8 @@ class Lander:
         for topic, recs in by_topic.items():
             if topic == self.topics.vitals:
                 validator, schema, out = self._vitals, VITALS_SCHEMA, buf.vitals
+            elif topic == self.topics.admissions:
+                validator, schema, out = self._admissions, ADMISSIONS_SCHEMA, buf.admissions
             else:
                 validator, schema, out = self._outcomes, OUTCOMES_SCHEMA, buf.outcomes
             result = validator.validate([r.value for r in recs])
@@ -345,7 +356,7 @@ class Lander:
         )
         if not self.settings.kafka.bootstrap_servers:
             ensure_topics(self.settings)  # the embedded broker forgets topics on restart
-        topics = [self.topics.vitals, self.topics.outcomes]
+        topics = [self.topics.vitals, self.topics.outcomes, self.topics.admissions]
         partitions = self.client.all_partitions(topics)
         consumer = self.client.consumer(self.cfg.group_id)
         dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
@@ -433,14 +444,15 @@ def main(
     continuous: bool = typer.Option(False, help="Run until stopped instead of draining once."),
     max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
 ) -> None:
-    """Land Kafka vitals and outcomes into the raw lake."""
+    """Land Kafka vitals, outcomes and admissions into the raw lake."""
     settings = load_settings()
     configure_logging(settings.logging)
     s = Lander(settings).run(bounded=not continuous, max_seconds=max_seconds)
     dead = ", ".join(f"{k}={v}" for k, v in sorted(s.dead_letters.items())) or "none"
     typer.echo(
         f"landed {s.records:,} records in {s.seconds:.1f}s ({s.rate:,.0f}/s): "
-        f"{s.vitals:,} vitals, {s.outcomes} outcomes, dead letters: {dead}; "
+        f"{s.vitals:,} vitals, {s.outcomes} outcomes, {s.admissions} admissions, "
+        f"dead letters: {dead}; "
         f"{len(s.files)} files under {Lake(settings.resolve(settings.lake.root)).uri}/raw"
     )
 

@@ -1,9 +1,9 @@
 """Simulator → Kafka (``make simulate``).
 
 Backfill mode sends simulated time as fast as the broker takes it; live mode paces the
-stream to the wall clock (``speedup`` simulated seconds per second). Vitals go to the
-vitals topic and outcomes to the outcomes topic, keyed by patient so that each patient's
-readings stay in order within a partition.
+stream to the wall clock (``speedup`` simulated seconds per second). Vitals, admissions
+(the ADT feed) and outcomes go to their topics, keyed by patient so that each patient's
+messages stay in order within a partition.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def simulate_to_kafka(
     cfg = settings.simulator
     client = client or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
     ensure_topics(settings)
-    topics = {"vitals": settings.kafka.topics.vitals, "outcomes": settings.kafka.topics.outcomes}
+    t = settings.kafka.topics
+    topics = {"vitals": t.vitals, "outcomes": t.outcomes, "admissions": t.admissions}
     sim = WardSimulator(cfg, record_faults=record_faults)
     summary = ProduceSummary(stats=sim.stats, population=summarize_population(sim.population))
     summary.topics = topics
@@ -145,7 +146,8 @@ def main(
     s = summary.stats
     typer.echo(
         f"sent {summary.messages:,} messages in {summary.seconds:.1f}s "
-        f"({summary.rate:,.0f}/s): {s.valid_events:,} events, {s.outcomes} outcomes, "
+        f"({summary.rate:,.0f}/s): {s.valid_events:,} events, {s.admissions} admissions, "
+        f"{s.outcomes} outcomes, "
         f"{sum(s.malformed.values())} malformed, {s.duplicates} duplicates, {s.late} late"
     )
 

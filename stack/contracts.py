@@ -2,6 +2,7 @@
 
 - :class:`VitalsEvent` — topic ``vitals.raw``, key = ``patient_id``. Any vital may be missing.
 - :class:`OutcomeEvent` — topic ``outcomes``, key = ``patient_id``.
+- :class:`AdmissionEvent` — topic ``admissions`` (the ward's ADT feed), key = ``patient_id``.
 
 Validation is strict: a heart rate sent as ``"72"`` is a contract violation, not a number.
 Physiological plausibility is *not* part of the contract (an SpO2 of 140 is a valid
@@ -70,6 +71,23 @@ class OutcomeEvent(_Contract):
     event: OutcomeEventKind
 
 
+class AdmissionEvent(_Contract):
+    """A patient admitted to the ward, with what the NEWS2 chart needs to know of them.
+
+    ``spo2_scale`` is the SpO2 scale prescribed on the chart (RCP NEWS2, 2017): 2 for
+    patients with hypercapnic respiratory failure whose target saturation is 88-92 %,
+    decided by a clinician; 1 for everyone else.
+    """
+
+    admission_id: UUID
+    schema_version: Literal[1]
+    patient_id: str
+    ts: AwareDatetime
+    age: int = Field(ge=0, le=120)
+    sex: Literal["F", "M"]
+    spo2_scale: Literal[1, 2]
+
+
 # Reason codes for dead letters, from pydantic error types. Stable: dashboards count them.
 _WRONG_TYPE = {
     "int_type",
@@ -111,6 +129,7 @@ def json_schemas() -> dict[str, Any]:
     return {
         "vitals.raw": VitalsEvent.model_json_schema(),
         "outcomes": OutcomeEvent.model_json_schema(),
+        "admissions": AdmissionEvent.model_json_schema(),
     }
 
 

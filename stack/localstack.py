@@ -464,7 +464,14 @@ def ensure_topics(settings: Settings) -> None:
     admin = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers).admin()
     try:
         admin.ensure_topics(
-            {t.vitals: n, t.outcomes: n, t.dead_letters: n, t.predictions: n, t.alerts: n}
+            {
+                t.vitals: n,
+                t.outcomes: n,
+                t.admissions: n,
+                t.dead_letters: n,
+                t.predictions: n,
+                t.alerts: n,
+            }
         )
     finally:
         admin.close()

@@ -45,6 +45,7 @@ class _Strict(BaseModel):
 class TopicNames(_Strict):
     vitals: str = "vitals.raw"
     outcomes: str = "outcomes"
+    admissions: str = "admissions"
     dead_letters: str = "vitals.deadletter"
     predictions: str = "predictions"
     alerts: str = "alerts"

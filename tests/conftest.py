@@ -80,6 +80,7 @@ def stack_settings(stack_overlay: dict[str, Any], tmp_path: Path) -> Settings:
             "topics": {
                 "vitals": f"vitals.raw.{tag}",
                 "outcomes": f"outcomes.{tag}",
+                "admissions": f"admissions.{tag}",
                 "dead_letters": f"vitals.deadletter.{tag}",
                 "predictions": f"predictions.{tag}",
                 "alerts": f"alerts.{tag}",

@@ -1,8 +1,8 @@
 """The ward simulator: physiology → device faults → contract JSON, in emission order.
 
 :class:`WardSimulator` yields chunks of messages ``(role, key, value, emit_s)`` where
-``role`` is ``"vitals"`` or ``"outcomes"`` and ``emit_s`` is when the message leaves the
-device (seconds after the simulation start). Faults are injected here, at the device and
+``role`` is ``"vitals"``, ``"outcomes"`` or ``"admissions"`` and ``emit_s`` is when the
+message leaves the device (seconds after the simulation start). Faults are injected here, at the device and
 the network, and every one is counted in :class:`SimStats` so that downstream stages can
 reconcile what they saw with what was sent.
 
@@ -53,6 +53,7 @@ class SimStats:
     impossible: int = 0
     missing_values: int = 0
     fahrenheit_readings: int = 0
+    admissions: int = 0
     outcomes: int = 0
     outcomes_by_kind: dict[str, int] = field(default_factory=dict)
     episodes_started: int = 0
@@ -129,7 +130,12 @@ class WardSimulator:
             readings = generate_chunk(pop, self.cfg, state, first, steps, rng)
             chunk_end_s = (first + steps) * self.cfg.interval_s
             chunk_start_s = first * self.cfg.interval_s
-            batch = pending + self._vitals_messages(readings, rng)
+            admit_s = pop.admit_min * 60.0
+            admitted = np.nonzero((admit_s >= chunk_start_s) & (admit_s < chunk_end_s))[0]
+            batch = pending + self._admission_messages(
+                admitted, admit_s, np.random.default_rng([self.cfg.seed, 4, chunk])
+            )
+            batch += self._vitals_messages(readings, rng)
             ends = np.nonzero((outcome_s >= chunk_start_s) & (outcome_s < chunk_end_s))[0]
             batch += self._outcome_messages(ends, outcome_s, rng)
             self.stats.episodes_started += int(
@@ -254,6 +260,36 @@ class WardSimulator:
             for i, kinds in faults.items():
                 self.fault_log[ids[i]] = kinds
         self.stats.vitals_messages += len(out)
+        return out
+
+    # ------------------------------------------------------------------ admissions
+    def _admission_messages(
+        self,
+        patients: npt.NDArray[np.int64],
+        admit_s: npt.NDArray[np.float64],
+        rng: np.random.Generator,
+    ) -> list[Message]:
+        """The ADT feed: one admission per patient at the start of their stay.
+
+        Patients with COPD live at 88-92 % on purpose (see ``population``), so their chart
+        prescribes NEWS2's SpO2 scale 2.
+        """
+        pop = self.population
+        ids = _uuids(rng, len(patients))
+        out: list[Message] = []
+        for j, i in enumerate(patients.tolist()):
+            ts_s = float(admit_s[i])
+            event = {
+                "admission_id": ids[j],
+                "schema_version": SCHEMA_VERSION,
+                "patient_id": pop.patient_id[i],
+                "ts": _iso(self._start_ms, np.array([ts_s]))[0],
+                "age": int(pop.age[i]),
+                "sex": "F" if pop.female[i] else "M",
+                "spo2_scale": 2 if pop.copd[i] else 1,
+            }
+            out.append(("admissions", pop.patient_id[i].encode(), orjson.dumps(event), ts_s))
+        self.stats.admissions += len(out)
         return out
 
     # ------------------------------------------------------------------ outcomes

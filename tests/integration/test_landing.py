@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from pipelines.landing import RAW_DEAD, RAW_OUTCOMES, RAW_VITALS, Lander
+from pipelines.landing import RAW_ADMISSIONS, RAW_DEAD, RAW_OUTCOMES, RAW_VITALS, Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import MALFORMED_KINDS
 from stack.kafka import KafkaClient
@@ -39,7 +39,7 @@ def _lake(s: Settings) -> Lake:
 def _offsets(lake: Lake) -> Counter[tuple[str, int, int]]:
     """How many times each (topic, partition, offset) appears across the raw zones."""
     seen: Counter[tuple[str, int, int]] = Counter()
-    for zone in (RAW_VITALS, RAW_OUTCOMES, RAW_DEAD):
+    for zone in (RAW_VITALS, RAW_OUTCOMES, RAW_ADMISSIONS, RAW_DEAD):
         t = lake.read_table(zone)
         if t.num_rows:
             seen.update(
@@ -57,7 +57,7 @@ def _assert_exactly_once(s: Settings, lake: Lake) -> None:
     seen = _offsets(lake)
     assert max(seen.values()) == 1, "an offset landed twice"
     client = KafkaClient(s.kafka, endpoints(s).bootstrap_servers)
-    for topic in (s.kafka.topics.vitals, s.kafka.topics.outcomes):
+    for topic in (s.kafka.topics.vitals, s.kafka.topics.outcomes, s.kafka.topics.admissions):
         for tp in client.all_partitions([topic]):
             offs = sorted(o for (t, p, o) in seen if t == topic and p == tp.partition)
             assert offs == list(range(len(offs))), f"gap in {topic}/{tp.partition}"
@@ -78,6 +78,9 @@ def test_round_trip_reconciles_with_the_simulator(stack_settings: Settings) -> N
     assert vitals.num_rows - st.valid_events == st.duplicates
     outcomes = lake.read_table(RAW_OUTCOMES)
     assert outcomes.num_rows == st.outcomes
+    admissions = lake.read_table(RAW_ADMISSIONS)
+    assert admissions.num_rows == st.admissions == landed.admissions
+    assert set(admissions["patient_id"].to_pylist()) <= set(vitals["patient_id"].to_pylist())
     dead = lake.read_table(RAW_DEAD)
     assert Counter(dead["reason"].to_pylist()) == Counter(
         {k: v for k, v in st.malformed.items() if v}

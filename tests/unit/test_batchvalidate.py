@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from stack.batchvalidate import BatchValidator, arrow_schema
-from stack.contracts import OutcomeEvent, VitalsEvent, violation_reason
+from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent, violation_reason
 from tests.unit.test_contracts import EVENT
 
 BASE: dict[str, Any] = {**EVENT, "systolic_bp": 120.0}
@@ -36,27 +36,49 @@ FIELD_SPECIFIC: dict[str, list[Any]] = {
 }  # fmt: skip
 
 
-def _variants() -> list[bytes | None]:
-    out: list[bytes | None] = [orjson.dumps(BASE)]
-    for field in BASE:
-        without = {k: v for k, v in BASE.items() if k != field}
+ADMISSION: dict[str, Any] = {
+    "admission_id": "9e8d3c1e-3f4a-4c2b-9a7e-1d2c3b4a5f60",
+    "schema_version": 1,
+    "patient_id": "pt-1",
+    "ts": "2026-01-05T08:00:00.000Z",
+    "age": 71,
+    "sex": "F",
+    "spo2_scale": 2,
+}
+ADMISSION_SPECIFIC: dict[str, list[Any]] = {
+    "age": [120, 121, -1, 71.0, 71.5, "71", 2**40],
+    "sex": ["f", "X", "female"],
+    "spo2_scale": [3, "2", 2.0, 0],
+}
+CASES = {
+    "vitals": (VitalsEvent, BASE, FIELD_SPECIFIC, "event_id"),
+    "admissions": (AdmissionEvent, ADMISSION, ADMISSION_SPECIFIC, "admission_id"),
+}
+
+
+def _variants(
+    base: dict[str, Any] = BASE, specific: dict[str, list[Any]] = FIELD_SPECIFIC
+) -> list[bytes | None]:
+    out: list[bytes | None] = [orjson.dumps(base)]
+    for field in base:
+        without = {k: v for k, v in base.items() if k != field}
         out.append(orjson.dumps(without))
-        for value in ODD_VALUES + FIELD_SPECIFIC.get(field, []):
-            out.append(orjson.dumps({**BASE, field: value}))
-    good = orjson.dumps(BASE)
+        for value in ODD_VALUES + specific.get(field, []):
+            out.append(orjson.dumps({**base, field: value}))
+    good = orjson.dumps(base)
     out += [
         None,
         b"",
         b"   ",
         good[:40],
         good + good,  # two objects on one line
-        json.dumps(BASE, indent=2).encode(),  # pretty-printed: spans lines
+        json.dumps(base, indent=2).encode(),  # pretty-printed: spans lines
         b"\xef\xbb\xbf" + good,  # UTF-8 byte-order mark
         b"  " + good,
         good.replace(b"pt-1", b"pt-\xff"),  # not UTF-8
         good[:-1] + b',"extra":1}',
         good[:-1] + b',"heart_rate":90}',  # duplicate key
-        good.replace(b'"heart_rate":88', b'"heart_rate":NaN'),
+        good.replace(b'"heart_rate":88', b'"heart_rate":NaN').replace(b'"age":71', b'"age":NaN'),
         good.replace(b'"heart_rate":88', b'"heart_rate":Infinity'),
         good.replace(b"pt-1", b"pt-\\u00e9"),
         b"[1,2]",
@@ -66,34 +88,38 @@ def _variants() -> list[bytes | None]:
     return out
 
 
-def _pydantic(raw: bytes | None) -> tuple[str, Any]:
+def _pydantic(
+    raw: bytes | None, model: type[Any] = VitalsEvent, id_field: str = "event_id"
+) -> tuple[str, Any]:
     if not raw:
         return "reject", "empty_message"
     try:
-        ev = VitalsEvent.model_validate_json(raw)
+        ev = model.model_validate_json(raw)
     except ValidationError as exc:
         return "reject", violation_reason(exc)[0]
     row = dict(ev.__dict__)
-    row["event_id"] = str(row["event_id"])
+    row[id_field] = str(row[id_field])
     row["ts"] = row["ts"].astimezone(UTC)
     return "accept", row
 
 
-def test_every_variant_gets_the_pydantic_verdict() -> None:
-    variants = _variants()
+@pytest.mark.parametrize("contract", sorted(CASES))
+def test_every_variant_gets_the_pydantic_verdict(contract: str) -> None:
+    model, base, specific, id_field = CASES[contract]
+    variants = _variants(base, specific)
     # Interleave good messages so that bad ones sit inside batches, as in production.
-    good = orjson.dumps({**BASE, "event_id": str(uuid.uuid4())})
+    good = orjson.dumps({**base, id_field: str(uuid.uuid4())})
     batch: list[bytes | None] = []
     for v in variants:
         batch += [good, v, good]
-    result = BatchValidator(VitalsEvent).validate(batch)
+    result = BatchValidator(model).validate(batch)
     rows = {r.pop("_index"): r for r in result.table.to_pylist()}
     rejects = {i: reason for i, reason, _detail in result.rejects}
     assert set(rows).isdisjoint(rejects)
     assert set(rows) | set(rejects) == set(range(len(batch)))
     mismatches = []
     for i, raw in enumerate(batch):
-        verdict, expected = _pydantic(raw)
+        verdict, expected = _pydantic(raw, model, id_field)
         if verdict == "accept":
             got = rows.get(i)
             if got is None or {k: got[k] for k in expected} != expected:

@@ -12,6 +12,7 @@ import pytest
 from pipelines.simulator.engine import MALFORMED_KINDS, WardSimulator
 from pipelines.simulator.population import KINDS
 from pipelines.simulator.scenarios import SCENARIOS, get_scenario
+from stack.contracts import AdmissionEvent
 from stack.settings import SimulatorSettings
 
 NO_FAULTS = {
@@ -43,7 +44,8 @@ def frames(msgs: list[tuple[str, bytes, bytes, float]]) -> tuple[pd.DataFrame, p
         except orjson.JSONDecodeError:
             continue
         d["emit_s"] = emit
-        (vit if role == "vitals" else out).append(d)
+        if role != "admissions":
+            (vit if role == "vitals" else out).append(d)
     v = pd.DataFrame(vit)
     v["ts"] = pd.to_datetime(v["ts"], utc=True)
     o = pd.DataFrame(out)
@@ -77,7 +79,29 @@ def test_chunk_size_changes_nothing_but_batching() -> None:
     sim = WardSimulator(sim_cfg(chunk_minutes=60))
     sizes = [len(c) for c in sim.messages()]
     assert len(sizes) >= 6
-    assert sum(sizes) == sim.stats.vitals_messages + sim.stats.outcomes
+    assert sum(sizes) == sim.stats.vitals_messages + sim.stats.outcomes + sim.stats.admissions
+
+
+def test_every_patient_is_admitted_before_their_first_reading() -> None:
+    sim = WardSimulator(sim_cfg())
+    first_reading: dict[str, str] = {}
+    admissions: dict[str, dict[str, Any]] = {}
+    for chunk in sim.messages():
+        for role, key, value, _emit in chunk:
+            pid = key.decode()
+            if role == "admissions":
+                assert pid not in admissions, "admitted twice"
+                assert pid not in first_reading, "a reading came before the admission"
+                admissions[pid] = AdmissionEvent.model_validate_json(value).model_dump()
+            elif role == "vitals":
+                first_reading.setdefault(pid, value.decode())
+    pop = sim.population
+    assert len(admissions) == pop.size == sim.stats.admissions
+    for i, pid in enumerate(pop.patient_id):
+        a = admissions[pid]
+        assert a["age"] == int(pop.age[i])
+        assert a["sex"] == ("F" if pop.female[i] else "M")
+        assert a["spo2_scale"] == (2 if pop.copd[i] else 1)
 
 
 def test_baselines_are_physiological(clean_ward: Any) -> None:
