@@ -38,17 +38,12 @@ MINUTE_COLUMNS = (
 )  # fmt: skip
 
 
-def to_minutes(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient-minute from cleaned, usable events (any order).
+def aggregate_minutes(events: pd.DataFrame) -> pd.DataFrame:
+    """The within-minute aggregation alone (no grid, no fill), shared with the online path.
 
-    Args:
-        events: ``patient_id``, ``ts`` (UTC), the vitals, ``consciousness``, ``on_oxygen``.
-
-    Returns:
-        Columns :data:`MINUTE_COLUMNS`, ordered by patient and minute.
+    Returns one row per observed (``patient_id``, ``minute``) with the vital medians,
+    ``avpu_rank`` (worst, as 0-4), ``o2`` (1.0 / 0.0 / NaN), ``n_*`` and ``n_events``.
     """
-    if events.empty:
-        return _empty()
     df = events[["patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]].copy()
     df["minute"] = df["ts"].dt.floor("min")
     rank = pd.Categorical(df["consciousness"], categories=AVPU, ordered=True).codes
@@ -63,6 +58,21 @@ def to_minutes(events: pd.DataFrame) -> pd.DataFrame:
         agg[f"n_{v}"] = counts[v]
     agg["n_consciousness"] = counts["avpu_rank"]
     agg["n_events"] = g.size()
+    return agg
+
+
+def to_minutes(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient-minute from cleaned, usable events (any order).
+
+    Args:
+        events: ``patient_id``, ``ts`` (UTC), the vitals, ``consciousness``, ``on_oxygen``.
+
+    Returns:
+        Columns :data:`MINUTE_COLUMNS`, ordered by patient and minute.
+    """
+    if events.empty:
+        return _empty()
+    agg = aggregate_minutes(events)
 
     # The full minute grid per patient, then bounded forward-fill over the gaps.
     span = agg.reset_index().groupby("patient_id", sort=True)["minute"].agg(["min", "max"])
