@@ -241,7 +241,8 @@ def features_for_patient(
 
     keep = is_cadence_minute(epoch, cadence_minutes)
     if since is not None:
-        keep &= m["minute"].to_numpy() >= since.to_datetime64()
+        start = since.tz_localize("UTC") if since.tzinfo is None else since.tz_convert("UTC")
+        keep &= epoch >= start.value // 60_000_000_000
     rows = pos[keep]
     if len(rows) == 0:
         return _frame(pid, np.array([], dtype="datetime64[m]"), np.empty((0, len(FEATURE_NAMES))))

@@ -91,6 +91,49 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "Features: partition tracking per feature-set version, run summaries, labels",
+        """
+        CREATE TABLE feature_partitions (
+            partition           text NOT NULL,
+            feature_set_version text NOT NULL,
+            run_id              text NOT NULL,
+            etl_processed_at    timestamptz,
+            computed_at         timestamptz NOT NULL,
+            rows                bigint NOT NULL,
+            PRIMARY KEY (partition, feature_set_version)
+        );
+        CREATE TABLE feature_runs (
+            run_id               text PRIMARY KEY,
+            feature_set_version  text NOT NULL,
+            started_at           timestamptz NOT NULL,
+            finished_at          timestamptz,
+            status               text NOT NULL,
+            partitions           text[] NOT NULL DEFAULT '{}',
+            feature_rows         bigint,
+            labelled             bigint,
+            positive             bigint,
+            censored             bigint,
+            outcomes_fingerprint text,
+            error                text,
+            seconds              double precision
+        );
+        CREATE TABLE feature_labels (
+            patient_id          text NOT NULL,
+            ts                  timestamptz NOT NULL,
+            label               smallint CHECK (label IN (0, 1)),
+            label_status        text NOT NULL
+                CHECK (label_status IN ('labelled', 'censored', 'after_outcome')),
+            outcome_ts          timestamptz,
+            outcome_kind        text,
+            minutes_to_outcome  double precision,
+            horizon_hours       double precision NOT NULL,
+            feature_set_version text NOT NULL,
+            PRIMARY KEY (feature_set_version, patient_id, ts)
+        );
+        """,
+    ),
 ]
 
 

@@ -103,7 +103,7 @@ class Lake:
         ]
         return sorted(out)
 
-    def read_table(self, rel: str) -> pa.Table:
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """One Parquet file, or all Parquet files under a folder, as one table.
 
         Partition folders (``date=…/hour=…``) are not added as columns: every zone keeps
@@ -113,5 +113,5 @@ class Lake:
         files = [rel] if info.type == pafs.FileType.File else self.files(rel)
         if not files:
             return pa.table({})
-        tables = [pq.read_table(self.path(f), filesystem=self.fs) for f in files]
+        tables = [pq.read_table(self.path(f), filesystem=self.fs, columns=columns) for f in files]
         return pa.concat_tables(tables, promote_options="default")

@@ -241,6 +241,19 @@ class EtlSettings(_Strict):
     reports_dir: Path = Path("reports/etl")
 
 
+class FeaturesSettings(_Strict):
+    """Feature table cadence, label horizon and the online state's bounds."""
+
+    cadence_minutes: int = Field(5, ge=1, le=60, description="one feature row per patient per N")
+    horizon_hours: float = Field(4.0, gt=0, description="a deterioration within it labels 1")
+    lateness_minutes: int = Field(
+        45, ge=1, le=240, description="online: how late an event may be and still count"
+    )
+    cascade_hours: int = Field(
+        5, ge=0, description="hours after a changed hour recomputed (the look-back window)"
+    )
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -257,6 +270,7 @@ class Settings(_Strict):
     simulator: SimulatorSettings = SimulatorSettings()
     landing: LandingSettings = LandingSettings()
     etl: EtlSettings = EtlSettings()
+    features: FeaturesSettings = FeaturesSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

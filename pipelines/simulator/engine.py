@@ -3,8 +3,8 @@
 :class:`WardSimulator` yields chunks of messages ``(role, key, value, emit_s)`` where
 ``role`` is ``"vitals"``, ``"outcomes"`` or ``"admissions"`` and ``emit_s`` is when the
 message leaves the device (seconds after the simulation start). Faults are injected here,
-at the device and the network, and every one is counted in :class:`SimStats` so that downstream stages can
-reconcile what they saw with what was sent.
+at the device and the network, and every one is counted in :class:`SimStats` so that
+downstream stages can reconcile what they saw with what was sent.
 
 Deterministic by seed: the same settings give the same bytes in the same order.
 """

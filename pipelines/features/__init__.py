@@ -1,0 +1,1 @@
+"""Batch features and labels: see :mod:`pipelines.features.job`."""

@@ -1,0 +1,405 @@
+"""Processed vitals → feature table and labels (``make features``).
+
+One run:
+
+1. **Plan** — processed hour partitions (``etl_partitions``) that are new or re-processed
+   since their features were computed with this feature-set version
+   (``feature_partitions``), plus the ``cascade_hours`` after each (their 240-minute
+   windows look back into it).
+2. **Compute** — Spark reads the processed zone for the patients present in those hours
+   (their whole stay so far: the baseline needs its first hours), partitions by patient,
+   sorts by minute and calls :func:`features.transform.features_for_patient` — the same
+   transform the scorer runs online — at the configured cadence.
+3. **Write** the feature zone ``features/<version>/date=…/hour=…`` and the PostgreSQL
+   table ``features_<version>``, replacing each hour in one transaction with its
+   ``feature_partitions`` row.
+4. **Label** every feature row from the landed outcomes (:func:`features.labels.make_labels`)
+   into ``labels/<version>`` and the ``feature_labels`` table. Labels are rebuilt whenever
+   features or outcomes changed: a row censored yesterday may be labelled today.
+
+A rerun with nothing new does nothing. The feature-set version is recorded in every
+feature row's table name and path, in ``feature_partitions`` and in ``feature_runs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import typer
+
+from features.labels import make_labels
+from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.transform import features_for_patient, static_vector
+from pipelines.etl.job import PROCESSED_ZONE, _by_patient
+from pipelines.etl.plan import hour_of, partition_of
+from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
+from stack.db import connect, copy_table, migrate, transaction
+from stack.lake import Lake
+from stack.logs import configure_logging
+from stack.settings import Settings, load_settings
+from stack.spark import spark_session
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("vigil.features")
+
+VERSION_SLUG = FEATURE_SET_VERSION.replace("-", "_")
+FEATURES_ZONE = f"features/{FEATURE_SET_VERSION}"
+LABELS_ZONE = f"labels/{FEATURE_SET_VERSION}"
+FEATURES_TABLE = f"features_{VERSION_SLUG}"
+STATIC_COLUMNS = ("age", "sex", "spo2_scale")
+OUTPUT_SCHEMA = ", ".join(
+    [
+        "patient_id string",
+        "ts timestamp",
+        *(f"{n} double" for n in FEATURE_NAMES),
+        "partition string",
+    ]
+)
+
+
+def features_ddl() -> str:
+    """The feature table, declared from the feature spec (one table per version)."""
+    cols = ",\n".join(f"    {n} double precision" for n in FEATURE_NAMES)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {FEATURES_TABLE} (\n"
+        "    patient_id text NOT NULL,\n    ts timestamptz NOT NULL,\n"
+        f"{cols},\n    partition text NOT NULL,\n    PRIMARY KEY (patient_id, ts)\n);\n"
+        f"CREATE INDEX IF NOT EXISTS {FEATURES_TABLE}_partition ON {FEATURES_TABLE} (partition);"
+    )
+
+
+@dataclass
+class FeatureSummary:
+    run_id: str
+    status: str = "running"
+    pending: list[str] = field(default_factory=list)
+    feature_rows: int = 0
+    patients: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    feature_set_version: str = FEATURE_SET_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _features_partition(
+    cadence: int, since: datetime
+) -> Any:  # a mapInPandas body, closed over the run's parameters
+    def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        cols = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
+        start = pd.Timestamp(since)
+        for pdf in _by_patient(batches):
+            pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True)
+            out = []
+            for pid, g in pdf.groupby("patient_id", sort=False):
+                first = g.iloc[0]
+                static = static_vector(
+                    {c: first[c] for c in STATIC_COLUMNS} if pd.notna(first["sex"]) else None
+                )
+                rows = features_for_patient(g, static, cadence_minutes=cadence, since=start)
+                if len(rows):
+                    out.append(rows)
+                del pid
+            if not out:
+                continue
+            rows = pd.concat(out, ignore_index=True)
+            as_of = rows["ts"] - pd.Timedelta(minutes=1)
+            rows["partition"] = as_of.dt.strftime("date=%Y-%m-%d/hour=%H")
+            yield rows[cols]
+
+    return body
+
+
+class FeatureJob:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.features
+        self.lake = Lake(settings.resolve(settings.lake.root))
+
+    # ------------------------------------------------------------------ plan
+    def _ensure_schema(self) -> None:
+        migrate(self.settings)
+        with transaction(self.settings) as conn:
+            conn.execute(features_ddl())
+
+    def plan(self, force: bool = False) -> list[str]:
+        """Processed hours whose features are missing or stale, plus their cascade."""
+        with connect(self.settings) as conn:
+            processed = dict(conn.execute("SELECT partition, processed_at FROM etl_partitions"))
+            done = dict(
+                conn.execute(
+                    "SELECT partition, etl_processed_at FROM feature_partitions"
+                    " WHERE feature_set_version = %s",
+                    (FEATURE_SET_VERSION,),
+                )
+            )
+        changed = {q for q, at in processed.items() if force or done.get(q) != at}
+        hours = {hour_of(q) for q in changed}
+        cascade = {
+            partition_of(h + timedelta(hours=k))
+            for h in hours
+            for k in range(1, self.cfg.cascade_hours + 1)
+        }
+        return sorted(changed | (cascade & processed.keys()))
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, force: bool = False) -> FeatureSummary:
+        summary = FeatureSummary(run_id=uuid.uuid4().hex[:12])
+        t0 = time.monotonic()
+        self._ensure_schema()
+        pending = self.plan(force=force)
+        summary.pending = pending
+        outcomes_fp = self._outcomes_fingerprint()
+        if not pending and outcomes_fp == self._last_outcomes_fingerprint():
+            summary.status = "nothing_to_do"
+            summary.seconds = time.monotonic() - t0
+            return summary
+        self._record_run(summary, started=True)
+        try:
+            if pending:
+                self._compute(pending, summary)
+            summary.labels = self._label(summary)
+            summary.status = "succeeded"
+        except Exception as exc:
+            summary.status = "failed"
+            summary.seconds = time.monotonic() - t0
+            self._record_run(summary, error=f"{type(exc).__name__}: {exc}")
+            raise
+        summary.seconds = time.monotonic() - t0
+        self._record_run(summary, outcomes_fingerprint=outcomes_fp)
+        log.info("features done", extra={"stage": "features", **summary.to_dict()})
+        return summary
+
+    def _compute(self, pending: list[str], summary: FeatureSummary) -> None:
+        from pyspark.sql import functions as F  # noqa: N812
+
+        spark = spark_session(self.settings, "vigil-features")
+        t = time.monotonic()
+        minutes = self._read_processed(spark)
+        hours = [hour_of(q) for q in pending]
+        since, until = min(hours), max(hours) + timedelta(hours=1)
+        minute_ts = F.col("minute")
+        in_targets = minutes.filter(
+            F.date_format(minute_ts, "'date='yyyy-MM-dd'/hour='HH").isin(pending)
+        )
+        patients = in_targets.select("patient_id").distinct()
+        history = minutes.filter(minute_ts < F.lit(until)).join(patients, "patient_id")
+        static = self._static(spark)
+        if static is not None:
+            history = history.join(static, "patient_id", "left")
+        else:
+            for c in STATIC_COLUMNS:
+                history = history.withColumn(c, F.lit(None).cast("string"))
+        body = _features_partition(self.settings.features.cadence_minutes, since)
+        rows = (
+            history.repartition(self.settings.spark.shuffle_partitions, "patient_id")
+            .sortWithinPartitions("patient_id", "minute")
+            .mapInPandas(body, OUTPUT_SCHEMA)
+            .filter(F.col("partition").isin(pending))
+            .cache()
+        )
+        summary.feature_rows = rows.count()
+        summary.patients = patients.count()
+        summary.timings["compute_s"] = round(time.monotonic() - t, 2)
+
+        t = time.monotonic()
+        for q in pending:
+            for rel in self.lake.files(f"{FEATURES_ZONE}/{q}", suffix=""):
+                self.lake.delete(rel)
+        date = F.regexp_extract("partition", r"date=([0-9-]+)", 1)
+        hour = F.regexp_extract("partition", r"hour=([0-9]+)", 1)
+        (
+            rows.withColumn("date", date)
+            .withColumn("hour", hour)
+            .drop("partition")
+            .repartition("date", "hour")
+            .write.mode("append")
+            .partitionBy("date", "hour")
+            .parquet(f"{self.lake.uri}/{FEATURES_ZONE}")
+        )
+        rows.unpersist()
+        summary.timings["lake_s"] = round(time.monotonic() - t, 2)
+
+        t = time.monotonic()
+        with connect(self.settings) as conn:
+            etl_at = dict(conn.execute("SELECT partition, processed_at FROM etl_partitions"))
+        for q in pending:
+            table = self.lake.read_table(f"{FEATURES_ZONE}/{q}")
+            with transaction(self.settings) as conn:
+                conn.execute(f"DELETE FROM {FEATURES_TABLE} WHERE partition = %s", (q,))
+                if table.num_rows:
+                    table = _nan_to_null(table).append_column(
+                        "partition", pa.array([q] * table.num_rows)
+                    )
+                    copy_table(
+                        conn,
+                        FEATURES_TABLE,
+                        table.select(["patient_id", "ts", *FEATURE_NAMES, "partition"]),
+                    )
+                conn.execute(
+                    """
+                    INSERT INTO feature_partitions (partition, feature_set_version, run_id,
+                        etl_processed_at, computed_at, rows)
+                    VALUES (%s, %s, %s, %s, now(), %s)
+                    ON CONFLICT (partition, feature_set_version) DO UPDATE SET
+                        run_id = EXCLUDED.run_id, etl_processed_at = EXCLUDED.etl_processed_at,
+                        computed_at = EXCLUDED.computed_at, rows = EXCLUDED.rows
+                    """,
+                    (q, FEATURE_SET_VERSION, summary.run_id, etl_at.get(q), table.num_rows),
+                )
+        summary.timings["postgres_s"] = round(time.monotonic() - t, 2)
+
+    def _read_processed(self, spark: SparkSession) -> DataFrame:
+        df = spark.read.parquet(f"{self.lake.uri}/{PROCESSED_ZONE}")
+        return df.drop("date", "hour")
+
+    def _static(self, spark: SparkSession) -> DataFrame | None:
+        adm = self.lake.read_table(RAW_ADMISSIONS)
+        if adm.num_rows == 0:
+            return None
+        pdf = (
+            adm.select(["patient_id", "ts", *STATIC_COLUMNS])
+            .to_pandas()
+            .sort_values("ts")
+            .drop_duplicates("patient_id", keep="last")  # a readmission's facts win
+        )
+        pdf = pdf[["patient_id", *STATIC_COLUMNS]].astype(
+            {"sex": "object", "age": "float64", "spo2_scale": "float64"}
+        )
+        return spark.createDataFrame(
+            pdf, "patient_id string, age double, sex string, spo2_scale double"
+        )
+
+    # ------------------------------------------------------------------ labels
+    def _label(self, summary: FeatureSummary) -> dict[str, int]:
+        t = time.monotonic()
+        keys = self.lake.read_table(FEATURES_ZONE, columns=["patient_id", "ts"]).to_pandas()
+        outcomes = self.lake.read_table(RAW_OUTCOMES)
+        outcomes_df = (
+            outcomes.select(["patient_id", "ts", "kind"]).to_pandas()
+            if outcomes.num_rows
+            else pd.DataFrame(
+                {"patient_id": [], "ts": pd.Series([], dtype="datetime64[us, UTC]"), "kind": []}
+            )
+        )
+        with connect(self.settings) as conn:
+            row = conn.execute("SELECT max(minute) FROM vitals_minute").fetchone()
+        observed_until = pd.Timestamp(row[0]) + pd.Timedelta(minutes=1) if row and row[0] else None
+        if keys.empty or observed_until is None:
+            return {}
+        labels = make_labels(
+            keys,
+            outcomes_df,
+            horizon=pd.Timedelta(hours=self.cfg.horizon_hours),
+            observed_until=observed_until,
+        )
+        labels["horizon_hours"] = float(self.cfg.horizon_hours)
+        table = pa.Table.from_pandas(labels, preserve_index=False)
+        for rel in self.lake.files(LABELS_ZONE, suffix=""):
+            self.lake.delete(rel)
+        self.lake.write_parquet(table, f"{LABELS_ZONE}/labels.parquet")
+        with transaction(self.settings) as conn:
+            conn.execute(
+                "DELETE FROM feature_labels WHERE feature_set_version = %s", (FEATURE_SET_VERSION,)
+            )
+            copy_table(
+                conn,
+                "feature_labels",
+                table.append_column(
+                    "feature_set_version", pa.array([FEATURE_SET_VERSION] * table.num_rows)
+                ),
+            )
+        counts = labels["label_status"].value_counts().to_dict()
+        counts["positive"] = int((labels["label"] == 1).sum())
+        summary.timings["labels_s"] = round(time.monotonic() - t, 2)
+        return {str(k): int(v) for k, v in counts.items()}
+
+    def _outcomes_fingerprint(self) -> str:
+        files = sorted(self.lake.files(RAW_OUTCOMES))
+        return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+
+    def _last_outcomes_fingerprint(self) -> str | None:
+        with connect(self.settings) as conn:
+            row = conn.execute(
+                "SELECT outcomes_fingerprint FROM feature_runs WHERE status = 'succeeded'"
+                " AND feature_set_version = %s ORDER BY finished_at DESC LIMIT 1",
+                (FEATURE_SET_VERSION,),
+            ).fetchone()
+        return row[0] if row else None
+
+    def _record_run(
+        self,
+        s: FeatureSummary,
+        *,
+        started: bool = False,
+        error: str | None = None,
+        outcomes_fingerprint: str | None = None,
+    ) -> None:
+        with transaction(self.settings) as conn:
+            if started:
+                conn.execute(
+                    "INSERT INTO feature_runs (run_id, feature_set_version, started_at, status)"
+                    " VALUES (%s, %s, now(), 'running')",
+                    (s.run_id, FEATURE_SET_VERSION),
+                )
+                return
+            conn.execute(
+                """
+                UPDATE feature_runs SET finished_at = now(), status = %s, partitions = %s,
+                    feature_rows = %s, labelled = %s, positive = %s, censored = %s,
+                    outcomes_fingerprint = %s, error = %s, seconds = %s
+                WHERE run_id = %s
+                """,
+                (
+                    s.status, s.pending, s.feature_rows, s.labels.get("labelled"),
+                    s.labels.get("positive"), s.labels.get("censored"), outcomes_fingerprint,
+                    error, s.seconds, s.run_id,
+                ),
+            )  # fmt: skip
+
+
+def _nan_to_null(table: pa.Table) -> pa.Table:
+    """PostgreSQL gets NULL for a missing feature, not the float NaN."""
+    cols = []
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_floating(col.type):
+            arr = col.to_numpy()
+            col = pa.array(arr, mask=np.isnan(arr))
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+def run_features(settings: Settings, *, force: bool = False) -> FeatureSummary:
+    """Entry point shared by ``make features``, the Airflow task and the tests."""
+    return FeatureJob(settings).run(force=force)
+
+
+def main(force: bool = typer.Option(False, help="Recompute every processed hour.")) -> None:
+    """Compute features for new processed hours and rebuild the labels."""
+    settings = load_settings()
+    configure_logging(settings.logging)
+    s = run_features(settings, force=force)
+    typer.echo(
+        f"features {s.status} ({FEATURE_SET_VERSION}): {len(s.pending)} hours, "
+        f"{s.feature_rows:,} rows for {s.patients:,} patients in {s.seconds:.1f}s; "
+        f"labels {s.labels or 'unchanged'}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
