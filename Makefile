@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock up down status simulate ingest etl demo test test-fast test-integration \
+.PHONY: help setup lock up down status simulate ingest etl features demo test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
 help: ## List every target
@@ -49,7 +49,10 @@ ingest: up ## Land Kafka into the raw lake (bounded drain; CONTINUOUS=1 to keep 
 etl: up ## Validate, clean and resample new raw partitions (PARTITION=date=…/hour=… FORCE=1)
 	$(BIN)/python -m pipelines.etl $(if $(PARTITION),--partition $(PARTITION)) $(if $(FORCE),--force)
 
-demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → ETL → summary
+features: up ## Features + labels for new processed hours → lake + PostgreSQL (FORCE=1 recomputes all)
+	$(BIN)/python -m pipelines.features $(if $(FORCE),--force)
+
+demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → ETL → features
 	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) \
 	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED))
 
@@ -72,9 +75,10 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~30 min)
+bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~45 min)
 	$(BIN)/python -m bench.bench_ingest
 	$(BIN)/python -m bench.bench_etl
+	$(BIN)/python -m bench.bench_features
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'

@@ -100,18 +100,38 @@ def compute(
     for i, v in enumerate(CHANNELS):
         put(f"{v}_age_min", age[:, i])
 
+    # Window statistics from running sums along the window, read at the window starts:
+    # one pass per quantity instead of one per window. Sums of squares are taken around
+    # the 240-minute mean, so the variance does not cancel catastrophically.
     stat = obs[:, :, _STAT_IDX]
-    stat_p = present[:, :, _STAT_IDX]
+    p = present[:, :, _STAT_IDX]
+    pf = p.astype(np.float64)
+    x0 = np.where(p, stat, 0.0)
+    t = np.arange(W, dtype=np.float64)[None, :, None]
+
+    def tail_sums(a: F) -> F:
+        """``out[:, k]`` = sum of the last ``k`` rows (k = 0 … W)."""
+        rev = np.cumsum(a[:, ::-1, :], axis=1)
+        return np.concatenate([np.zeros_like(rev[:, :1]), rev], axis=1)
+
     with np.errstate(invalid="ignore", divide="ignore"):
+        cnt_t = tail_sums(pf)
+        sum_t = tail_sums(x0)
+        shift = sum_t[:, W] / cnt_t[:, W]
+        shift = np.where(np.isnan(shift), 0.0, shift)
+        dev0 = np.where(p, stat - shift[:, None, :], 0.0)
+        sq_t = tail_sums(dev0 * dev0)
+        lo_t = np.minimum.accumulate(np.where(p, stat, np.inf)[:, ::-1, :], axis=1)
+        hi_t = np.maximum.accumulate(np.where(p, stat, -np.inf)[:, ::-1, :], axis=1)
         for w in STAT_WINDOWS:
-            x, p = stat[:, W - w :, :], stat_p[:, W - w :, :]
-            cnt = p.sum(axis=1).astype(np.float64)
-            mean = np.where(p, x, 0.0).sum(axis=1) / cnt
-            dev = np.where(p, x - mean[:, None, :], 0.0)
-            std = np.sqrt((dev * dev).sum(axis=1) / (cnt - 1))
+            cnt = cnt_t[:, w]
+            mean = sum_t[:, w] / cnt
+            dm = mean - shift
+            var = (sq_t[:, w] - cnt * dm * dm) / (cnt - 1)
+            std = np.sqrt(np.maximum(var, 0.0))
             std[cnt < 2] = np.nan
-            lo = np.where(p, x, np.inf).min(axis=1)
-            hi = np.where(p, x, -np.inf).max(axis=1)
+            lo = lo_t[:, w - 1].copy()
+            hi = hi_t[:, w - 1].copy()
             none = cnt == 0
             lo[none] = np.nan
             hi[none] = np.nan
@@ -121,17 +141,18 @@ def compute(
                 put(f"{v}_min_{w}m", lo[:, j])
                 put(f"{v}_max_{w}m", hi[:, j])
                 put(f"{v}_n_{w}m", cnt[:, j])
+        tp = t * pf
+        st_t = tail_sums(np.broadcast_to(tp, p.shape))
+        stt_t = tail_sums(tp * t)
+        stx_t = tail_sums(t * dev0)
         for w in SLOPE_WINDOWS:
-            x, p = stat[:, W - w :, :], stat_p[:, W - w :, :]
-            t = np.arange(w, dtype=np.float64)[None, :, None]
-            cnt = p.sum(axis=1).astype(np.float64)
-            tm = np.where(p, t, 0.0).sum(axis=1) / cnt
-            xm = np.where(p, x, 0.0).sum(axis=1) / cnt
-            dt = np.where(p, t - tm[:, None, :], 0.0)
-            dx = np.where(p, x - xm[:, None, :], 0.0)
-            sxx = (dt * dt).sum(axis=1)
-            slope = (dt * dx).sum(axis=1) / sxx * 60.0
-            slope[(cnt < 2) | (sxx == 0)] = np.nan
+            cnt = cnt_t[:, w]
+            tm = st_t[:, w] / cnt
+            xm = (sum_t[:, w] - cnt * shift) / cnt  # window mean around the shift
+            sxx = stt_t[:, w] - cnt * tm * tm
+            sxy = stx_t[:, w] - cnt * tm * xm
+            slope = sxy / sxx * 60.0
+            slope[(cnt < 2) | (sxx <= 1e-9)] = np.nan
             for j, v in enumerate(STAT_VITALS):
                 put(f"{v}_slope_{w}m", slope[:, j])
 

@@ -1,8 +1,8 @@
 """``make demo``: the main job end to end on the embedded stack.
 
 Starts the stack, backfills a small ward into Kafka, lands it into the raw lake, runs the
-validated Spark ETL into the processed lake and PostgreSQL, and prints what arrived
-where, reconciled against what the simulator says it sent.
+validated Spark ETL into the processed lake and PostgreSQL, computes features and labels,
+and prints what arrived where, reconciled against what the simulator says it sent.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE, run_etl
+from pipelines.features.job import FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE, run_features
 from pipelines.landing import (
     RAW_ADMISSIONS,
     RAW_DEAD,
@@ -48,7 +50,7 @@ def reconcile(sent: ProduceSummary, landed: LandingSummary) -> dict[str, Any]:
 
 
 def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    """Stack up → simulate → land → summary. Returns the summary as a dict."""
+    """Stack up → simulate → land → ETL → features → summary, as a dict."""
     t0 = time.monotonic()
     console.rule("[bold]Vigil demo")
     with console.status("starting the embedded stack (Kafka API, PostgreSQL, MLflow)…"):
@@ -66,6 +68,8 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     rec = reconcile(sent, landed)
     with console.status("Spark ETL: validate (Great Expectations), clean, resample, load…"):
         etl = run_etl(settings)
+    with console.status("features + labels (Spark, the scorer's own transform)…"):
+        feats = run_features(settings)
     lake = Lake(settings.resolve(settings.lake.root))
 
     table = Table(title="What arrived where", show_lines=False)
@@ -101,6 +105,17 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         f"{v['suite']} {'passed' if v['success'] else 'FAILED'}" for v in etl.validations
     )
     table.add_row("ETL: Great Expectations", checks or "nothing new to validate")
+    lab = feats.labels
+    table.add_row(
+        f"features {FEATURE_SET_VERSION}: rows every {settings.features.cadence_minutes} min",
+        f"{feats.feature_rows:,} rows × {len(FEATURE_NAMES)} features, "
+        f"{feats.patients:,} patients ({feats.status})",
+    )
+    table.add_row(
+        f"labels (deterioration within {settings.features.horizon_hours:g} h)",
+        f"{lab.get('positive', 0):,} positive of {lab.get('labelled', 0):,} labelled; "
+        f"{lab.get('censored', 0):,} censored, {lab.get('after_outcome', 0):,} after outcome",
+    )
     console.print(table)
     console.print(f"raw vitals    {lake.uri}/{RAW_VITALS}/date=…/hour=…/")
     console.print(f"raw outcomes  {lake.uri}/{RAW_OUTCOMES}/")
@@ -111,6 +126,8 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     console.print(f"processed     {lake.uri}/{PROCESSED_ZONE}/  and table vitals_minute")
     console.print(f"quarantine    {lake.uri}/{QUARANTINE_ZONE}/  and table quarantine")
     console.print(f"validation    {etl.report_dir}/  (JSON + GX Data Docs in data_docs/)")
+    console.print(f"features      {lake.uri}/{FEATURES_ZONE}/  and table {FEATURES_TABLE}")
+    console.print(f"labels        {lake.uri}/{LABELS_ZONE}/  and table feature_labels")
     console.print(f"MLflow UI     {ep.mlflow_uri}")
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")
@@ -122,6 +139,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         "landed": landed.to_dict(),
         "reconciliation": rec,
         "etl": etl.to_dict(),
+        "features": feats.to_dict(),
     }
 
 

@@ -298,9 +298,11 @@ class FeatureJob:
         )
         with connect(self.settings) as conn:
             row = conn.execute("SELECT max(minute) FROM vitals_minute").fetchone()
-        observed_until = pd.Timestamp(row[0]) + pd.Timedelta(minutes=1) if row and row[0] else None
-        if keys.empty or observed_until is None:
+        if keys.empty:
             return {}
+        # Outcomes are known up to where the processed vitals reach (the landing horizon).
+        horizon_end = row[0] if row and row[0] else keys["ts"].max()
+        observed_until = pd.Timestamp(horizon_end) + pd.Timedelta(minutes=1)
         labels = make_labels(
             keys,
             outcomes_df,

@@ -49,3 +49,9 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         totals["source_rows"] + totals["quarantined_rows"] + totals["duplicates"]
     )
     assert f"127.0.0.1:{s.local_stack.mlflow_port}" in text
+    feats = result["features"]
+    assert feats["status"] == "succeeded"
+    # ~30 patients × 4 h at one row per 5 minutes, less the admission spread.
+    assert 30 * 4 * 12 * 0.6 < feats["feature_rows"] < 30 * 4 * 12 * 1.05
+    assert sum(v for k, v in feats["labels"].items() if k != "positive") == feats["feature_rows"]
+    assert "features vitals-v1" in text
