@@ -74,7 +74,7 @@ def write_processed_lake(s: Settings, rows: int) -> int:
     events, admissions, outcomes = _simulate(s)
     lake = Lake(s.resolve(s.lake.root))
     written = 0
-    partitions = []
+    partitions: list[str] = []
     pids = events["patient_id"].unique()
     for group in np.array_split(pids, max(1, len(pids) // 500)):
         ev = events[events["patient_id"].isin(group)]

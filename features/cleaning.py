@@ -95,6 +95,18 @@ def _previous(
     return prev, prev_ts
 
 
+def reference_readings(heart_rate: pd.Series, spo2: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The readings that count as "previous plausible" context for the artifact rules.
+
+    A pure function of each event's own values, so the context an event gives later events
+    never depends on how the event itself was judged (and a carried state can be rebuilt
+    from raw events alone).
+    """
+    hr_ref = heart_rate.where(heart_rate.between(HARD_LIMITS["heart_rate"][0], HR_SPIKE_ABOVE))
+    spo2_ref = spo2.where(spo2.between(SPO2_ARTIFACT_AFTER_NORMAL, HARD_LIMITS["spo2"][1]))
+    return hr_ref, spo2_ref
+
+
 def clean_events(
     events: pd.DataFrame, state: CleaningState | None = None
 ) -> tuple[pd.DataFrame, CleaningState]:
@@ -129,14 +141,10 @@ def clean_events(
 
     # 3a. artifacts need the plausible readings before each event (judged before limits
     # remove anything, so that context never depends on this event's own fate).
-    hr_lo = HARD_LIMITS["heart_rate"][0]
-    hr = vals["heart_rate"]
-    hr_ref = hr.where(hr.between(hr_lo, HR_SPIKE_ABOVE))
+    hr_ref, spo2_ref = reference_readings(vals["heart_rate"], vals["spo2"])
     prev_hr, prev_hr_ts = _previous(
         hr_ref, ts, pid, state.last["heart_rate"], state.last["heart_rate_ts"]
     )
-    spo2 = vals["spo2"]
-    spo2_ref = spo2.where(spo2.between(SPO2_ARTIFACT_AFTER_NORMAL, HARD_LIMITS["spo2"][1]))
     prev_spo2, prev_spo2_ts = _previous(
         spo2_ref, ts, pid, state.last["spo2"], state.last["spo2_ts"]
     )

@@ -35,7 +35,9 @@ from features.cleaning import (
     SPO2_CONTEXT,
     STATUS_OK,
     VITALS,
+    CleaningState,
     clean_events,
+    reference_readings,
 )
 from features.resample import aggregate_minutes
 from features.spec import (
@@ -57,6 +59,18 @@ _AGG_COLS = [*[c for c in CHANNELS if c != "avpu"], "avpu_rank", "o2"]  # RING_C
 _STAT_IDX = [CHANNELS.index(v) for v in STAT_VITALS]
 CONTEXT_MINUTES = int(max(HR_CONTEXT, SPO2_CONTEXT) / pd.Timedelta(minutes=1))
 EVENT_COLUMNS = ["event_id", "patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]
+
+
+def _event_order(frame: pd.DataFrame) -> I64:
+    """Row order by patient, time, event id: the ETL's order (``sortWithinPartitions``)."""
+    order: I64 = np.lexsort(
+        (
+            frame["event_id"].to_numpy().astype("S36"),
+            frame["ts"].to_numpy("datetime64[ns]").astype(np.int64),
+            frame["_slot"].to_numpy(),
+        )
+    )
+    return order
 
 
 def _epoch_minutes(ts: pd.Series) -> I64:
@@ -87,7 +101,13 @@ class OnlineFeatures:
         self.first = np.full(capacity, NONE, dtype=np.int64)
         self.newest = np.full(capacity, NONE, dtype=np.int64)
         self.static = np.tile(static_vector(None), (capacity, 1))
-        self.events = pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in EVENT_COLUMNS})
+        self.events = pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in _RETAINED})
+        self._ids: set[str] = set()
+        self._name_array: npt.NDArray[np.object_] = np.array([], dtype=object)
+        # The artifact rules' context per patient: last plausible HR / SpO2 and their times
+        # (ns since epoch), as of the newest event; rebuilt from ``events`` after late ones.
+        self.ref_val = np.full((capacity, 2), np.nan)
+        self.ref_ts = np.full((capacity, 2), NONE, dtype=np.int64)
         self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ patients
@@ -112,6 +132,8 @@ class OnlineFeatures:
         self.first = pad(self.first, NONE)
         self.newest = pad(self.newest, NONE)
         self.static = np.concatenate([self.static, np.tile(static_vector(None), (extra, 1))])
+        self.ref_val = pad(self.ref_val, np.nan)
+        self.ref_ts = pad(self.ref_ts, NONE)
 
     def admit(self, admissions: pd.DataFrame) -> None:
         """Record admission facts (``patient_id``, ``age``, ``sex``, ``spo2_scale``)."""
@@ -155,7 +177,8 @@ class OnlineFeatures:
                 return pd.concat(parts, ignore_index=True)
         new = events[EVENT_COLUMNS].drop_duplicates("event_id")
         self.counts["duplicates"] += len(events) - len(new)
-        seen = new["event_id"].isin(self.events["event_id"])
+        ids = self._ids
+        seen = pd.Series([e in ids for e in new["event_id"].tolist()], index=new.index, dtype=bool)
         self.counts["duplicates"] += int(seen.sum())
         new = new[~seen]
         future = new["ts"] > now + self.max_future
@@ -186,20 +209,18 @@ class OnlineFeatures:
     def _refold(self, new: pd.DataFrame, t0: pd.Series, batch_max: pd.Series) -> None:
         """Re-clean and re-aggregate every minute from each patient's ``t0`` on."""
         t_slots = t0.index.to_numpy(dtype=np.int64)
-        t0_by_slot = pd.Series(t0.to_numpy(), index=t_slots)
+        t0_arr = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
+        t0_arr[t_slots] = t0.to_numpy()
         old = self.events
-        old_slot = old["patient_id"].map(self.slots).to_numpy(dtype=np.int64)
-        old_min = _epoch_minutes(old["ts"])
-        start = t0_by_slot.reindex(old_slot).to_numpy()  # NaN for untouched patients
-        in_context = old_min >= start - CONTEXT_MINUTES
-        context = old[in_context]
-        frame = pd.concat([context, new[EVENT_COLUMNS]], ignore_index=True)
-        frame = frame.sort_values(["patient_id", "ts", "event_id"], kind="stable")
-        cleaned, _ = clean_events(frame)
-        c_slot = cleaned["patient_id"].map(self.slots).to_numpy(dtype=np.int64)
-        c_min = _epoch_minutes(cleaned["ts"])
-        redo = c_min >= t0_by_slot.reindex(c_slot).to_numpy()
-        usable = cleaned[redo & (cleaned["status"] == STATUS_OK).to_numpy()]
+        old_slot = old["_slot"].to_numpy()
+        old_min = old["_minute"].to_numpy()
+        redo_old = old_min >= t0_arr[old_slot]
+        frame = pd.concat([old[redo_old], new[_RETAINED]], ignore_index=True)
+        frame = frame.iloc[_event_order(frame)].reset_index(drop=True)
+        prior = self._prior(t_slots, t0.to_numpy(), old, old_slot, old_min)
+        cleaned, after = clean_events(frame, prior)
+        self._keep_refs(after)
+        usable = cleaned[(cleaned["status"] == STATUS_OK).to_numpy()]
 
         # Clear each touched patient's minutes from t0 (or the old newest + 1, if later
         # minutes were skipped) to the new newest, then write the re-aggregated minutes.
@@ -236,13 +257,81 @@ class OnlineFeatures:
             in_base = (k >= 0) & (k < BASELINE_MINUTES)
             self.base[a_slot[in_base], k[in_base], :] = values[in_base][:, _STAT_IDX]
 
-        keep_old = ~self._expired(old_slot, old_min)
-        kept = old[keep_old]
+        expired = self._expired(old_slot, old_min)
+        if expired.any():
+            self._ids.difference_update(old.loc[expired, "event_id"].tolist())
+        kept = old[~expired]
+        self._ids.update(new["event_id"].tolist())
         self.events = (
-            pd.concat([kept, new[EVENT_COLUMNS]], ignore_index=True)
+            pd.concat([kept, new[_RETAINED]], ignore_index=True)
             if len(kept)
-            else (new[EVENT_COLUMNS].reset_index(drop=True))
+            else new[_RETAINED].reset_index(drop=True)
         )
+
+    def _prior(
+        self, t_slots: I64, t0: I64, old: pd.DataFrame, old_slot: I64, old_min: I64
+    ) -> CleaningState:
+        """The artifact rules' context just before each touched patient's ``t0``.
+
+        In order, that is the carried last reference readings; for a patient with a late
+        event (a carried reference at or after ``t0``) it is rebuilt from retained events.
+        """
+        start_ns = t0 * 60_000_000_000
+        vals = self.ref_val[t_slots].copy()
+        tss = self.ref_ts[t_slots].copy()
+        stale = ((tss != NONE) & (tss >= start_ns[:, None])).any(axis=1)
+        if stale.any():
+            s_slots = t_slots[stale]
+            lo = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
+            lo[s_slots] = t0[stale]
+            m = (old_min < lo[old_slot]) & (old_min >= lo[old_slot] - CONTEXT_MINUTES)
+            ctx = old[m]
+            ctx = ctx.iloc[_event_order(ctx)]
+            pos = {slot: i for i, slot in enumerate(t_slots.tolist())}
+            rows = np.array([pos[x] for x in s_slots.tolist()], dtype=np.int64)
+            vals[rows] = np.nan
+            tss[rows] = NONE
+            refs = reference_readings(
+                ctx["heart_rate"].astype("float64"), ctx["spo2"].astype("float64")
+            )
+            ns = ctx["ts"].to_numpy("datetime64[ns]").astype(np.int64)
+            for k, ref in enumerate(refs):
+                seen = pd.DataFrame(
+                    {"slot": ctx["_slot"].to_numpy(), "v": ref.to_numpy(), "ts": ns}
+                ).dropna(subset=["v"])
+                last = seen.groupby("slot").last()
+                idx = np.array([pos[x] for x in last.index.tolist()], dtype=np.int64)
+                if len(idx):
+                    vals[idx, k] = last["v"].to_numpy()
+                    tss[idx, k] = last["ts"].to_numpy()
+        index = pd.Index(self._names()[t_slots], name="patient_id", dtype="object")
+        cols: dict[str, pd.Series] = {}
+        for k, name in ((1, "spo2"), (0, "heart_rate")):
+            has = ~np.isnan(vals[:, k]) & (tss[:, k] != NONE)
+            when = pd.Series(pd.to_datetime(np.where(has, tss[:, k], 0), utc=True), index=index)
+            cols[name] = pd.Series(np.where(has, vals[:, k], np.nan), index=index)
+            cols[f"{name}_ts"] = when.astype("datetime64[us, UTC]").where(has)
+        last = pd.DataFrame(cols, index=index)
+        return CleaningState(last=last)
+
+    def _names(self) -> npt.NDArray[np.object_]:
+        if len(self._name_array) != len(self.slots):
+            self._name_array = np.array(list(self.slots), dtype=object)
+        return self._name_array
+
+    def _keep_refs(self, state: CleaningState) -> None:
+        """Carry the references after this batch (the prior's, updated by its events)."""
+        last = state.last
+        if last.empty:
+            return
+        slots = np.array([self.slots[p] for p in last.index.tolist()], dtype=np.int64)
+        for k, name in enumerate(("heart_rate", "spo2")):
+            v = last[name].to_numpy(dtype=np.float64)
+            ts = last[f"{name}_ts"]
+            has = ~np.isnan(v) & ts.notna().to_numpy()
+            ns = pd.to_datetime(ts).to_numpy("datetime64[ns]").astype(np.int64)
+            self.ref_val[slots, k] = np.where(has, v, np.nan)
+            self.ref_ts[slots, k] = np.where(has, ns, NONE)
 
     def _expired(self, slots: I64, minutes: I64) -> npt.NDArray[np.bool_]:
         return minutes < self.newest[slots] - self.lateness - CONTEXT_MINUTES - 1
@@ -339,4 +428,7 @@ _DTYPES = {
     "consciousness": "object",
     "on_oxygen": "object",
 }
+_DTYPES["_slot"] = "int64"
+_DTYPES["_minute"] = "int64"
+_RETAINED = [*EVENT_COLUMNS, "_slot", "_minute"]
 __all__ = ["EVENT_COLUMNS", "LATEST", "STATIC", "OnlineFeatures"]

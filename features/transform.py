@@ -100,38 +100,53 @@ def compute(
     for i, v in enumerate(CHANNELS):
         put(f"{v}_age_min", age[:, i])
 
-    # Window statistics from running sums along the window, read at the window starts:
-    # one pass per quantity instead of one per window. Sums of squares are taken around
-    # the 240-minute mean, so the variance does not cancel catastrophically.
-    stat = obs[:, :, _STAT_IDX]
-    p = present[:, :, _STAT_IDX]
+    # Window statistics. The windows nest (15 ⊂ 60 ⊂ 240 minutes back from the as-of
+    # minute), so each quantity is summed once per segment between window starts and the
+    # segments accumulated: every minute is touched once per quantity. Time runs along
+    # the last, contiguous axis. Squares are taken around the 240-minute mean, so the
+    # variance does not cancel catastrophically.
+    x = np.ascontiguousarray(obs[:, :, _STAT_IDX].transpose(0, 2, 1))  # [n, vitals, W]
+    p = ~np.isnan(x)
     pf = p.astype(np.float64)
-    x0 = np.where(p, stat, 0.0)
-    t = np.arange(W, dtype=np.float64)[None, :, None]
+    x0 = np.where(p, x, 0.0)
+    t = np.arange(W, dtype=np.float64)
 
-    def tail_sums(a: F) -> F:
-        """``out[:, k]`` = sum of the last ``k`` rows (k = 0 … W)."""
-        rev = np.cumsum(a[:, ::-1, :], axis=1)
-        return np.concatenate([np.zeros_like(rev[:, :1]), rev], axis=1)
+    def by_window(a: F, how: str = "sum") -> dict[int, F]:
+        out: dict[int, F] = {}
+        acc: F | None = None
+        end = W
+        for w in STAT_WINDOWS:
+            seg = a[..., W - w : end]
+            part = seg.sum(axis=-1) if how == "sum" else getattr(seg, how)(axis=-1)
+            if acc is None:
+                acc = part
+            elif how == "sum":
+                acc = acc + part
+            elif how == "min":
+                acc = np.minimum(acc, part)
+            else:
+                acc = np.maximum(acc, part)
+            out[w] = acc
+            end = W - w
+        return out
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        cnt_t = tail_sums(pf)
-        sum_t = tail_sums(x0)
-        shift = sum_t[:, W] / cnt_t[:, W]
+        cnt_w = by_window(pf)
+        sum_w = by_window(x0)
+        longest = STAT_WINDOWS[-1]
+        shift = sum_w[longest] / cnt_w[longest]
         shift = np.where(np.isnan(shift), 0.0, shift)
-        dev0 = np.where(p, stat - shift[:, None, :], 0.0)
-        sq_t = tail_sums(dev0 * dev0)
-        lo_t = np.minimum.accumulate(np.where(p, stat, np.inf)[:, ::-1, :], axis=1)
-        hi_t = np.maximum.accumulate(np.where(p, stat, -np.inf)[:, ::-1, :], axis=1)
+        dev0 = np.where(p, x - shift[:, :, None], 0.0)
+        sq_w = by_window(dev0 * dev0)
+        lo_w = by_window(np.where(p, x, np.inf), "min")
+        hi_w = by_window(np.where(p, x, -np.inf), "max")
         for w in STAT_WINDOWS:
-            cnt = cnt_t[:, w]
-            mean = sum_t[:, w] / cnt
+            cnt = cnt_w[w]
+            mean = sum_w[w] / cnt
             dm = mean - shift
-            var = (sq_t[:, w] - cnt * dm * dm) / (cnt - 1)
-            std = np.sqrt(np.maximum(var, 0.0))
+            std = np.sqrt(np.maximum((sq_w[w] - cnt * dm * dm) / (cnt - 1), 0.0))
             std[cnt < 2] = np.nan
-            lo = lo_t[:, w - 1].copy()
-            hi = hi_t[:, w - 1].copy()
+            lo, hi = lo_w[w].copy(), hi_w[w].copy()
             none = cnt == 0
             lo[none] = np.nan
             hi[none] = np.nan
@@ -141,16 +156,16 @@ def compute(
                 put(f"{v}_min_{w}m", lo[:, j])
                 put(f"{v}_max_{w}m", hi[:, j])
                 put(f"{v}_n_{w}m", cnt[:, j])
-        tp = t * pf
-        st_t = tail_sums(np.broadcast_to(tp, p.shape))
-        stt_t = tail_sums(tp * t)
-        stx_t = tail_sums(t * dev0)
+        tp = pf * t
+        st_w = by_window(tp)
+        stt_w = by_window(tp * t)
+        stx_w = by_window(dev0 * t)
         for w in SLOPE_WINDOWS:
-            cnt = cnt_t[:, w]
-            tm = st_t[:, w] / cnt
-            xm = (sum_t[:, w] - cnt * shift) / cnt  # window mean around the shift
-            sxx = stt_t[:, w] - cnt * tm * tm
-            sxy = stx_t[:, w] - cnt * tm * xm
+            cnt = cnt_w[w]
+            tm = st_w[w] / cnt
+            xm = (sum_w[w] - cnt * shift) / cnt  # the window mean, around the shift
+            sxx = stt_w[w] - cnt * tm * tm
+            sxy = stx_w[w] - cnt * tm * xm
             slope = sxy / sxx * 60.0
             slope[(cnt < 2) | (sxx <= 1e-9)] = np.nan
             for j, v in enumerate(STAT_VITALS):
