@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -196,6 +197,7 @@ def _streams(draw: Any) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     return events, adm, draw(st.integers(1, 40))
 
 
+@pytest.mark.slow  # ~40 s: part of `make test`, not of the `make test-fast` loop
 @settings(
     max_examples=30,
     deadline=None,
