@@ -23,9 +23,14 @@ import time
 from typing import Any
 
 import psutil
-import psycopg
 
-from bench.common import machine, private_stack, versions, write_result
+from bench.common import (
+    fresh_lake_and_database,
+    machine,
+    private_stack,
+    versions,
+    write_result,
+)
 from pipelines.etl.job import run_etl
 from pipelines.landing import RAW_VITALS, VITALS_SCHEMA, _Buffer, _by_hour
 from pipelines.produce import with_simulator
@@ -34,7 +39,6 @@ from stack.batchvalidate import BatchValidator
 from stack.contracts import VitalsEvent
 from stack.kafka import Record
 from stack.lake import Lake
-from stack.localstack import endpoints
 from stack.settings import Settings
 
 EVENTS_PER_PATIENT_DAY = 1440 * 0.86  # readings per patient over 24 h (admissions, outcomes)
@@ -64,20 +68,10 @@ def write_raw_lake(s: Settings, events: int) -> int:
 
 
 def _fresh(base: Settings, size: int) -> Settings:
-    """``base`` with a lake folder and a PostgreSQL database of this size's own."""
-    url = endpoints(base).database_url
-    name = f"bench_etl_{size}"
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return base.model_copy(
-        update={
-            "lake": base.lake.model_copy(update={"root": f"{base.lake.root}-{size}"}),
-            "postgres": base.postgres.model_copy(
-                update={"url": url.rsplit("/", 1)[0] + f"/{name}"}
-            ),
-            "etl": base.etl.model_copy(update={"reports_dir": base.run_path / f"reports-{size}"}),
-        }
+    """``base`` with a lake and database of this size's own, and its own reports folder."""
+    s = fresh_lake_and_database(base, f"bench_etl_{size}")
+    return s.model_copy(
+        update={"etl": s.etl.model_copy(update={"reports_dir": s.run_path / f"reports-{size}"})}
     )
 
 

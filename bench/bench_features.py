@@ -31,11 +31,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pyarrow as pa
 
 from bench.bench_etl import PeakRss
-from bench.common import machine, private_stack, versions, write_result
+from bench.common import (
+    fresh_lake_and_database,
+    machine,
+    private_stack,
+    versions,
+    write_result,
+)
 from features.cleaning import STATUS_OK, clean_events
 from features.resample import to_minutes
 from pipelines.etl.job import PROCESSED_ZONE
@@ -47,7 +52,6 @@ from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.db import migrate, transaction
 from stack.lake import Lake
-from stack.localstack import endpoints
 from stack.settings import Settings, load_settings
 
 MINUTES_PER_PATIENT_DAY = 1440 * 0.8  # stays start during the day and end at outcomes
@@ -106,28 +110,12 @@ def write_processed_lake(s: Settings, rows: int, ward_size: int = 1000) -> int:
     return written
 
 
-def _fresh(base: Settings, size: int) -> Settings:
-    url = endpoints(base).database_url
-    name = f"bench_features_{size}"
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return base.model_copy(
-        update={
-            "lake": base.lake.model_copy(update={"root": f"{base.lake.root}-{size}"}),
-            "postgres": base.postgres.model_copy(
-                update={"url": url.rsplit("/", 1)[0] + f"/{name}"}
-            ),
-        }
-    )
-
-
 def run_batch(sizes: list[int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     spark = {"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g"}
     with private_stack(["postgres"], spark=spark) as (base, _overlay):
         for size in sizes:
-            s = _fresh(base, size)
+            s = fresh_lake_and_database(base, f"bench_features_{size}")
             t0 = time.monotonic()
             rows = write_processed_lake(s, size)
             gen_s = time.monotonic() - t0

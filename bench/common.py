@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import yaml
 
-from stack.localstack import down, free_port, up
+from stack.localstack import down, endpoints, free_port, up
 from stack.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,3 +79,18 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def fresh_lake_and_database(base: Settings, name: str) -> Settings:
+    """``base`` with a lake folder and a (re-created) PostgreSQL database of its own."""
+    url = endpoints(base).database_url
+    server = url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.model_copy(
+        update={
+            "lake": base.lake.model_copy(update={"root": f"{base.lake.root}-{name}"}),
+            "postgres": base.postgres.model_copy(update={"url": f"{server}/{name}"}),
+        }
+    )

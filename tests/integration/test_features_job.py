@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from features.online import OnlineFeatures
-from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.spec import FEATURE_SET_VERSION
 from pipelines.etl.job import RAW_ZONE, run_etl
 from pipelines.features.job import FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE, run_features
 from pipelines.landing import RAW_ADMISSIONS
 from stack.settings import Settings
 from tests.integration.test_etl import lake, land, q
-from tests.unit.test_online_parity import NOW, _completion
+from tests.unit.test_online_parity import stream_and_compare
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,32 +51,11 @@ def test_spark_features_equal_the_online_path_and_labels_land(etl_settings: Sett
     events = _landed_events(s)
     admissions = lake(s).read_table(RAW_ADMISSIONS).to_pandas()
     ref = feats.sort_values(["patient_id", "ts"]).reset_index(drop=True)
-    done = _completion(events, ref)
-    online = OnlineFeatures(lateness_minutes=s.features.lateness_minutes)
-    online.admit(admissions)
-    compared, bad = 0, []
-    pending = np.ones(len(ref), dtype=bool)
-    step = 200
-    for a in range(0, len(events), step):
-        online.update(events.iloc[a : a + step], now=NOW)
-        ready = np.nonzero(pending & (done < a + step))[0]
-        pending[ready] = False
-        rows = ref.iloc[ready]
-        rows = rows[online.answerable(rows["patient_id"].tolist(), rows["ts"])]
-        if rows.empty:
-            continue
-        got = online.features_at(rows["patient_id"].tolist(), rows["ts"])
-        x = rows[list(FEATURE_NAMES)].to_numpy()
-        y = got[list(FEATURE_NAMES)].to_numpy()
-        ok = np.isclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True)
-        bad += [
-            f"{rows['patient_id'].iloc[i]}@{rows['ts'].iloc[i]}:"
-            f"{[FEATURE_NAMES[j] for j in np.nonzero(~ok[i])[0]][:5]}"
-            for i in np.nonzero(~ok.all(axis=1))[0][:3]
-        ]
-        compared += len(rows)
+    compared, total, bad = stream_and_compare(
+        events, admissions, 200, ref=ref, lateness_minutes=s.features.lateness_minutes
+    )
     assert not bad, bad
-    assert compared == len(ref)
+    assert compared == total == len(feats)
 
     # Labels: one per feature row; positives only for patients with an outcome.
     labels = lake(s).read_table(LABELS_ZONE).to_pandas()

@@ -75,20 +75,26 @@ def _completion(events: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
 
 
 def stream_and_compare(
-    events: pd.DataFrame, admissions: pd.DataFrame, batch: int
+    events: pd.DataFrame,
+    admissions: pd.DataFrame,
+    batch: int,
+    ref: pd.DataFrame | None = None,
+    lateness_minutes: int = 45,
 ) -> tuple[int, int, list[str]]:
     """Feed ``events`` (arrival order) in polls of ``batch``; compare each batch row once
     all its inputs have arrived. Returns (compared, total, mismatches).
 
     A row the online state can no longer answer when it completes (a poll batch carried
     the patient further ahead than the state's lateness bound) is not compared; with
-    ``batch=1`` that cannot happen.
+    ``batch=1`` that cannot happen. ``ref`` defaults to :func:`reference_features`; the
+    Spark integration test passes the feature job's output instead.
     """
-    ref = reference_features(events, admissions)
+    if ref is None:
+        ref = reference_features(events, admissions)
     if ref.empty:
         return 0, 0, []
     done = _completion(events, ref)
-    online = OnlineFeatures(capacity=4)
+    online = OnlineFeatures(capacity=4, lateness_minutes=lateness_minutes)
     online.admit(admissions)
     pending = np.ones(len(ref), dtype=bool)
     compared = 0
