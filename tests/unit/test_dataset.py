@@ -60,7 +60,8 @@ def test_too_few_positive_patients_is_a_clear_error() -> None:
 
 def test_labelled_rows_drop_censored_and_after_outcome_and_need_every_label() -> None:
     keys = _rows(patients=3, per=4)[["patient_id", "ts"]]
-    feats = keys.assign(**dict.fromkeys(FEATURE_NAMES, 1.0))
+    ones = pd.DataFrame(np.ones((len(keys), len(FEATURE_NAMES))), columns=list(FEATURE_NAMES))
+    feats = pd.concat([keys, ones], axis=1)
     status = ["labelled", "labelled", "censored", "after_outcome"] * 3
     labels = keys.assign(label=[0, 1, None, None] * 3, label_status=status)
     out = labelled_rows(feats, labels)
