@@ -339,15 +339,17 @@ class OnlineFeatures:
     def _move_first(self, slots: I64, candidate: I64) -> None:
         """A patient's first usable minute; an earlier one shifts the baseline along."""
         cur = self.first[slots]
-        for s, c, f in zip(slots.tolist(), candidate.tolist(), cur.tolist(), strict=True):
-            if f == NONE:
-                self.first[s] = c
-            elif c < f:
-                shift = f - c
-                kept = self.base[s, : max(BASELINE_MINUTES - shift, 0)].copy()
-                self.base[s] = np.nan
-                self.base[s, shift : shift + len(kept)] = kept
-                self.first[s] = c
+        fresh = cur == NONE
+        self.first[slots[fresh]] = candidate[fresh]
+        earlier = ~fresh & (candidate < cur)  # rare: a late event before the stay's start
+        for s, c, f in zip(
+            slots[earlier].tolist(), candidate[earlier].tolist(), cur[earlier].tolist(), strict=True
+        ):
+            shift = f - c
+            kept = self.base[s, : max(BASELINE_MINUTES - shift, 0)].copy()
+            self.base[s] = np.nan
+            self.base[s, shift : shift + len(kept)] = kept
+            self.first[s] = c
 
     # ------------------------------------------------------------------ vectors
     def _vectors_for(self, new: pd.DataFrame) -> pd.DataFrame:

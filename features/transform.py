@@ -55,12 +55,18 @@ CARRY_LIMITS = np.array(
 )
 
 
+def last_observed(window: F) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per channel of ``window`` ([n, W, C]): positions back from the end to the last
+    non-NaN value, and whether there is one at all."""
+    rev = ~np.isnan(window[:, ::-1, :])
+    back: npt.NDArray[np.int64] = rev.argmax(axis=1)
+    seen: npt.NDArray[np.bool_] = np.asarray(rev.any(axis=1))
+    return back, seen
+
+
 def carry_forward(window: F, limits: npt.NDArray[np.int64]) -> F:
     """Value at the last position of ``window`` ([n, W, C]) after a bounded forward-fill."""
-    present = ~np.isnan(window)
-    rev = present[:, ::-1, :]
-    any_ = rev.any(axis=1)
-    age = rev.argmax(axis=1)  # positions back from the end to the last present value
+    age, any_ = last_observed(window)
     n, w, c = window.shape
     last = window[np.arange(n)[:, None], w - 1 - age, np.arange(c)[None, :]]
     return np.where(any_ & (age <= limits[None, :]), last, np.nan)
@@ -93,10 +99,9 @@ def compute(
     for i, v in enumerate(LATEST):
         put(f"{v}_last", latest[:, i])
 
-    present = ~np.isnan(obs)
-    rev = present[:, ::-1, :]
-    age = rev.argmax(axis=1).astype(np.float64)
-    age[~rev.any(axis=1)] = np.nan
+    back, seen = last_observed(obs)
+    age = back.astype(np.float64)
+    age[~seen] = np.nan
     for i, v in enumerate(CHANNELS):
         put(f"{v}_age_min", age[:, i])
 

@@ -121,7 +121,7 @@ class EtlSummary:
 
 
 # ---------------------------------------------------------------- per-patient functions
-def _by_patient(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def by_patient(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Regroup Arrow batches of patient-sorted rows so that no patient is split.
 
     Spark hands ``mapInPandas`` a partition as batches of at most N rows; the rows are
@@ -145,7 +145,7 @@ def _by_patient(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 def _clean_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Spark ``mapInPandas`` body: deduplicated events sorted by patient, time → cleaned."""
     cols = [c.split(" ")[0] for c in CLEANED_SCHEMA.split(", ")]
-    for pdf in _by_patient(batches):
+    for pdf in by_patient(batches):
         pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True)
         raw = {f"raw_{v}": pdf[v].astype("float64") for v in VITALS}
         cleaned, _state = clean_events(pdf)
@@ -156,7 +156,7 @@ def _clean_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 def _minutes_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Spark ``mapInPandas`` body: usable cleaned events sorted by patient → minute rows."""
-    for pdf in _by_patient(batches):
+    for pdf in by_patient(batches):
         pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True)
         yield to_minutes(pdf)
 

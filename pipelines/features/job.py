@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,7 @@ import typer
 from features.labels import make_labels
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from features.transform import features_for_patient, static_vector
-from pipelines.etl.job import PROCESSED_ZONE, _by_patient
+from pipelines.etl.job import PROCESSED_ZONE, by_patient
 from pipelines.etl.plan import hour_of, partition_of
 from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
 from stack.db import connect, copy_table, migrate, transaction
@@ -98,14 +98,16 @@ class FeatureSummary:
 
 def _features_partition(
     cadence: int, since: datetime
-) -> Any:  # a mapInPandas body, closed over the run's parameters
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` body for this run's cadence and first hour."""
+
     def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         cols = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
         start = pd.Timestamp(since)
-        for pdf in _by_patient(batches):
+        for pdf in by_patient(batches):
             pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True)
             out = []
-            for pid, g in pdf.groupby("patient_id", sort=False):
+            for _pid, g in pdf.groupby("patient_id", sort=False):
                 first = g.iloc[0]
                 static = static_vector(
                     {c: first[c] for c in STATIC_COLUMNS} if pd.notna(first["sex"]) else None
@@ -113,7 +115,6 @@ def _features_partition(
                 rows = features_for_patient(g, static, cadence_minutes=cadence, since=start)
                 if len(rows):
                     out.append(rows)
-                del pid
             if not out:
                 continue
             rows = pd.concat(out, ignore_index=True)
