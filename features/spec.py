@@ -19,6 +19,13 @@ from dataclasses import dataclass
 from features.news2 import NEWS2_PARAMETERS
 
 FEATURE_SET_VERSION = "vitals-v1"
+# Where this version's rows live (lake zones, PostgreSQL table): every reader and writer
+# takes the names from here, so a version bump moves them all.
+VERSION_SLUG = FEATURE_SET_VERSION.replace("-", "_")
+FEATURES_ZONE = f"features/{FEATURE_SET_VERSION}"
+LABELS_ZONE = f"labels/{FEATURE_SET_VERSION}"
+LABELS_FILE = f"{LABELS_ZONE}/labels.parquet"
+FEATURES_TABLE = f"features_{VERSION_SLUG}"
 
 WINDOW_MINUTES = 240  # the longest look-back: the online state keeps no more than this
 STAT_WINDOWS = (15, 60, 240)

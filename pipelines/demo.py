@@ -14,9 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.spec import (
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    FEATURES_TABLE,
+    FEATURES_ZONE,
+    LABELS_ZONE,
+)
 from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE, run_etl
-from pipelines.features.job import FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE, run_features
+from pipelines.features.job import run_features
 from pipelines.landing import (
     RAW_ADMISSIONS,
     RAW_DEAD,

@@ -254,6 +254,89 @@ class FeaturesSettings(_Strict):
     )
 
 
+class ParamRange(_Strict):
+    """One hyperparameter's search range: ``choices``, or ``low``..``high``.
+
+    Integer bounds (both ``low`` and ``high`` written without a decimal point) search
+    integers; ``log`` searches on a log scale; ``step`` quantises.
+    """
+
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[str | float | int, ...] | None = None
+
+    @field_validator("choices")
+    @classmethod
+    def _non_empty(cls, v: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if v is not None and len(v) == 0:
+            raise ValueError("choices must not be empty")
+        return v
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give choices, or both low and high")
+        if self.choices is None and self.low is not None and self.high is not None:
+            if self.low > self.high:
+                raise ValueError(f"low {self.low} > high {self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+Family = Literal["logistic_regression", "random_forest", "xgboost"]
+
+
+class ThresholdSettings(_Strict):
+    """The alert budget the operating threshold is chosen for (exactly one)."""
+
+    sensitivity: float | None = Field(0.6, gt=0, le=1)
+    alerts_per_patient_day: float | None = Field(None, gt=0)
+
+    def model_post_init(self, _context: Any) -> None:
+        if (self.sensitivity is None) == (self.alerts_per_patient_day is None):
+            raise ValueError("set exactly one of sensitivity or alerts_per_patient_day")
+
+
+class GateSettings(_Strict):
+    """When a challenger may replace the champion."""
+
+    bootstrap: int = Field(200, ge=20, description="patient-level bootstrap resamples")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    margin_roc_auc: float = Field(0.02, ge=0, description="may be at most this much worse")
+    margin_pr_auc: float = Field(0.05, ge=0)
+    news2_rule: int = Field(5, ge=1, le=20, description="NEWS2 >= this is the clinical rule")
+
+
+class TrainingSettings(_Strict):
+    """Dataset range, split, tuning budget, search spaces, threshold and gate."""
+
+    experiment: str = "deterioration"
+    registered_model: str = "vigil-deterioration"
+    since: datetime | None = Field(None, description="first feature time used (null: all)")
+    until: datetime | None = Field(None, description="feature times before this (null: all)")
+    seed: int = 7
+    test_share: float = Field(0.2, gt=0, lt=1)
+    folds: int = Field(3, ge=2, le=10)
+    tune_row_stride: int = Field(
+        3, ge=1, description="tuning uses every Nth feature row of a patient (rows correlate)"
+    )
+    families: tuple[Family, ...] = ("logistic_regression", "random_forest", "xgboost")
+    trials: int = Field(8, ge=1, description="Optuna trials per family")
+    timeout_s: float | None = Field(
+        150.0, gt=0, description="per-family study time limit (null: trials only)"
+    )
+    n_jobs: int = Field(2, ge=1)
+    search_spaces: dict[Family, dict[str, ParamRange]] = Field(default_factory=dict)
+    threshold: ThresholdSettings = ThresholdSettings()
+    gate: GateSettings = GateSettings()
+    reports_dir: Path = Path("reports/training")
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -271,6 +354,7 @@ class Settings(_Strict):
     landing: LandingSettings = LandingSettings()
     etl: EtlSettings = EtlSettings()
     features: FeaturesSettings = FeaturesSettings()
+    training: TrainingSettings = TrainingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

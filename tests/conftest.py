@@ -119,3 +119,77 @@ def etl_settings(stack_settings: Settings) -> Iterator[Settings]:
     yield s
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- training
+@pytest.fixture(scope="session")
+def cohort() -> Any:
+    """A small labelled cohort (features + labels) from the seeded simulator, in process.
+
+    Deteriorations are made frequent (0.5 per patient-day) so that 160 patients × 24 h
+    hold enough episodes for a patient split with CV folds and a meaningful gate.
+    """
+    from pipelines.cohort import build_cohort
+
+    base = load_settings(environ={})
+    sim = base.simulator.model_copy(
+        update={
+            "patients": 160,
+            "hours": 24,
+            "seed": 5,
+            "episodes": base.simulator.episodes.model_copy(
+                update={"deterioration_rate_per_day": 0.5}
+            ),
+        }
+    )
+    return build_cohort(sim, base.features)
+
+
+@pytest.fixture(scope="session")
+def cohort_rows(cohort: Any) -> Any:
+    from training.dataset import labelled_rows
+
+    return labelled_rows(cohort.features, cohort.labels)
+
+
+@pytest.fixture(scope="session")
+def mlflow_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real MLflow tracking server (SQLite + local artifacts) for the session."""
+    run = tmp_path_factory.mktemp("mlflow")
+    overlay = isolated_stack_overlay(run, ["mlflow"])
+    path = run / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    s = load_settings(path, environ={})
+    try:
+        up(s, create_topics=False)
+        yield overlay
+    finally:
+        down(s)
+
+
+# A tuning budget small enough for tests; the demo and `make train` use conf/base.yaml's.
+TINY_TRAINING: dict[str, Any] = {
+    "families": ["logistic_regression", "xgboost"],
+    "trials": 2,
+    "timeout_s": None,
+    "gate": {"bootstrap": 60},
+}
+
+
+@pytest.fixture
+def training_settings(mlflow_overlay: dict[str, Any], tmp_path: Path) -> Settings:
+    """Settings on the session MLflow server, with a registered model of this test's own."""
+    tag = uuid.uuid4().hex[:8]
+    return make_settings(
+        tmp_path,
+        run_dir=mlflow_overlay["run_dir"],
+        local_stack=mlflow_overlay["local_stack"],
+        mlflow=mlflow_overlay["mlflow"],
+        training={
+            **TINY_TRAINING,
+            "experiment": f"test-{tag}",
+            "registered_model": f"vigil-test-{tag}",
+            "reports_dir": str(tmp_path / "reports"),
+        },
+        logging={"format": "text"},
+    )

@@ -42,6 +42,8 @@ class PatientSplit:
 def labelled_rows(features: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """Feature rows with a known label (censored and after-outcome rows dropped).
 
+    Adds ``label`` and ``minutes_to_outcome`` (for lead times; NaN without an outcome).
+
     Raises:
         ValueError: a feature column is missing, or labels do not match feature rows.
     """
@@ -49,7 +51,7 @@ def labelled_rows(features: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"feature table lacks {missing[:5]} (feature set changed?)")
     joined = features.merge(
-        labels[["patient_id", "ts", "label", "label_status"]],
+        labels[["patient_id", "ts", "label", "label_status", "minutes_to_outcome"]],
         on=["patient_id", "ts"],
         how="left",
         validate="one_to_one",

@@ -38,7 +38,14 @@ import pyarrow as pa
 import typer
 
 from features.labels import make_labels
-from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from features.spec import (
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    FEATURES_TABLE,
+    FEATURES_ZONE,
+    LABELS_FILE,
+    LABELS_ZONE,
+)
 from features.transform import features_for_patient, static_vector
 from pipelines.etl.job import PROCESSED_ZONE, by_patient
 from pipelines.etl.plan import hour_of, partition_of
@@ -54,10 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vigil.features")
 
-VERSION_SLUG = FEATURE_SET_VERSION.replace("-", "_")
-FEATURES_ZONE = f"features/{FEATURE_SET_VERSION}"
-LABELS_ZONE = f"labels/{FEATURE_SET_VERSION}"
-FEATURES_TABLE = f"features_{VERSION_SLUG}"
 STATIC_COLUMNS = ("age", "sex", "spo2_scale")
 OUTPUT_SCHEMA = ", ".join(
     [
@@ -314,7 +317,7 @@ class FeatureJob:
         table = pa.Table.from_pandas(labels, preserve_index=False)
         for rel in self.lake.files(LABELS_ZONE, suffix=""):
             self.lake.delete(rel)
-        self.lake.write_parquet(table, f"{LABELS_ZONE}/labels.parquet")
+        self.lake.write_parquet(table, LABELS_FILE)
         with transaction(self.settings) as conn:
             conn.execute(
                 "DELETE FROM feature_labels WHERE feature_set_version = %s", (FEATURE_SET_VERSION,)

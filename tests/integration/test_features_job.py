@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from features.spec import FEATURE_SET_VERSION
+from features.spec import FEATURE_SET_VERSION, FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE
 from pipelines.etl.job import RAW_ZONE, run_etl
-from pipelines.features.job import FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE, run_features
+from pipelines.features.job import run_features
 from pipelines.landing import RAW_ADMISSIONS
 from stack.settings import Settings
 from tests.integration.test_etl import lake, land, q

@@ -63,10 +63,15 @@ def test_labelled_rows_drop_censored_and_after_outcome_and_need_every_label() ->
     ones = pd.DataFrame(np.ones((len(keys), len(FEATURE_NAMES))), columns=list(FEATURE_NAMES))
     feats = pd.concat([keys, ones], axis=1)
     status = ["labelled", "labelled", "censored", "after_outcome"] * 3
-    labels = keys.assign(label=[0, 1, None, None] * 3, label_status=status)
+    labels = keys.assign(
+        label=[0, 1, None, None] * 3,
+        label_status=status,
+        minutes_to_outcome=[300.0, 100.0, np.nan, np.nan] * 3,
+    )
     out = labelled_rows(feats, labels)
     assert len(out) == 6
     assert out["label"].tolist() == [0, 1] * 3
+    assert out["minutes_to_outcome"].tolist() == [300.0, 100.0] * 3  # for lead times
     with pytest.raises(ValueError, match="no label row"):
         labelled_rows(feats, labels.iloc[:-1])
     with pytest.raises(ValueError, match="feature table lacks"):

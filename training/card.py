@@ -1,0 +1,149 @@
+"""The model card: what a clinician, a data scientist and an auditor need on one page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.evaluate import Interval
+from training.threshold import OperatingPoint
+from training.tune import StudyResult
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    model_name: str
+    family: str
+    params: dict[str, Any]
+    run_id: str
+    lineage: dict[str, str]
+    counts: dict[str, int]
+    cv: dict[str, float]
+    test: dict[str, float]
+    intervals: dict[str, dict[str, Interval]]
+    news2_rule: int
+    news2_rule_op: OperatingPoint
+    operating_valid: OperatingPoint
+    operating_test: OperatingPoint
+    budget: str
+    lead_model: dict[str, float]
+    lead_news2: dict[str, float]
+    subgroups: pd.DataFrame
+    importances: pd.Series
+    studies: list[StudyResult]
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = [_f(v) if isinstance(v, float) else str(v) for v in row.tolist()]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def render_card(c: ModelCard) -> str:
+    """Markdown text of the card."""
+    iv_m, iv_n, iv_d = c.intervals["model"], c.intervals["news2"], c.intervals["model-news2"]
+    lines = [
+        f"# Model card — {c.model_name} ({c.family})",
+        "",
+        "Predicts, every 5 minutes for each ward patient, the risk of a deterioration "
+        "outcome (ICU transfer, rapid-response call, cardiac arrest) within the label horizon, "
+        "from vital signs and admission facts. It supports, and does not replace, the "
+        "clinical NEWS2 escalation protocol.",
+        "",
+        f"MLflow run `{c.run_id}` · feature set `{c.lineage['feature_set_version']}` "
+        f"(digest `{c.lineage['feature_set_digest'][:12]}`) · git `{c.lineage['git_commit'][:12]}`",
+        "",
+        "## Data",
+        f"- Feature times {c.lineage['data_from']} → {c.lineage['data_to']}; "
+        f"{c.counts['patients']:,} patients, {c.counts['rows']:,} labelled rows "
+        f"({c.counts['positive_rows']:,} positive).",
+        f"- Split by patient (seed {c.lineage['split_seed']}): {c.counts['train_rows']:,} "
+        f"training rows (tuning on {c.counts['tuning_rows']:,}), {c.counts['test_rows']:,} "
+        f"rows of held-out patients ({c.counts['test_positive_rows']:,} positive). No patient "
+        "is on both sides.",
+        f"- ETL validation runs: {c.lineage['etl_validation_runs'][:300]}",
+        "",
+        "## Model selection (patient-grouped cross-validation)",
+        _table(
+            pd.DataFrame(
+                [
+                    {
+                        "family": s.family,
+                        "trials": len(s.trials),
+                        "pruned": sum(t.state == "PRUNED" for t in s.trials),
+                        "CV PR-AUC": float(np.mean(s.best.fold_pr_auc)),
+                        "± s.d.": float(np.std(s.best.fold_pr_auc)),
+                        "CV ROC-AUC": float(np.mean(s.best.fold_roc_auc)),
+                        "seconds": float(s.seconds),
+                    }
+                    for s in c.studies
+                ]
+            )
+        ),
+        "",
+        f"Chosen: **{c.family}** with {c.params}.",
+        "",
+        "## Held-out patients: model vs NEWS2 (95 % patient-bootstrap intervals)",
+        "| | ROC-AUC | PR-AUC |",
+        "|---|---|---|",
+        f"| model | {iv_m['roc_auc']} | {iv_m['pr_auc']} |",
+        f"| NEWS2 (continuous) | {iv_n['roc_auc']} | {iv_n['pr_auc']} |",
+        f"| model − NEWS2 | {iv_d['roc_auc']} | {iv_d['pr_auc']} |",
+        "",
+        f"PR-AUC ratio model / NEWS2: {_f(iv_m['pr_auc'].estimate / iv_n['pr_auc'].estimate, 2)}×.",
+        "",
+        "## Operating threshold and alert budget",
+        f"Budget: {c.budget}; threshold {_f(c.operating_valid.threshold, 4)} chosen on "
+        "out-of-fold validation predictions.",
+        "",
+        "| | threshold | sensitivity | PPV | alerts / patient-day | F1 | accuracy | Brier |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| model, validation | {_f(c.operating_valid.threshold, 4)} | "
+        f"{_f(c.operating_valid.sensitivity)} | {_f(c.operating_valid.precision)} | "
+        f"{_f(c.operating_valid.alerts_per_patient_day, 1)} | | | |",
+        f"| model, test | {_f(c.operating_test.threshold, 4)} | {_f(c.test['recall'])} | "
+        f"{_f(c.test['precision'])} | {_f(c.operating_test.alerts_per_patient_day, 1)} | "
+        f"{_f(c.test['f1'])} | {_f(c.test['accuracy'])} | {_f(c.test['brier'], 4)} |",
+        f"| NEWS2 ≥ {c.news2_rule}, test | {c.news2_rule} | {_f(c.news2_rule_op.sensitivity)} | "
+        f"{_f(c.news2_rule_op.precision)} | "
+        f"{_f(c.news2_rule_op.alerts_per_patient_day, 1)} | | | |",
+        "",
+        "Alerts here are feature rows (one per patient per 5 minutes) over the threshold; "
+        "the scorer's quiet period turns runs of them into far fewer ward alerts.",
+        "",
+        "## Warning lead time (held-out episodes)",
+        f"- Model: {int(c.lead_model['detected'])} of {int(c.lead_model['episodes'])} episodes "
+        f"alerted within the horizon; median lead {_f(c.lead_model['median_minutes'], 0)} min "
+        "from the first alert to the outcome.",
+        f"- NEWS2 ≥ {c.news2_rule}: {int(c.lead_news2['detected'])} of "
+        f"{int(c.lead_news2['episodes'])}; median lead "
+        f"{_f(c.lead_news2['median_minutes'], 0)} min.",
+        "",
+        "## Subgroups (held-out patients, model at the threshold)",
+        _table(c.subgroups),
+        "",
+        "## Most important features",
+        _table(c.importances.head(15).rename("importance").rename_axis("feature").reset_index()),
+        "",
+        "## Limitations",
+        "- Trained and evaluated on simulated patients; performance on real wards must be "
+        "established before any clinical use.",
+        "- Labels come from recorded outcomes: a patient who deteriorated without an "
+        "escalation being recorded counts as a negative.",
+        "- Rows within 4 hours of the data's end are censored and not used; patients whose "
+        "outcome preceded the data window are absent.",
+        "- Subgroups with few positives have wide, unreported uncertainty; the logistic "
+        "regression is class-weighted, so its risks are not calibrated probabilities.",
+        "- Drift in population or sensors degrades it; see the monitoring reports.",
+    ]
+    return "\n".join(lines) + "\n"
