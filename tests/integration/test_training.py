@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -132,7 +133,7 @@ def test_train_gate_promote_refuse_and_roll_back(
     figures = {a.path for a in client.list_artifacts(b.run_id, "figures")}
     assert {f"figures/{n}.png" for n in ("roc_pr", "calibration", "confusion_matrix",
             "feature_importance", "optuna_history")} <= figures  # fmt: skip
-    card = open(b.card_path).read()
+    card = Path(b.card_path).read_text()
     for section in ("## Data", "## Held-out patients: model vs NEWS2", "## Operating threshold",
                     "## Warning lead time", "## Subgroups", "## Limitations"):  # fmt: skip
         assert section in card
