@@ -8,7 +8,8 @@ UV_VERSION := 0.13.9
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock up down status simulate ingest etl features demo test test-fast test-integration \
+.PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
+        demo test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
 help: ## List every target
@@ -52,8 +53,20 @@ etl: up ## Validate, clean and resample new raw partitions (PARTITION=date=…/h
 features: up ## Features + labels for new processed hours → lake + PostgreSQL (FORCE=1 recomputes all)
 	$(BIN)/python -m pipelines.features $(if $(FORCE),--force)
 
+train: up ## Optuna-tune every family on the lake's features, register the best as @challenger
+	$(BIN)/python -m training train
+
+promote: up ## Gate @challenger vs @champion and NEWS2 (patient bootstrap); promote if it passes
+	$(BIN)/python -m training promote
+
+rollback: up ## Move @champion back to the previous champion
+	$(BIN)/python -m training rollback
+
+models: up ## List registered model versions with aliases, gate verdicts and promotions
+	$(BIN)/python -m training history
+
 demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → ETL → features
-	$(BIN)/python -m pipelines.demo $(if $(PATIENTS),--patients $(PATIENTS)) \
+	$(BIN)/python -m demo $(if $(PATIENTS),--patients $(PATIENTS)) \
 	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED))
 
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
@@ -79,6 +92,7 @@ bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~45 
 	$(BIN)/python -m bench.bench_ingest
 	$(BIN)/python -m bench.bench_etl
 	$(BIN)/python -m bench.bench_features
+	$(BIN)/python -m bench.bench_training
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'

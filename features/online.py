@@ -382,6 +382,11 @@ class OnlineFeatures:
             out[a : a + chunk] = compute(obs, latest, stay, self.base[s], self.static[s])
         return out
 
+    def known(self, event_ids: list[str]) -> npt.NDArray[np.bool_]:
+        """Which event ids the state has already taken (a resend brings nothing new)."""
+        ids = self._ids
+        return np.array([e in ids for e in event_ids], dtype=np.bool_)
+
     def answerable(self, patient_ids: list[str], as_of: pd.Series) -> npt.NDArray[np.bool_]:
         """Which (patient, feature time) queries the retained state can still answer."""
         slots = np.array([self.slots.get(p, -1) for p in patient_ids], dtype=np.int64)

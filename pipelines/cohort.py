@@ -60,13 +60,18 @@ def build_cohort(sim: SimulatorSettings, feat: FeaturesSettings) -> Cohort:
     """
     vitals_raw, outcomes_raw, admissions_raw = _messages(sim)
     events = _valid(VitalsEvent, vitals_raw)
+    del vitals_raw  # the raw bytes are the largest thing held here: let them go early
     outcomes = _valid(OutcomeEvent, outcomes_raw)
     admissions = _valid(AdmissionEvent, admissions_raw)
 
     first = events.drop_duplicates("event_id")
+    del events
     ordered = first.sort_values(["patient_id", "ts", "event_id"], kind="stable")
+    del first
     cleaned, _ = clean_events(ordered)
+    del ordered
     minutes = to_minutes(cleaned[cleaned["status"] == STATUS_OK])
+    del cleaned
     facts = admissions.set_index("patient_id").to_dict("index") if len(admissions) else {}
     parts = [
         features_for_patient(

@@ -1,1 +1,1 @@
-"""BentoML service and the Kafka scoring consumer. Issue #6."""
+"""Real-time serving: the BentoML service, its managed process, and the Kafka scorer."""

@@ -134,6 +134,54 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "Serving: predictions (champion and shadow), alerts, scorer dead letters",
+        """
+        CREATE TABLE predictions (
+            event_id      text NOT NULL,
+            role          text NOT NULL CHECK (role IN ('champion', 'shadow')),
+            patient_id    text NOT NULL,
+            ts            timestamptz NOT NULL,
+            as_of         timestamptz,
+            status        text NOT NULL CHECK (status IN ('scored', 'too_late', 'future')),
+            risk          double precision,
+            alert         boolean,
+            threshold     double precision,
+            model_name    text,
+            model_version text,
+            kafka_ts      timestamptz,
+            scored_at     timestamptz NOT NULL,
+            PRIMARY KEY (event_id, role)
+        );
+        CREATE INDEX predictions_patient_ts ON predictions (patient_id, ts);
+        CREATE INDEX predictions_scored_at ON predictions (scored_at);
+        CREATE TABLE alerts (
+            event_id      text PRIMARY KEY,
+            patient_id    text NOT NULL,
+            ts            timestamptz NOT NULL,
+            risk          double precision NOT NULL,
+            threshold     double precision NOT NULL,
+            reason        text NOT NULL,
+            model_name    text NOT NULL,
+            model_version text NOT NULL,
+            top_features  jsonb NOT NULL,
+            raised_at     timestamptz NOT NULL
+        );
+        CREATE INDEX alerts_patient_ts ON alerts (patient_id, ts);
+        CREATE TABLE scoring_dead_letters (
+            kafka_topic     text NOT NULL,
+            kafka_partition int NOT NULL,
+            kafka_offset    bigint NOT NULL,
+            reason          text NOT NULL,
+            detail          text NOT NULL,
+            key             bytea,
+            value           bytea,
+            seen_at         timestamptz NOT NULL,
+            PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset)
+        );
+        """,
+    ),
 ]
 
 

@@ -475,3 +475,9 @@ def ensure_topics(settings: Settings) -> None:
         )
     finally:
         admin.close()
+
+
+# Public names for stages that manage a process of their own the same way (the BentoML
+# service): pid file and log under the run dir, own process group, health-checked start.
+ManagedService = _Service
+spawn = _spawn

@@ -337,6 +337,49 @@ class TrainingSettings(_Strict):
     reports_dir: Path = Path("reports/training")
 
 
+class BatchingSettings(_Strict):
+    max_batch_size: int = Field(1000, gt=1, description="rows per adaptive batch")
+    max_latency_ms: int = Field(50, gt=0, description="longest a request waits for a batch")
+
+
+class ServingSettings(_Strict):
+    """The BentoML service: where it listens, what it serves, how it guards itself."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, gt=0, lt=65536)
+    url: str | None = Field(None, description="a remote service; null: http://host:port")
+    model_source: Literal["registry", "bento"] = Field(
+        "registry", description="registry: MLflow alias, hot-swapped; bento: the packaged model"
+    )
+    model_alias: str = "champion"
+    shadow_alias: str | None = Field("challenger", description="also scored, never alerts")
+    reload_interval_s: float = Field(10.0, gt=0, description="registry poll for a moved alias")
+    max_request_bytes: int = Field(8_000_000, gt=1024)
+    api_key: str | None = Field(None, description="require X-API-Key on scoring endpoints")
+    workers: int = Field(1, ge=1)
+    batching: BatchingSettings = BatchingSettings()
+    top_features: int = Field(5, ge=1, le=20, description="contributions explained per alert")
+    start_timeout_s: float = Field(120.0, gt=0)
+
+
+class ScorerSettings(_Strict):
+    """The Kafka scoring consumer: micro-batches, alert policy, retries."""
+
+    group_id: str = "vigil-scorer"
+    micro_batch_rows: int = Field(1000, ge=1, description="rows per call to the service")
+    quiet_period_minutes: float = Field(
+        60.0, ge=0, description="no repeat alert for a patient within this time..."
+    )
+    realert_margin: float = Field(0.15, ge=0, le=1, description="...unless risk rose by this")
+    request_timeout_s: float = Field(10.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0)
+    idle_timeout_s: float = Field(5.0, gt=0, description="bounded runs stop after this idle")
+    warmup_minutes: int = Field(
+        285, ge=0, description="history replayed (unscored) on start: window + lateness"
+    )
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -355,6 +398,8 @@ class Settings(_Strict):
     etl: EtlSettings = EtlSettings()
     features: FeaturesSettings = FeaturesSettings()
     training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    scorer: ScorerSettings = ScorerSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

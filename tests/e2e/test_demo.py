@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipelines.demo import run_demo
+from demo.run import run_demo
 from pipelines.produce import with_simulator
 from stack.localstack import down, free_port
-from tests.conftest import make_settings
+from tests.conftest import TINY_TRAINING, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,8 +27,11 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         mlflow={"local_store": str(tmp_path / "mlruns")},
         spark={"master": "local[2]", "shuffle_partitions": 4},
         etl={"reports_dir": str(tmp_path / "reports")},
+        training={**TINY_TRAINING, "reports_dir": str(tmp_path / "reports" / "training")},
+        # Frequent deteriorations, so a small ward holds enough episodes to train on.
+        simulator={"episodes": {"deterioration_rate_per_day": 2.0}},
     )
-    s = with_simulator(s, patients=30, hours=4)
+    s = with_simulator(s, patients=40, hours=8)
     console = Console(record=True, width=400)  # no wrapping of long paths
     try:
         result = run_demo(s, console)
@@ -37,7 +40,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     text = console.export_text()
     assert result["reconciliation"]["ok"], result["reconciliation"]
     # admissions are spread over the first quarter of the window: ~7/8 of full coverage
-    assert 30 * 4 * 60 * 0.7 < result["landed"]["vitals"] < 30 * 4 * 60 * 1.05
+    assert 40 * 8 * 60 * 0.7 < result["landed"]["vitals"] < 40 * 8 * 60 * 1.05
     for needle in ("reconciled with simulator", "MLflow UI", "dead letters", "raw vitals",
                    "ETL:", "GX Data Docs"):  # fmt: skip
         assert needle in text
@@ -51,7 +54,17 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     assert f"127.0.0.1:{s.local_stack.mlflow_port}" in text
     feats = result["features"]
     assert feats["status"] == "succeeded"
-    # ~30 patients × 4 h at one row per 5 minutes, less the admission spread.
-    assert 30 * 4 * 12 * 0.6 < feats["feature_rows"] < 30 * 4 * 12 * 1.05
+    # ~40 patients × 8 h at one row per 5 minutes, less the admission spread.
+    assert 40 * 8 * 12 * 0.6 < feats["feature_rows"] < 40 * 8 * 12 * 1.05
     assert sum(v for k, v in feats["labels"].items() if k != "positive") == feats["feature_rows"]
     assert "features vitals-v1" in text
+    # Training registered a challenger; the gate judged it and said why.
+    trained = result["training"]
+    assert "skipped" not in trained, trained
+    assert trained["model_version"] == "1"
+    assert trained["rows"]["positive_rows"] > 0
+    gate = result["gate"]
+    assert gate is not None
+    assert set(gate["checks"]) == {"beats_news2_roc_auc", "beats_news2_pr_auc", "beats_news2_rule"}
+    assert "Training and the promotion gate" in text
+    assert "model card" in text

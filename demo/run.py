@@ -2,7 +2,8 @@
 
 Starts the stack, backfills a small ward into Kafka, lands it into the raw lake, runs the
 validated Spark ETL into the processed lake and PostgreSQL, computes features and labels,
-and prints what arrived where, reconciled against what the simulator says it sent.
+trains (Optuna, MLflow) and registers a challenger, runs the promotion gate, and prints
+what arrived where, reconciled against what the simulator says it sent.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from stack.lake import Lake
 from stack.localstack import endpoints, up
 from stack.logs import configure_logging
 from stack.settings import LoggingSettings, Settings, load_settings
+from training.job import TrainingDataError, TrainSummary, run_training
+from training.promotion import PromotionResult, run_promote
+from training.registry import RegistryError
 
 
 def reconcile(sent: ProduceSummary, landed: LandingSummary) -> dict[str, Any]:
@@ -76,6 +80,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         etl = run_etl(settings)
     with console.status("features + labels (Spark, the scorer's own transform)…"):
         feats = run_features(settings)
+    trained, gate, skipped = _train_and_gate(settings, console)
     lake = Lake(settings.resolve(settings.lake.root))
 
     table = Table(title="What arrived where", show_lines=False)
@@ -123,6 +128,10 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         f"{lab.get('censored', 0):,} censored, {lab.get('after_outcome', 0):,} after outcome",
     )
     console.print(table)
+    if trained is not None:
+        console.print(_training_table(settings, trained, gate))
+    elif skipped:
+        console.print(f"[yellow]training skipped: {skipped}[/]")
     console.print(f"raw vitals    {lake.uri}/{RAW_VITALS}/date=…/hour=…/")
     console.print(f"raw outcomes  {lake.uri}/{RAW_OUTCOMES}/")
     console.print(f"admissions    {lake.uri}/{RAW_ADMISSIONS}/")
@@ -134,7 +143,12 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     console.print(f"validation    {etl.report_dir}/  (JSON + GX Data Docs in data_docs/)")
     console.print(f"features      {lake.uri}/{FEATURES_ZONE}/  and table {FEATURES_TABLE}")
     console.print(f"labels        {lake.uri}/{LABELS_ZONE}/  and table feature_labels")
-    console.print(f"MLflow UI     {ep.mlflow_uri}")
+    if trained is not None:
+        console.print(f"model card    {trained.card_path}")
+    console.print(
+        f"MLflow UI     {ep.mlflow_uri}  (experiment {settings.mlflow.experiment_prefix}-"
+        f"{settings.training.experiment}, model {settings.training.registered_model})"
+    )
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")
     console.print(f"done in {time.monotonic() - t0:.0f}s; `make down` stops the stack.")
@@ -146,7 +160,70 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
         "reconciliation": rec,
         "etl": etl.to_dict(),
         "features": feats.to_dict(),
+        "training": trained.to_dict() if trained is not None else {"skipped": skipped},
+        "gate": None
+        if gate is None
+        else {
+            "promoted": gate.promoted,
+            "challenger": gate.challenger,
+            "champion_before": gate.champion_before,
+            "checks": gate.decision.checks,
+        },
     }
+
+
+def _train_and_gate(
+    settings: Settings, console: Console
+) -> tuple[TrainSummary | None, PromotionResult | None, str]:
+    """Train and gate; a ward too small to learn from is reported, not fatal."""
+    cfg = settings.training
+    with console.status(
+        f"training: {len(cfg.families)} Optuna studies × {cfg.trials} trials "
+        f"(patient-grouped CV) → MLflow → @challenger…"
+    ):
+        try:
+            trained = run_training(settings)
+        except TrainingDataError as exc:
+            return None, None, str(exc)
+    with console.status("promotion gate: challenger vs champion vs NEWS2 (patient bootstrap)…"):
+        try:
+            gate = run_promote(settings)
+        except RegistryError as exc:
+            return trained, None, str(exc)
+    return trained, gate, ""
+
+
+def _training_table(settings: Settings, t: TrainSummary, gate: PromotionResult | None) -> Table:
+    table = Table(title="Training and the promotion gate (held-out patients)")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    for family, st in t.studies.items():
+        table.add_row(f"study {family}", f"CV PR-AUC {st['cv_pr_auc']:.3f} ({st['trials']} trials)")
+    table.add_row("chosen", f"{t.family} → {settings.training.registered_model} v{t.model_version}")
+    table.add_row("ROC-AUC model / NEWS2", f"{t.test['roc_auc']:.3f} / {t.news2['roc_auc']:.3f}")
+    table.add_row("PR-AUC model / NEWS2", f"{t.test['pr_auc']:.3f} / {t.news2['pr_auc']:.3f}")
+    table.add_row(
+        f"threshold ({_budget(settings)})",
+        f"{t.threshold:.4f}: sensitivity {t.test['recall']:.2f}, PPV {t.test['precision']:.2f}",
+    )
+    if gate is not None:
+        verdict = (
+            f"[green]promoted v{gate.challenger} to @champion[/]"
+            if gate.promoted
+            else f"[yellow]kept @champion {gate.champion_before or '(none)'}[/]"
+        )
+        table.add_row("gate", verdict)
+        for line in gate.decision.reasons:
+            table.add_row("", line)
+    table.add_row("took", f"{t.seconds:.0f} s")
+    return table
+
+
+def _budget(settings: Settings) -> str:
+    th = settings.training.threshold
+    if th.sensitivity is not None:
+        return f"sensitivity ≥ {th.sensitivity:g}"
+    return f"≤ {th.alerts_per_patient_day:g} alerts/patient-day"
 
 
 def main(
@@ -165,7 +242,3 @@ def main(
     result = run_demo(settings, Console())
     if not result["reconciliation"]["ok"]:
         raise typer.Exit(1)
-
-
-if __name__ == "__main__":
-    typer.run(main)

@@ -1,0 +1,1 @@
+"""``make demo``: wiring of every stage, end to end, on the embedded stack (no logic)."""

@@ -1,0 +1,5 @@
+import typer
+
+from demo.run import main
+
+typer.run(main)

@@ -1,0 +1,75 @@
+"""A small HTTP client of the Vigil service, used by the scorer (and handy in notebooks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pandas as pd
+
+from features.spec import FEATURE_NAMES
+
+
+class ServiceUnavailableError(ConnectionError):
+    """The service did not answer usefully (down, timing out, or a 5xx): retry later."""
+
+
+class ServiceRejectedError(ValueError):
+    """The service refused the request (4xx): retrying the same request will not help."""
+
+
+class NoShadowModelError(LookupError):
+    """The service has no shadow (challenger) model right now."""
+
+
+class ServiceClient:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, api_key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: bytes) -> Any:
+        try:
+            r = self._http.post(f"{self.url}{path}", content=body)
+        except httpx.HTTPError as exc:  # connect errors, timeouts, broken connections
+            raise ServiceUnavailableError(f"{self.url}{path}: {exc!r}") from exc
+        if r.status_code == 409 and path == "/predict_shadow":
+            raise NoShadowModelError(r.text)
+        if r.status_code >= 500:
+            raise ServiceUnavailableError(f"{self.url}{path}: HTTP {r.status_code} {r.text[:200]}")
+        if r.status_code >= 400:
+            raise ServiceRejectedError(f"{self.url}{path}: HTTP {r.status_code} {r.text[:500]}")
+        return orjson.loads(r.content)
+
+    @staticmethod
+    def _rows(x: pd.DataFrame) -> bytes:
+        names = list(FEATURE_NAMES)
+        values = x[names].to_numpy(dtype=float).tolist()
+        return orjson.dumps({"rows": [dict(zip(names, v, strict=True)) for v in values]})
+
+    def predict(self, x: pd.DataFrame, *, shadow: bool = False) -> list[dict[str, Any]]:
+        """One prediction per row of ``x`` (NaN is sent as null: not observed)."""
+        out: list[dict[str, Any]] = self._post(
+            "/predict_shadow" if shadow else "/predict", self._rows(x)
+        )
+        return out
+
+    def explain(self, x: pd.DataFrame) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self._post("/explain", self._rows(x))
+        return out
+
+    def model(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._post("/model", b"{}")
+        return out
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get(f"{self.url}/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False

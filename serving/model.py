@@ -1,0 +1,174 @@
+"""The served model: loaded from the MLflow registry by alias, checked, hot-swapped.
+
+A :class:`ModelSlot` holds the :class:`LoadedModel` currently serving one alias. It is an
+immutable record replaced by a single reference assignment, so a request that has taken
+the slot's model keeps a consistent model, threshold and version for its whole batch,
+while the next request sees the new one: a swap never fails or drops a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from stack.localstack import endpoints
+from stack.settings import Settings
+
+log = logging.getLogger("vigil.serving")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The registry has no usable model for the alias; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    alias: str
+    version: str
+    threshold: float
+    feature_set_version: str
+    model: Any
+
+    def risk(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
+        return np.asarray(self.model.predict_proba(x[list(FEATURE_NAMES)])[:, 1], dtype=float)
+
+
+def tracking_uri(settings: Settings) -> str:
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return endpoints(settings).mlflow_uri
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None if the alias (or model) does not exist."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
+    """Load ``version`` of the registered model, refusing a feature-set mismatch.
+
+    Raises:
+        ModelUnavailableError: the version was trained on another feature-set version
+            (serving it would feed it features it does not know), or has no threshold.
+    """
+    import mlflow
+
+    name = settings.training.registered_model
+    uri = tracking_uri(settings)
+    mv = MlflowClient(uri).get_model_version(name, version)
+    fsv = mv.tags.get("feature_set_version")
+    if fsv != FEATURE_SET_VERSION:
+        raise ModelUnavailableError(
+            f"{name} v{version} (@{alias}) was trained on feature set {fsv!r}, but this code "
+            f"computes {FEATURE_SET_VERSION!r}: retrain (`make train`) or deploy matching code"
+        )
+    if "threshold" not in mv.tags:
+        raise ModelUnavailableError(f"{name} v{version} has no threshold tag: not a Vigil model")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    return LoadedModel(
+        name=name,
+        alias=alias,
+        version=str(version),
+        threshold=float(mv.tags["threshold"]),
+        feature_set_version=fsv,
+        model=model,
+    )
+
+
+def load_packaged(settings: Settings, alias: str) -> LoadedModel:
+    """The model packaged into this Bento by ``make package`` (no registry needed)."""
+    import bentoml
+    import mlflow
+
+    bm = bentoml.models.get(f"{settings.training.registered_model}:latest")
+    meta = bm.info.metadata
+    if meta.get("feature_set_version") != FEATURE_SET_VERSION:
+        raise ModelUnavailableError(
+            f"packaged model {bm.tag} uses features {meta.get('feature_set_version')!r}, "
+            f"this code {FEATURE_SET_VERSION!r}"
+        )
+    return LoadedModel(
+        name=settings.training.registered_model,
+        alias=alias,
+        version=str(meta["mlflow_version"]),
+        threshold=float(str(meta["threshold"])),
+        feature_set_version=str(meta["feature_set_version"]),
+        model=mlflow.sklearn.load_model(bm.path_of("mlflow_model")),
+    )
+
+
+class ModelSlot:
+    """The model serving one alias, refreshed from the registry on demand.
+
+    Args:
+        required: raise at start when the alias does not exist (the champion); an
+            optional slot (the shadow challenger) is simply empty.
+    """
+
+    def __init__(self, settings: Settings, alias: str, *, required: bool) -> None:
+        self.settings = settings
+        self.alias = alias
+        self.required = required
+        self.client = MlflowClient(tracking_uri(settings))
+        self.current: LoadedModel | None = None
+        self.reloads = 0
+        self._lock = threading.Lock()  # one refresh at a time; readers never wait
+        self.packaged = settings.serving.model_source == "bento"
+        if self.packaged:
+            # A Bento serves the model it was built with; only the champion is packaged.
+            self.current = load_packaged(settings, alias) if required else None
+            return
+        self.refresh()
+        if required and self.current is None:
+            name = settings.training.registered_model
+            raise ModelUnavailableError(
+                f"{name} has no @{alias} in the registry at {tracking_uri(settings)}: "
+                "run `make train` and `make promote` first"
+            )
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it moved; True when the served model changed.
+
+        A version that cannot be served (feature-set mismatch, load error) is logged
+        and refused; the previous model keeps serving.
+        """
+        if self.packaged:
+            return False
+        with self._lock:
+            name = self.settings.training.registered_model
+            version = alias_version(self.client, name, self.alias)
+            have = self.current.version if self.current else None
+            if version == have:
+                return False
+            if version is None:
+                if self.required:
+                    log.error("@%s disappeared from %s; keeping v%s", self.alias, name, have)
+                    return False
+                self.current = None
+                return True
+            try:
+                loaded = load_version(self.settings, self.alias, version)
+            except Exception as exc:
+                if self.current is None and self.required:
+                    raise
+                log.error("refusing %s v%s for @%s: %s", name, version, self.alias, exc)
+                return False
+            self.current = loaded  # the atomic swap
+            self.reloads += 1
+            log.info("serving %s v%s as @%s", name, version, self.alias)
+            return True

@@ -1,0 +1,478 @@
+"""``make score``: the Kafka scoring consumer in front of the BentoML service.
+
+Each poll batch of ``vitals.raw``:
+
+1. is validated against the contract; invalid messages go to ``scoring_dead_letters``
+   (PostgreSQL) with the reason and the original bytes;
+2. updates the online feature state (``features.online``: the ETL's own cleaning and
+   aggregation, the batch path's own transform), which yields one feature vector per
+   accepted event; events beyond the lateness bound or from the future are stored with
+   that status instead of a risk;
+3. is scored by the service in micro-batches (``/predict``, and ``/predict_shadow`` when
+   a ``@challenger`` exists: stored with role ``shadow``, never alerting);
+4. passes the alert policy (``serving.alerts``); alerts are explained (``/explain``);
+5. is stored — predictions and alerts keyed by ``event_id``, inserted with ``ON CONFLICT
+   DO NOTHING`` — and published to ``predictions`` and ``alerts``; then, and only then,
+   the consumer's offsets are committed.
+
+At-least-once: a crash re-delivers the uncommitted batch, which is scored again but
+never stored twice; an alert is published only when its row is new. If the service is
+slow or down the batch is retried with doubling backoff and nothing new is consumed
+meanwhile. SIGTERM finishes the batch in hand, commits and exits.
+
+Admissions (age, sex, SpO2 scale) are read from the start of the ``admissions`` topic
+by a group-less consumer, so a restarted scorer knows every patient on the ward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import typer
+
+from features.online import OnlineFeatures
+from serving.alerts import AlertPolicy
+from serving.client import (
+    NoShadowModelError,
+    ServiceClient,
+    ServiceUnavailableError,
+)
+from stack.batchvalidate import BatchValidator
+from stack.contracts import AdmissionEvent, VitalsEvent
+from stack.db import connect, copy_table, migrate
+from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
+from stack.localstack import endpoints
+from stack.logs import configure_logging
+from stack.settings import Settings, load_settings
+
+log = logging.getLogger("vigil.scorer")
+
+PREDICTION_COLUMNS = (
+    "event_id", "role", "patient_id", "ts", "as_of", "status", "risk", "alert", "threshold",
+    "model_name", "model_version", "kafka_ts", "scored_at",
+)  # fmt: skip
+
+
+def service_url(settings: Settings) -> str:
+    s = settings.serving
+    return s.url or f"http://{s.host}:{s.port}"
+
+
+@dataclass
+class ScoreSummary:
+    records: int = 0
+    valid: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    scored: int = 0
+    status: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    stored: int = 0
+    shadow_stored: int = 0
+    alerts: int = 0
+    suppressed: int = 0
+    batches: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    latency_ms: list[float] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "latency_ms"}
+        out["invalid"] = dict(self.invalid)
+        out["status"] = dict(self.status)
+        out["versions"] = dict(self.versions)
+        out["latency_p50_ms"] = self.percentile(50)
+        out["latency_p99_ms"] = self.percentile(99)
+        out["events_per_s"] = self.scored / self.seconds if self.seconds else 0.0
+        return out
+
+
+class Scorer:
+    """Consume, score, alert, store; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, kafka: KafkaClient | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.scorer
+        self.topics = settings.kafka.topics
+        self.kafka = kafka or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
+        self.online = OnlineFeatures(
+            lateness_minutes=settings.features.lateness_minutes,
+            max_future_minutes=int(settings.etl.max_future_minutes),
+        )
+        self.policy = AlertPolicy(
+            quiet_period=pd.Timedelta(minutes=self.cfg.quiet_period_minutes),
+            margin=self.cfg.realert_margin,
+        )
+        self.service = ServiceClient(
+            service_url(settings),
+            timeout_s=self.cfg.request_timeout_s,
+            api_key=settings.serving.api_key,
+        )
+        self.validator = BatchValidator(VitalsEvent)
+        self.adm_validator = BatchValidator(AdmissionEvent)
+        self.stop = threading.Event()
+        self._shadow_checked = 0.0
+        self._shadow = True
+
+    # ------------------------------------------------------------------ startup
+    def _seed_alert_policy(self) -> None:
+        with connect(self.settings) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (patient_id) patient_id, ts, risk FROM alerts "
+                "ORDER BY patient_id, ts DESC"
+            ).fetchall()
+        for pid, ts, risk in rows:
+            self.policy.remember(pid, pd.Timestamp(ts), float(risk))
+
+    def _admissions(self, consumer: Consumer) -> None:
+        recs = consumer.poll_batch(50_000, 0.0)
+        if not recs:
+            return
+        res = self.adm_validator.validate([r.value or b"" for r in recs])
+        if res.table.num_rows:
+            self.online.admit(res.table.to_pandas())
+
+    # ------------------------------------------------------------------ the service
+    def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
+        """Call the service, retrying with doubling backoff while it is unavailable."""
+        delay = self.cfg.backoff_initial_s
+        while True:
+            try:
+                return fn()
+            except ServiceUnavailableError as exc:
+                summary.retries += 1
+                log.warning("%s: service unavailable, retrying in %.1fs: %s", what, delay, exc)
+                if self.stop.wait(delay):
+                    raise
+                delay = min(delay * 2, self.cfg.backoff_max_s)
+
+    def _score(
+        self, x: pd.DataFrame, summary: ScoreSummary, *, shadow: bool
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        n = self.cfg.micro_batch_rows
+        for a in range(0, len(x), n):
+            part = x.iloc[a : a + n]
+            out += self._call(
+                "shadow" if shadow else "predict",
+                lambda p=part: self.service.predict(p, shadow=shadow),
+                summary,
+            )
+        return out
+
+    def _shadow_due(self) -> bool:
+        # After a 409 (no challenger), look again only every reload interval.
+        if self._shadow:
+            return True
+        if time.monotonic() - self._shadow_checked > self.settings.serving.reload_interval_s:
+            self._shadow = True
+        return self._shadow
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, recs: list[Record], producer: Producer, summary: ScoreSummary) -> None:
+        """Validate, featurise, score, alert and store one poll batch (not the commit)."""
+        now = pd.Timestamp.now(tz="UTC")
+        scored_at = datetime.now(UTC)
+        summary.records += len(recs)
+        res = self.validator.validate([r.value or b"" for r in recs])
+        dead = [(recs[i], reason, detail) for i, reason, detail in res.rejects]
+        summary.invalid.update(reason for _r, reason, _d in dead)
+        valid = res.table.to_pandas()
+        summary.valid += len(valid)
+        kafka_ts = pd.to_datetime(
+            [recs[i].timestamp_ms for i in valid["_index"].tolist()], unit="ms", utc=True
+        )
+        valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
+
+        repeat = (
+            self.online.known(valid["event_id"].tolist())
+            | valid["event_id"].duplicated().to_numpy()
+        )
+        summary.duplicates += int(repeat.sum())
+        vec = self.online.update(valid.drop(columns="_kafka_ts"), now=now)
+        fresh = valid[~repeat]
+        accepted = fresh["event_id"].isin(set(vec["event_id"]))
+        rejected = fresh[~accepted.to_numpy()]
+        future = rejected["ts"] > now + pd.Timedelta(minutes=self.settings.etl.max_future_minutes)
+        status_rows = rejected.assign(status=np.where(future, "future", "too_late"), as_of=pd.NaT)
+        summary.status.update(status_rows["status"].tolist())
+
+        kts = fresh.set_index("event_id")["_kafka_ts"]
+        vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).to_numpy())
+        preds = self._score(vec, summary, shadow=False) if len(vec) else []
+        shadow: list[dict[str, Any]] = []
+        if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
+            try:
+                shadow = self._score(vec, summary, shadow=True)
+            except NoShadowModelError:
+                self._shadow, self._shadow_checked = False, time.monotonic()
+        summary.scored += len(preds)
+        summary.status["scored"] += len(preds)
+
+        champion = _prediction_frame(vec, preds, "champion", scored_at)
+        rows = [champion, _status_frame(status_rows, scored_at)]
+        if shadow:
+            rows.append(_prediction_frame(vec, shadow, "shadow", scored_at))
+        table = (
+            pd.concat([r for r in rows if len(r)], ignore_index=True)
+            if any(len(r) for r in rows)
+            else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+        )
+        summary.versions.update(champion["model_version"].tolist())
+
+        # Alerts: the policy decides, the service explains.
+        reasons = self.policy.decide(champion[["patient_id", "ts", "risk", "alert"]])
+        raised = champion[reasons.notna().to_numpy()].assign(reason=reasons.dropna().to_numpy())
+        summary.suppressed += int(champion["alert"].sum()) - len(raised)
+        if len(raised):
+            idx = vec.index[vec["event_id"].isin(set(raised["event_id"]))]
+            why = self._call("explain", lambda: self.service.explain(vec.loc[idx]), summary)
+            tops = dict(
+                zip(vec.loc[idx, "event_id"], (w["top_features"] for w in why), strict=True)
+            )
+            raised = raised.assign(top_features=raised["event_id"].map(tops))
+
+        new_alerts = self._store(table, raised, dead, scored_at)
+        for _, p in champion.iterrows():
+            producer.send(
+                self.topics.predictions, _prediction_message(p), key=p["patient_id"].encode()
+            )
+        for _, a in raised[raised["event_id"].isin(new_alerts)].iterrows():
+            producer.send(self.topics.alerts, _alert_message(a), key=a["patient_id"].encode())
+        producer.flush()
+        summary.alerts += len(new_alerts)
+        summary.stored += int((table["role"] == "champion").sum()) if len(table) else 0
+        summary.shadow_stored += int((table["role"] == "shadow").sum()) if len(table) else 0
+        done = time.time()
+        summary.latency_ms.extend(
+            ((done - champion["kafka_ts"].astype("int64").to_numpy() / 1e9) * 1000).tolist()
+        )
+        summary.batches += 1
+
+    def _store(
+        self,
+        table: pd.DataFrame,
+        raised: pd.DataFrame,
+        dead: list[tuple[Record, str, str]],
+        seen_at: datetime,
+    ) -> set[str]:
+        """Insert predictions, alerts and dead letters idempotently; returns new alert ids."""
+        with connect(self.settings) as conn, conn.transaction():
+            if len(table):
+                conn.execute(
+                    "CREATE TEMP TABLE _p (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP"
+                )
+                copy_table(conn, "_p", _arrow_predictions(table))
+                conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
+            new: set[str] = set()
+            if len(raised):
+                with conn.cursor() as cur:
+                    for _, a in raised.iterrows():
+                        cur.execute(
+                            "INSERT INTO alerts (event_id, patient_id, ts, risk, threshold, "
+                            "reason, model_name, model_version, top_features, raised_at) VALUES "
+                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT DO NOTHING RETURNING event_id",
+                            (
+                                a["event_id"], a["patient_id"], a["ts"], float(a["risk"]),
+                                float(a["threshold"]), a["reason"], a["model_name"],
+                                a["model_version"], json.dumps(a["top_features"]), seen_at,
+                            ),
+                        )  # fmt: skip
+                        row = cur.fetchone()
+                        if row is not None:
+                            new.add(row[0])
+            if dead:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO scoring_dead_letters VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        [
+                            (
+                                r.topic,
+                                r.partition,
+                                r.offset,
+                                reason,
+                                detail,
+                                r.key,
+                                r.value,
+                                seen_at,
+                            )
+                            for r, reason, detail in dead
+                        ],
+                    )
+        return new
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, *, bounded: bool = False, max_seconds: float | None = None) -> ScoreSummary:
+        """Consume until stopped (SIGTERM, ``stop``), ``max_seconds``, or idle when ``bounded``."""
+        migrate(self.settings)
+        self._seed_alert_policy()
+        summary = ScoreSummary()
+        t0 = time.monotonic()
+        consumer = self.kafka.consumer(self.cfg.group_id)
+        consumer.subscribe([self.topics.vitals])
+        adm = self.kafka.consumer(None)
+        adm.assign(self.kafka.all_partitions([self.topics.admissions]))
+        producer = self.kafka.producer()
+        idle_since = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                    break
+                self._admissions(adm)
+                recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
+                recs = [r for r in recs if r.topic == self.topics.vitals]
+                if not recs:
+                    if bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
+                        break
+                    continue
+                self._admissions(adm)  # admissions that raced ahead of these vitals
+                try:
+                    self.process(recs, producer, summary)
+                except ServiceUnavailableError:
+                    break  # stopped while waiting for the service: nothing committed
+                consumer.commit(_next_offsets(recs))
+                idle_since = time.monotonic()
+        finally:
+            summary.seconds = time.monotonic() - t0
+            producer.close()
+            consumer.close()
+            adm.close()
+            self.service.close()
+        log.info("scorer stopped", extra={"summary": summary.to_dict()})
+        return summary
+
+
+# --------------------------------------------------------------------------- frames
+def _prediction_frame(
+    vec: pd.DataFrame, preds: list[dict[str, Any]], role: str, scored_at: datetime
+) -> pd.DataFrame:
+    if not preds:
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    p = pd.DataFrame(preds)
+    return pd.DataFrame(
+        {
+            "event_id": vec["event_id"].to_numpy(),
+            "role": role,
+            "patient_id": vec["patient_id"].to_numpy(),
+            "ts": vec["ts"].to_numpy(),
+            "as_of": vec["as_of"].to_numpy(),
+            "status": "scored",
+            "risk": p["risk"].to_numpy(dtype=float),
+            "alert": p["alert"].to_numpy(dtype=bool),
+            "threshold": p["threshold"].to_numpy(dtype=float),
+            "model_name": p["model_name"].to_numpy(),
+            "model_version": p["model_version"].astype(str).to_numpy(),
+            "kafka_ts": vec["_kafka_ts"].to_numpy(),
+            "scored_at": scored_at,
+        }
+    )
+
+
+def _status_frame(rows: pd.DataFrame, scored_at: datetime) -> pd.DataFrame:
+    if rows.empty:
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    return pd.DataFrame(
+        {
+            "event_id": rows["event_id"].to_numpy(),
+            "role": "champion",
+            "patient_id": rows["patient_id"].to_numpy(),
+            "ts": rows["ts"].to_numpy(),
+            "as_of": pd.NaT,
+            "status": rows["status"].to_numpy(),
+            "risk": np.nan,
+            "alert": None,
+            "threshold": np.nan,
+            "model_name": None,
+            "model_version": None,
+            "kafka_ts": rows["_kafka_ts"].to_numpy(),
+            "scored_at": scored_at,
+        }
+    )
+
+
+_ARROW = pa.schema(
+    [
+        ("event_id", pa.string()), ("role", pa.string()), ("patient_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")), ("as_of", pa.timestamp("us", tz="UTC")),
+        ("status", pa.string()), ("risk", pa.float64()), ("alert", pa.bool_()),
+        ("threshold", pa.float64()), ("model_name", pa.string()), ("model_version", pa.string()),
+        ("kafka_ts", pa.timestamp("us", tz="UTC")), ("scored_at", pa.timestamp("us", tz="UTC")),
+    ]
+)  # fmt: skip
+
+
+def _arrow_predictions(table: pd.DataFrame) -> pa.Table:
+    t = table[list(PREDICTION_COLUMNS)].copy()
+    for c in ("ts", "as_of", "kafka_ts", "scored_at"):
+        t[c] = pd.to_datetime(t[c], utc=True)
+    t["alert"] = t["alert"].astype("boolean")
+    return pa.Table.from_pandas(t, schema=_ARROW, preserve_index=False)
+
+
+def _prediction_message(p: pd.Series) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": p["event_id"], "patient_id": p["patient_id"],
+            "ts": pd.Timestamp(p["ts"]).isoformat(), "as_of": pd.Timestamp(p["as_of"]).isoformat(),
+            "risk": float(p["risk"]), "alert": bool(p["alert"]), "threshold": float(p["threshold"]),
+            "model_name": p["model_name"], "model_version": p["model_version"], "role": p["role"],
+        }
+    )  # fmt: skip
+
+
+def _alert_message(a: pd.Series) -> bytes:
+    return orjson.dumps(
+        {
+            "alert_id": a["event_id"], "patient_id": a["patient_id"],
+            "ts": pd.Timestamp(a["ts"]).isoformat(), "risk": float(a["risk"]),
+            "threshold": float(a["threshold"]), "reason": a["reason"],
+            "model_name": a["model_name"], "model_version": a["model_version"],
+            "top_features": a["top_features"],
+        }
+    )  # fmt: skip
+
+
+def _next_offsets(recs: list[Record]) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for r in recs:
+        tp = TopicPartition(r.topic, r.partition)
+        out[tp] = max(out.get(tp, 0), r.offset + 1)
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def main(
+    bounded: bool = typer.Option(False, help="Stop after the topic has been idle for a while."),
+    max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
+) -> None:
+    """Score every vital-sign event from Kafka with the served champion."""
+    settings = load_settings()
+    configure_logging(settings.logging)
+    scorer = Scorer(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: scorer.stop.set())
+    s = scorer.run(bounded=bounded, max_seconds=max_seconds)
+    d = s.to_dict()
+    typer.echo(
+        f"scored {d['scored']:,} events ({d['events_per_s']:,.0f}/s), alerts {d['alerts']:,} "
+        f"(suppressed {d['suppressed']:,}), invalid {sum(s.invalid.values()):,}, "
+        f"latency p50 {d['latency_p50_ms']:.0f} ms p99 {d['latency_p99_ms']:.0f} ms, "
+        f"models {dict(s.versions)}"
+    )

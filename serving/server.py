@@ -1,0 +1,74 @@
+"""Run the BentoML service as a managed process (``make serve``, the demo, the tests).
+
+The service reads its configuration like every entry point (``load_settings``); the
+parent writes the effective settings to a YAML file under the run dir and points
+``VIGIL_CONFIG`` at it, so the service sees exactly the caller's settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from stack.localstack import ManagedService, spawn
+from stack.settings import REPO_ROOT, Settings
+
+
+class ServingProcess(ManagedService):
+    name = "bentoml"
+    marker = "bentoml"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.host = settings.serving.host
+
+    @property
+    def port(self) -> int:
+        return self.s.serving.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).parent / "bentoml"
+        return [
+            str(exe) if exe.exists() else shutil.which("bentoml") or "bentoml",
+            "serve",
+            "serving.service:Vigil",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
+
+    def _start(self) -> None:
+        config = self.run / "serving-settings.yaml"
+        config.write_text(yaml.safe_dump(self.s.model_dump(mode="json")))
+        env = dict(os.environ)
+        env["VIGIL_CONFIG"] = str(config)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        spawn(self.command(), self.log, self.pid_file, env=env)
+
+    def start_or_explain(self) -> str:
+        """Start and wait; on failure the error carries the service log's last lines."""
+        try:
+            return self.start()
+        except Exception as exc:
+            tail = (
+                self.log.read_text(errors="replace").splitlines()[-15:] if self.log.exists() else []
+            )
+            raise RuntimeError(f"{exc}\n--- {self.log} ---\n" + "\n".join(tail)) from exc

@@ -1,0 +1,310 @@
+"""The BentoML service: the registry's ``@champion`` behind a strict HTTP API.
+
+``make serve`` runs ``bentoml serve serving.service:Vigil`` on loopback. Endpoints:
+
+- ``POST /predict``: ``{"rows": [{<every feature>: number | null}, ...]}`` → one
+  prediction per row (risk, alert flag, threshold, model name, version, role). Every
+  feature of the declared feature set must be present (``null`` = not observed); an
+  unknown or missing field, a wrong type or more than ``MAX_ROWS`` rows is a 400 that
+  names the field. Adaptive batching merges concurrent requests.
+- ``POST /predict_shadow``: the same for the ``@challenger`` (409 when there is none).
+- ``POST /explain``: the same rows → each row's top contributing features.
+- ``POST /score_vitals``: raw vital-sign events of one or more patients (the
+  ``vitals.raw`` contract) → features computed by the *same* cleaning and feature code as
+  the scorer → predictions, for clients that do not compute features.
+- BentoML's own ``/livez``, ``/readyz``, ``/metrics`` (Prometheus) and ``/docs.json``
+  (OpenAPI).
+
+The champion is loaded at start (the service refuses to start without one, or when its
+feature-set version differs from this code's); a background thread polls the registry
+and swaps in a moved alias atomically (``serving.model``). ``serving.api_key`` turns on
+an ``X-API-Key`` check for the scoring endpoints; bodies over ``max_request_bytes`` get
+413 before they are parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from features.online import OnlineFeatures
+from features.spec import FEATURE_NAMES
+from serving.explain import top_features
+from serving.model import LoadedModel, ModelSlot
+from stack.contracts import AdmissionEvent, VitalsEvent
+from stack.settings import load_settings
+
+log = logging.getLogger("vigil.serving")
+
+SETTINGS = load_settings()  # the service module is an entry point: it reads its config
+CFG = SETTINGS.serving
+MAX_ROWS = 10_000  # rows per request; larger batches should be split by the client
+MAX_EVENTS = 50_000  # raw events per /score_vitals request
+PROTECTED = ("/predict", "/predict_shadow", "/explain", "/score_vitals")
+
+# --------------------------------------------------------------------------- schemas
+FeatureRow = create_model(  # type: ignore[call-overload]
+    "FeatureRow",
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    **{name: (float | None, Field(...)) for name in FEATURE_NAMES},
+)
+FeatureRow.__doc__ = "One feature vector of the declared feature set; null = not observed."
+
+
+class Prediction(BaseModel):
+    risk: float = Field(description="probability of deterioration within the horizon")
+    alert: bool = Field(description="risk >= the model's operating threshold")
+    threshold: float
+    model_name: str
+    model_version: str
+    role: str = Field(description="champion, or shadow for the challenger")
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float | None
+    contribution: float
+
+
+class Explanation(BaseModel):
+    risk: float
+    model_version: str
+    top_features: list[Contribution]
+
+
+class Admission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    age: int | None = Field(None, ge=0, le=120)
+    sex: str | None = Field(None, pattern="^[FM]$")
+    spo2_scale: int | None = Field(None, ge=1, le=2)
+
+
+class PatientWindow(BaseModel):
+    """A patient's recent raw events (ideally the last 4 hours; fewer give fewer features)."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_id: str = Field(min_length=1, max_length=128)
+    admission: Admission | None = None
+    events: list[VitalsEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class VitalsPrediction(Prediction):
+    patient_id: str
+    as_of: str = Field(description="the feature time: the newest event's minute + 1")
+    events_used: int
+
+
+Rows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_ROWS)]
+
+
+# --------------------------------------------------------------------------- guard
+class Guard:
+    """ASGI middleware: request size limit, then the optional API key (loopback default off)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+                return
+            given = headers.get(b"x-api-key", b"").decode(errors="replace")
+            if self.api_key and scope["path"] in PROTECTED and given != self.api_key:
+                await _reply(send, 401, "missing or wrong X-API-Key header")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _reply(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------- metrics
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="vigil_model_info",
+    documentation="1 for the model version currently served under each alias",
+    labelnames=["model", "alias", "version"],
+)
+PREDICTIONS = bentoml.metrics.Counter(
+    name="vigil_predictions_total",
+    documentation="rows scored, by role and alert flag",
+    labelnames=["role", "alert"],
+)
+RELOADS = bentoml.metrics.Counter(
+    name="vigil_model_reloads_total",
+    documentation="hot swaps of a served model after its alias moved",
+    labelnames=["alias"],
+)
+
+
+def _frame(rows: list[Any]) -> pd.DataFrame:
+    data = [r.model_dump() if hasattr(r, "model_dump") else r for r in rows]
+    return pd.DataFrame(data, columns=list(FEATURE_NAMES), dtype=float)
+
+
+def _predict(m: LoadedModel, x: pd.DataFrame, role: str) -> list[Prediction]:
+    risk = m.risk(x)
+    alert = risk >= m.threshold
+    PREDICTIONS.labels(role=role, alert="true").inc(int(alert.sum()))
+    PREDICTIONS.labels(role=role, alert="false").inc(int((~alert).sum()))
+    return [
+        Prediction(
+            risk=float(r), alert=bool(a), threshold=m.threshold, model_name=m.name,
+            model_version=m.version, role=role,
+        )
+        for r, a in zip(risk.tolist(), alert.tolist(), strict=True)
+    ]  # fmt: skip
+
+
+@bentoml.service(
+    name="vigil",
+    workers=CFG.workers,
+    traffic={"timeout": 60},
+    http={"host": CFG.host, "port": CFG.port},
+)
+class Vigil:
+    """Deterioration risk from vital-sign features, served from the MLflow registry."""
+
+    def __init__(self) -> None:
+        self.champion = ModelSlot(SETTINGS, CFG.model_alias, required=True)
+        self.shadow = (
+            ModelSlot(SETTINGS, CFG.shadow_alias, required=False) if CFG.shadow_alias else None
+        )
+        self._publish_info()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="registry-watch", daemon=True).start()
+
+    def _publish_info(self) -> None:
+        MODEL_INFO.clear()
+        for slot in (self.champion, self.shadow):
+            if slot is not None and slot.current is not None:
+                m = slot.current
+                MODEL_INFO.labels(model=m.name, alias=m.alias, version=m.version).set(1)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(CFG.reload_interval_s):
+            for slot in (self.champion, self.shadow):
+                if slot is None:
+                    continue
+                try:
+                    if slot.refresh():
+                        RELOADS.labels(alias=slot.alias).inc()
+                        self._publish_info()
+                except Exception as exc:  # the registry may be briefly away: keep serving
+                    log.warning("registry check for @%s failed: %s", slot.alias, exc)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=CFG.batching.max_batch_size,
+        max_latency_ms=CFG.batching.max_latency_ms,
+    )
+    def predict(self, rows: Rows) -> list[Prediction]:
+        """Risk, alert flag and model version for each feature row (champion)."""
+        m = self.champion.current
+        assert m is not None  # required slot: never empty after start
+        return _predict(m, _frame(rows), "champion")
+
+    @bentoml.api
+    def predict_shadow(self, rows: Rows) -> list[Prediction]:
+        """The same rows scored by the challenger (role ``shadow``; never alerts upstream)."""
+        m = self.shadow.current if self.shadow is not None else None
+        if m is None:
+            raise bentoml.exceptions.BentoMLException(
+                "no shadow model: the registry has no @challenger",
+                error_code=bentoml.exceptions.ErrorCode.CONFLICT,  # type: ignore[attr-defined]
+            )
+        return _predict(m, _frame(rows), "shadow")
+
+    @bentoml.api
+    def explain(self, rows: Rows) -> list[Explanation]:
+        """The features that pushed each row's risk up most (champion)."""
+        m = self.champion.current
+        assert m is not None
+        x = _frame(rows)
+        risk = m.risk(x)
+        tops = top_features(m.model, x, CFG.top_features)
+        return [
+            Explanation(risk=float(r), model_version=m.version,
+                        top_features=[Contribution(**c) for c in t])
+            for r, t in zip(risk.tolist(), tops, strict=True)
+        ]  # fmt: skip
+
+    @bentoml.api
+    def score_vitals(
+        self, patients: Annotated[list[PatientWindow], Field(min_length=1, max_length=1000)]
+    ) -> list[VitalsPrediction]:
+        """Raw vital-sign events per patient → features (the scorer's code) → risk."""
+        m = self.champion.current
+        assert m is not None
+        state = OnlineFeatures(capacity=len(patients))
+        admissions = [
+            {"patient_id": p.patient_id, **p.admission.model_dump()}
+            for p in patients
+            if p.admission is not None
+        ]
+        if admissions:
+            state.admit(pd.DataFrame(admissions))
+        rows: list[dict[str, Any]] = []
+        for p in patients:
+            wrong = [e.patient_id for e in p.events if e.patient_id != p.patient_id]
+            if wrong:
+                raise bentoml.exceptions.InvalidArgument(
+                    f"patient {p.patient_id!r} has events of {wrong[0]!r}"
+                )
+            rows.extend(e.model_dump() for e in p.events)
+        events = pd.DataFrame(rows)
+        events["event_id"] = events["event_id"].astype(str)
+        events["ts"] = pd.to_datetime(events["ts"], utc=True).astype("datetime64[us, UTC]")
+        events = events.sort_values("ts", kind="stable")
+        # As the scorer does: events are folded in arrival order; here, time order.
+        state.update(events, now=events["ts"].max())
+        newest = events.groupby("patient_id")["ts"].max().dt.floor("min") + pd.Timedelta(minutes=1)
+        pids = [p.patient_id for p in patients]
+        as_of = pd.Series([newest.get(pid, pd.NaT) for pid in pids])
+        used = events.groupby("patient_id").size()
+        if as_of.isna().any():
+            pid = pids[int(np.argmax(as_of.isna().to_numpy()))]
+            raise bentoml.exceptions.InvalidArgument(f"no usable event for patient {pid!r}")
+        x = state.features_at(pids, as_of)
+        preds = _predict(m, x, "champion")
+        return [
+            VitalsPrediction(**p.model_dump(), patient_id=pid, as_of=t.isoformat(),
+                             events_used=int(used.get(pid, 0)))
+            for p, pid, t in zip(preds, pids, as_of, strict=True)
+        ]  # fmt: skip
+
+    @bentoml.api(route="/model")
+    def model(self) -> dict[str, Any]:
+        """Which versions are served, and when this worker last looked."""
+        out: dict[str, Any] = {"checked_at": time.time()}
+        for slot in (self.champion, self.shadow):
+            if slot is not None:
+                m = slot.current
+                out[slot.alias] = (
+                    None
+                    if m is None
+                    else {"name": m.name, "version": m.version, "threshold": m.threshold,
+                          "feature_set_version": m.feature_set_version, "reloads": slot.reloads}
+                )  # fmt: skip
+        return out
+
+
+Vigil.add_asgi_middleware(Guard, api_key=CFG.api_key, max_bytes=CFG.max_request_bytes)  # type: ignore[attr-defined]
+# Admissions are part of the contract module; re-exported for clients' convenience.
+__all__ = ["Admission", "AdmissionEvent", "FeatureRow", "PatientWindow", "Prediction", "Vigil"]
