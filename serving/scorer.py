@@ -339,7 +339,9 @@ class Scorer:
                 recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
                 recs = [r for r in recs if r.topic == self.topics.vitals]
                 if not recs:
-                    if bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
+                    if not consumer.assignment():
+                        idle_since = time.monotonic()  # still joining the group: not idle
+                    elif bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
                         break
                     continue
                 self._admissions(adm)  # admissions that raced ahead of these vitals

@@ -13,6 +13,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 import yaml
 
 from stack.localstack import ManagedService, spawn
@@ -22,6 +23,19 @@ from stack.settings import REPO_ROOT, Settings
 class ServingProcess(ManagedService):
     name = "bentoml"
     marker = "bentoml"
+
+    def pid(self) -> int | None:
+        # `bentoml serve` becomes the circus arbiter and retitles itself "circusd"; its
+        # workers are its children (each in a session of its own), stopped with it.
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmd = " ".join(proc.cmdline())
+            return pid if "circusd" in cmd or "bentoml" in cmd else None
+        except (FileNotFoundError, ValueError, psutil.Error):
+            return None
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -24,7 +24,6 @@ an ``X-API-Key`` check for the scoring endpoints; bodies over ``max_request_byte
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from features.online import OnlineFeatures
 from features.spec import FEATURE_NAMES
 from serving.explain import top_features
+from serving.guard import Guard
 from serving.model import LoadedModel, ModelSlot
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.settings import load_settings
@@ -48,7 +48,6 @@ SETTINGS = load_settings()  # the service module is an entry point: it reads its
 CFG = SETTINGS.serving
 MAX_ROWS = 10_000  # rows per request; larger batches should be split by the client
 MAX_EVENTS = 50_000  # raw events per /score_vitals request
-PROTECTED = ("/predict", "/predict_shadow", "/explain", "/score_vitals")
 
 # --------------------------------------------------------------------------- schemas
 FeatureRow = create_model(  # type: ignore[call-overload]
@@ -105,36 +104,6 @@ class VitalsPrediction(Prediction):
 Rows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_ROWS)]
 
 
-# --------------------------------------------------------------------------- guard
-class Guard:
-    """ASGI middleware: request size limit, then the optional API key (loopback default off)."""
-
-    def __init__(self, app: Any, api_key: str | None, max_bytes: int) -> None:
-        self.app = app
-        self.api_key = api_key
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                await _reply(send, 413, f"request body over {self.max_bytes} bytes")
-                return
-            given = headers.get(b"x-api-key", b"").decode(errors="replace")
-            if self.api_key and scope["path"] in PROTECTED and given != self.api_key:
-                await _reply(send, 401, "missing or wrong X-API-Key header")
-                return
-        await self.app(scope, receive, send)
-
-
-async def _reply(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 # --------------------------------------------------------------------------- metrics
 MODEL_INFO = bentoml.metrics.Gauge(
     name="vigil_model_info",
@@ -186,16 +155,23 @@ class Vigil:
         self.shadow = (
             ModelSlot(SETTINGS, CFG.shadow_alias, required=False) if CFG.shadow_alias else None
         )
+        self._published: set[tuple[str, str, str]] = set()
         self._publish_info()
         self._stop = threading.Event()
         threading.Thread(target=self._watch, name="registry-watch", daemon=True).start()
 
     def _publish_info(self) -> None:
-        MODEL_INFO.clear()
+        # Multi-process metrics cannot drop a label set: a retired version is set to 0.
+        served = set()
         for slot in (self.champion, self.shadow):
             if slot is not None and slot.current is not None:
                 m = slot.current
-                MODEL_INFO.labels(model=m.name, alias=m.alias, version=m.version).set(1)
+                served.add((m.name, m.alias, m.version))
+        for labels in self._published - served:
+            MODEL_INFO.labels(*labels).set(0)
+        for labels in served:
+            MODEL_INFO.labels(*labels).set(1)
+        self._published = served
 
     def _watch(self) -> None:
         while not self._stop.wait(CFG.reload_interval_s):

@@ -1,0 +1,362 @@
+"""The BentoML service and the Kafka scorer on real parts: broker, PostgreSQL, MLflow, BentoML.
+
+One service process per module serves a model trained here (two versions: a champion and
+a challenger); each test has its own topics, consumer group and database.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import mlflow
+import pandas as pd
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from mlflow import MlflowClient
+
+from features.spec import FEATURE_NAMES
+from pipelines.produce import simulate_to_kafka, with_simulator
+from serving.model import ModelSlot, ModelUnavailableError, tracking_uri
+from serving.scorer import Scorer
+from serving.server import ServingProcess
+from stack.kafka import KafkaClient
+from stack.localstack import endpoints, free_port
+from stack.settings import Settings
+from tests.conftest import TINY_TRAINING
+from training.job import run_training
+from training.promotion import run_promote
+from training.registry import CHALLENGER, CHAMPION, Registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served(
+    stack_overlay: dict[str, Any],
+    mlflow_overlay: dict[str, Any],
+    cohort_rows: pd.DataFrame,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """A champion (logistic regression) and a challenger (XGBoost), served on a free port."""
+    from tests.conftest import make_settings
+
+    tmp = tmp_path_factory.mktemp("served")
+    tag = uuid.uuid4().hex[:8]
+    base = make_settings(
+        tmp,
+        run_dir=str(tmp / "run"),
+        local_stack={**stack_overlay["local_stack"],
+                     "mlflow_port": mlflow_overlay["local_stack"]["mlflow_port"]},
+        mlflow=mlflow_overlay["mlflow"],
+        training={**TINY_TRAINING, "families": ["logistic_regression"], "trials": 1,
+                  "experiment": f"serve-{tag}", "registered_model": f"vigil-serve-{tag}",
+                  "reports_dir": str(tmp / "reports")},
+        serving={"port": free_port(), "reload_interval_s": 1.0},
+        logging={"format": "text"},
+    )  # fmt: skip
+    champion = run_training(base, rows=cohort_rows)
+    assert run_promote(base, rows=cohort_rows).promoted
+    xgb = base.model_copy(
+        update={"training": base.training.model_copy(update={"families": ("xgboost",)})}
+    )
+    challenger = run_training(xgb, rows=cohort_rows)  # stays @challenger: the shadow
+    proc = ServingProcess(base)
+    proc.start_or_explain()
+    try:
+        yield {
+            "settings": base,
+            "proc": proc,
+            "url": proc.url,
+            "champion": champion.model_version,
+            "challenger": challenger.model_version,
+        }
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def scorer_settings(served: dict[str, Any], stack_settings: Settings) -> Iterator[Settings]:
+    """The served model + this test's topics, group and a database of its own."""
+    base: Settings = served["settings"]
+    admin = endpoints(stack_settings).database_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"s_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    s = stack_settings.model_copy(
+        update={
+            "postgres": stack_settings.postgres.model_copy(
+                update={"url": admin.rsplit("/", 1)[0] + f"/{name}"}
+            ),
+            "local_stack": base.local_stack,
+            "mlflow": base.mlflow,
+            "training": base.training,
+            "serving": base.serving,
+            "scorer": stack_settings.scorer.model_copy(
+                update={
+                    "group_id": f"scorer-{uuid.uuid4().hex[:6]}",
+                    "idle_timeout_s": 4.0,
+                    "backoff_initial_s": 0.2,
+                    "backoff_max_s": 2.0,
+                }
+            ),
+        }
+    )
+    s = with_simulator(s, patients=30, hours=2.5)
+    yield s
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _faulty(s: Settings, **sim: Any) -> Settings:
+    faults = s.simulator.faults.model_copy(update={"malformed": 0.01, "duplicate": 0.01})
+    return with_simulator(s, faults=faults.model_dump(), **sim)
+
+
+def _query(s: Settings, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(endpoints(s).database_url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _topic_messages(s: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every message on ``topic``, read from the start by a group-less consumer."""
+    client = KafkaClient(s.kafka, endpoints(s).bootstrap_servers)
+    c = client.consumer(None)
+    try:
+        parts = client.all_partitions([topic])
+        marks = c.watermarks(parts)
+        c.assign(parts)
+        for tp, (lo, _hi) in marks.items():
+            c.seek(tp, lo)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while any(c.position(tp) < hi for tp, (_lo, hi) in marks.items()):
+            out += [json.loads(r.value or b"") for r in c.poll_batch(10_000, 0.5)]
+            assert time.monotonic() < deadline, "could not read the topic to its end"
+        return out
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------- tests
+def test_every_valid_event_is_stored_once_invalid_ones_are_dead_letters(
+    scorer_settings: Settings, served: dict[str, Any]
+) -> None:
+    s = _faulty(scorer_settings, seed=21)
+    sent, _ = simulate_to_kafka(s)
+    malformed = sum(sent.stats.malformed.values())
+    assert malformed > 0
+    assert sent.stats.duplicates > 0
+    summary = Scorer(s).run(bounded=True)
+
+    champion = _query(s, "SELECT status, count(*), count(DISTINCT event_id) FROM predictions "
+                         "WHERE role = 'champion' GROUP BY status")  # fmt: skip
+    by_status = {st_: (n, d) for st_, n, d in champion}
+    total = sum(n for n, _ in by_status.values())
+    assert total == sent.stats.valid_events  # exactly one per distinct valid event
+    assert all(n == d for n, d in by_status.values())
+    assert by_status["scored"][0] == summary.scored > 0.95 * total
+    dead = _query(s, "SELECT reason, count(*) FROM scoring_dead_letters GROUP BY reason")
+    assert sum(n for _, n in dead) == malformed
+    assert all(reason for reason, _ in dead)
+    versions = _query(s, "SELECT DISTINCT model_version FROM predictions "
+                         "WHERE role = 'champion' AND status = 'scored'")  # fmt: skip
+    assert versions == [(served["champion"],)]
+    # Shadow: the challenger scored the same events, and never alerted.
+    shadow = _query(s, "SELECT count(*), min(model_version) FROM predictions WHERE role='shadow'")
+    assert shadow == [(summary.scored, served["challenger"])]
+    # Alerts respect the policy: a repeat within the quiet period only after a rise.
+    alerts = pd.DataFrame(
+        _query(s, "SELECT patient_id, ts, risk, reason, top_features FROM alerts ORDER BY ts"),
+        columns=["patient_id", "ts", "risk", "reason", "top_features"],
+    )
+    assert len(alerts) == summary.alerts > 0
+    cfg = s.scorer
+    for _, g in alerts.groupby("patient_id"):
+        prev = None
+        for _, a in g.iterrows():
+            if prev is not None and a["ts"] - prev["ts"] < pd.Timedelta(
+                minutes=cfg.quiet_period_minutes
+            ):
+                assert a["risk"] >= prev["risk"] + cfg.realert_margin - 1e-9
+                assert a["reason"] == "risk_rose"
+            prev = a
+    top = alerts["top_features"].iloc[0]
+    assert len(top) == s.serving.top_features
+    assert top[0]["feature"] in FEATURE_NAMES
+    published = _topic_messages(s, s.kafka.topics.alerts)
+    assert sorted(m["alert_id"] for m in published) == sorted(
+        _query(s, "SELECT event_id FROM alerts")[i][0] for i in range(len(alerts))
+    )
+    assert len(_topic_messages(s, s.kafka.topics.predictions)) == summary.scored
+
+    # A restart that reads everything again (a new group) re-scores, but stores nothing twice.
+    again = s.model_copy(
+        update={"scorer": s.scorer.model_copy(update={"group_id": s.scorer.group_id + "-2"})}
+    )
+    second = Scorer(again).run(bounded=True)
+    assert second.scored == summary.scored
+    assert _query(s, "SELECT count(*) FROM predictions WHERE role = 'champion'") == [(total,)]
+    assert _query(s, "SELECT count(*) FROM alerts") == [(len(alerts),)]
+    assert second.alerts == 0
+    assert len(_topic_messages(s, s.kafka.topics.alerts)) == len(alerts)  # no repeats
+
+
+def _wait_version(url: str, version: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.post(f"{url}/model", json={}).json()["champion"]["version"] == version:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the service did not swap to v{version}")
+
+
+def test_moving_champion_mid_stream_swaps_without_errors(
+    scorer_settings: Settings, served: dict[str, Any]
+) -> None:
+    s = scorer_settings
+    reg = Registry(served["settings"])
+    simulate_to_kafka(with_simulator(s, seed=31))
+    first = Scorer(s).run(bounded=True)
+
+    # Hammer the service while the alias moves: no request may fail.
+    failures: list[int] = []
+    stop = threading.Event()
+    row = dict.fromkeys(FEATURE_NAMES, 0.5)
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                r = c.post(f"{served['url']}/predict", json={"rows": [row] * 20})
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        reg.client.set_registered_model_alias(reg.name, CHAMPION, served["challenger"])
+        _wait_version(served["url"], served["challenger"])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    assert failures == []
+    try:
+        simulate_to_kafka(with_simulator(s, seed=32))  # other patients, same topics
+        second = Scorer(s).run(bounded=True)
+    finally:
+        reg.client.set_registered_model_alias(reg.name, CHAMPION, served["champion"])
+        reg.client.delete_registered_model_alias(reg.name, CHALLENGER)
+        reg.client.set_registered_model_alias(reg.name, CHALLENGER, served["challenger"])
+        _wait_version(served["url"], served["champion"])
+    assert set(first.versions) == {served["champion"]}
+    assert set(second.versions) == {served["challenger"]}
+    assert first.scored > 0
+    assert second.scored > 0
+
+
+def test_service_down_mid_stream_loses_nothing_and_duplicates_nothing(
+    scorer_settings: Settings, served: dict[str, Any]
+) -> None:
+    s = scorer_settings
+    sent, _ = simulate_to_kafka(with_simulator(s, seed=41))
+    proc: ServingProcess = served["proc"]
+    scorer = Scorer(s)
+    proc.stop()
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(s=scorer.run(bounded=True)))
+    try:
+        worker.start()
+        time.sleep(6)  # the scorer keeps retrying with backoff meanwhile
+        assert worker.is_alive()
+    finally:
+        proc.start_or_explain()
+    worker.join(timeout=300)
+    summary = result["s"]
+    assert summary.retries > 0
+    stored = _query(s, "SELECT count(*), count(DISTINCT event_id) FROM predictions "
+                       "WHERE role = 'champion'")  # fmt: skip
+    assert stored == [(sent.stats.valid_events, sent.stats.valid_events)]
+
+
+def test_a_model_of_another_feature_set_is_refused(served: dict[str, Any]) -> None:
+    s: Settings = served["settings"]
+    client = MlflowClient(tracking_uri(s))
+    name = f"{s.training.registered_model}-alien"
+    src = client.get_model_version(s.training.registered_model, served["champion"])
+    mlflow.set_tracking_uri(tracking_uri(s))
+    mv = mlflow.register_model(
+        src.source, name, tags={**src.tags, "feature_set_version": "vitals-v0"}
+    )
+    client.set_registered_model_alias(name, CHAMPION, mv.version)
+    alien = s.model_copy(
+        update={"training": s.training.model_copy(update={"registered_model": name})}
+    )
+    with pytest.raises(ModelUnavailableError, match="trained on feature set 'vitals-v0'"):
+        ModelSlot(alien, CHAMPION, required=True)
+
+
+# --------------------------------------------------------------------------- fuzzing
+_scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+_json = st.recursive(
+    _scalar | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_value = _scalar | st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _rows_payload(draw: Any) -> Any:
+    """Feature rows, each valid or broken in one way (key dropped, added, wrong type)."""
+    rows = []
+    for _ in range(draw(st.integers(0, 3))):
+        row: dict[str, Any] = {n: draw(st.none() | st.floats(-1e6, 1e6)) for n in FEATURE_NAMES}
+        how = draw(st.sampled_from(["ok", "drop", "add", "type"]))
+        if how == "drop":
+            row.pop(draw(st.sampled_from(FEATURE_NAMES)))
+        elif how == "add":
+            row[draw(st.text(min_size=1, max_size=6))] = draw(_value)
+        elif how == "type":
+            row[draw(st.sampled_from(FEATURE_NAMES))] = draw(_value)
+        rows.append(row)
+    return draw(st.sampled_from([{"rows": rows}, rows, {"rows": rows, "x": 1}]))
+
+
+@hsettings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/predict", "/predict_shadow", "/explain", "/score_vitals", "/model"]),
+    body=_json | _rows_payload(),
+)
+def test_no_input_gets_a_5xx(served: dict[str, Any], path: str, body: Any) -> None:
+    r = httpx.post(f"{served['url']}{path}", content=json.dumps(body), timeout=30)
+    assert r.status_code < 500, (path, body, r.text[:300])
+    if r.status_code >= 400:
+        assert r.json()  # a body that says what was wrong
+
+
+def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
+    doc = httpx.get(f"{served['url']}/docs.json").json()
+    for path in ("/predict", "/predict_shadow", "/explain", "/score_vitals", "/readyz", "/metrics"):
+        assert path in doc["paths"]
+    metrics = httpx.get(f"{served['url']}/metrics").text
+    assert (
+        f'vigil_model_info{{alias="champion",model="{served["settings"].training.registered_model}"'
+        in metrics
+    )
+    assert "bentoml_service_request_duration_seconds" in metrics

@@ -1,0 +1,135 @@
+"""Serving's pure parts: the alert policy, explanations, the request guard."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.alerts import AlertPolicy
+from serving.explain import contributions, top_features
+from serving.guard import Guard
+from training.models import build
+
+T0 = pd.Timestamp("2026-01-05 10:00", tz="UTC")
+
+
+def _scored(rows: list[tuple[str, int, float, bool]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"patient_id": p, "ts": T0 + pd.Timedelta(minutes=m), "risk": r, "alert": a}
+            for p, m, r, a in rows
+        ]
+    )
+
+
+def test_quiet_period_suppresses_repeats_and_a_rise_re_alerts() -> None:
+    policy = AlertPolicy(quiet_period=pd.Timedelta(minutes=60), margin=0.15)
+    scored = _scored(
+        [
+            ("a", 0, 0.70, True),  # first
+            ("a", 5, 0.75, True),  # within quiet period, rose only 0.05: suppressed
+            ("a", 10, 0.86, True),  # rose 0.16 over the last alert: re-alert
+            ("a", 20, 0.95, True),  # rose 0.09 over 0.86: suppressed
+            ("a", 71, 0.60, True),  # quiet period over (61 min after the 0.86 alert)
+            ("b", 3, 0.40, False),  # under the threshold: never an alert
+            ("b", 4, 0.65, True),  # another patient's first
+        ]
+    )
+    reasons = policy.decide(scored).tolist()
+    assert reasons == [
+        "first", None, "risk_rose", None, "quiet_period_over", None, "first",
+    ]  # fmt: skip
+
+
+def test_policy_uses_event_time_so_a_replay_decides_the_same() -> None:
+    scored = _scored([("a", m, 0.8, True) for m in range(0, 200, 5)]).sample(
+        frac=1, random_state=3
+    )  # arrival order scrambled
+    a = AlertPolicy(quiet_period=pd.Timedelta(minutes=60), margin=0.15).decide(scored)
+    b = AlertPolicy(quiet_period=pd.Timedelta(minutes=60), margin=0.15).decide(scored)
+    assert a.equals(b)
+    raised = scored.loc[a.notna(), "ts"].sort_values()
+    assert (raised.diff().dropna() >= pd.Timedelta(minutes=60)).all()
+    assert len(raised) == 4  # minutes 0, 60, 120, 180
+
+
+def test_remembered_alerts_count_after_a_restart() -> None:
+    policy = AlertPolicy(quiet_period=pd.Timedelta(minutes=60), margin=0.15)
+    policy.remember("a", T0, 0.8)
+    assert policy.decide(_scored([("a", 30, 0.85, True)])).tolist() == [None]
+    assert policy.decide(_scored([("a", 30, 0.96, True)])).tolist() == ["risk_rose"]
+
+
+def _data(n: int = 3000) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(n, 4)), columns=["a", "b", "c", "d"])
+    y = pd.Series((2 * x["a"] - x["c"] + rng.normal(scale=0.5, size=n) > 1.5).astype(int))
+    return x, y
+
+
+def test_linear_contributions_are_coefficient_times_standardised_value() -> None:
+    x, y = _data()
+    model = build("logistic_regression", {"C": 1.0}, positive_share=0.2, seed=0, n_jobs=1)
+    model.fit(x, y)
+    c = contributions(model, x.head(5))
+    z = (x.head(5) - x.median() * 0).to_numpy()  # imputer is a no-op without NaN
+    scale = model.named_steps["scale"]
+    expect = (z - scale.mean_) / scale.scale_ * model.named_steps["model"].coef_[0]
+    assert np.allclose(c, expect)
+
+
+def test_xgboost_contributions_sum_to_the_margin() -> None:
+    x, y = _data()
+    model = build("xgboost", {"n_estimators": 30, "max_depth": 3}, positive_share=0.2, seed=0,
+                  n_jobs=1)  # fmt: skip
+    model.fit(x, y)
+    c = contributions(model, x.head(8))
+    margin = model.predict(x.head(8), output_margin=True)
+    bias = margin - c.sum(axis=1)
+    assert np.allclose(bias, bias[0], atol=1e-4)  # the same bias for every row
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "random_forest", "xgboost"])
+def test_top_features_name_the_planted_drivers(family: Any) -> None:
+    x, y = _data()
+    params = {"logistic_regression": {"C": 1.0}, "random_forest": {"n_estimators": 30,
+              "min_samples_leaf": 20}, "xgboost": {"n_estimators": 40}}[family]  # fmt: skip
+    model = build(family, params, positive_share=0.2, seed=0, n_jobs=1).fit(x, y)
+    risky = x[(x["a"] > 1.5) & (x["c"] < -1.0)].head(3).copy()
+    risky.iloc[0, 1] = np.nan  # a missing value is reported as None
+    tops = top_features(model, risky, 2)
+    assert len(tops) == len(risky)
+    for t in tops:
+        assert {d["feature"] for d in t} == {"a", "c"}
+        assert all(d["contribution"] > 0 for d in t)
+
+
+# --------------------------------------------------------------------------- guard
+def _call(app_kwargs: dict[str, Any], path: str, headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    sent: list[Any] = []
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+
+    async def send(msg: Any) -> None:
+        sent.append(msg)
+
+    guard = Guard(app, **app_kwargs)
+    asyncio.run(guard({"type": "http", "path": path, "headers": headers}, None, send))
+    return [reached, sent[0]["status"] if sent else None]
+
+
+def test_guard_limits_body_size_and_checks_the_api_key() -> None:
+    big = [(b"content-length", b"2000")]
+    assert _call({"api_key": None, "max_bytes": 1000}, "/predict", big) == [[], 413]
+    assert _call({"api_key": None, "max_bytes": 5000}, "/predict", big) == [["/predict"], None]
+    keyed = {"api_key": "s3cret", "max_bytes": 5000}
+    assert _call(keyed, "/predict", []) == [[], 401]
+    assert _call(keyed, "/predict", [(b"x-api-key", b"wrong")]) == [[], 401]
+    assert _call(keyed, "/predict", [(b"x-api-key", b"s3cret")]) == [["/predict"], None]
+    assert _call(keyed, "/readyz", []) == [["/readyz"], None]  # probes stay open
