@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
-        demo test test-fast test-integration \
+        serve score package demo test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
 help: ## List every target
@@ -32,7 +32,8 @@ lock: ## Re-resolve requirements.in into requirements.lock
 up: setup ## Start the embedded stack (Kafka API, PostgreSQL, MLflow) on loopback
 	$(BIN)/python -m stack up
 
-down: setup ## Stop the embedded stack; no process is left behind
+down: setup ## Stop the embedded stack (and a demo's BentoML service); no process is left behind
+	$(BIN)/python -m serving stop
 	$(BIN)/python -m stack down
 
 status: setup ## Show pid, address and health of each embedded service
@@ -65,9 +66,19 @@ rollback: up ## Move @champion back to the previous champion
 models: up ## List registered model versions with aliases, gate verdicts and promotions
 	$(BIN)/python -m training history
 
-demo: setup ## The main job end to end: stack → simulated ward → Kafka → raw lake → ETL → features
+serve: up ## Serve @champion with BentoML on loopback (OpenAPI at /docs.json); Ctrl-C stops it
+	$(BIN)/python -m serving serve
+
+score: up ## Score vitals.raw with the served model → predictions/alerts (BOUNDED=1 stops when idle)
+	$(BIN)/python -m serving score $(if $(BOUNDED),--bounded)
+
+package: up ## Build a versioned Bento of the service with the champion model inside
+	$(BIN)/python -m serving package
+
+demo: setup ## The main job end to end: ward → Kafka → lake → ETL → features → training → live scoring
 	$(BIN)/python -m demo $(if $(PATIENTS),--patients $(PATIENTS)) \
-	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED))
+	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED)) \
+	  $(if $(LIVE_SECONDS),--live-seconds $(LIVE_SECONDS))
 
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
 	$(BIN)/pytest -q

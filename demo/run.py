@@ -8,9 +8,12 @@ what arrived where, reconciled against what the simulator says it sent.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import orjson
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +36,9 @@ from pipelines.landing import (
     LandingSummary,
 )
 from pipelines.produce import ProduceSummary, simulate_to_kafka, with_simulator
+from serving.scorer import Scorer, ScoreSummary
+from serving.server import ServingProcess
+from stack.kafka import KafkaClient
 from stack.lake import Lake
 from stack.localstack import endpoints, up
 from stack.logs import configure_logging
@@ -59,8 +65,8 @@ def reconcile(sent: ProduceSummary, landed: LandingSummary) -> dict[str, Any]:
     }
 
 
-def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
-    """Stack up → simulate → land → ETL → features → summary, as a dict."""
+def run_demo(settings: Settings, console: Console, live_seconds: float = 60.0) -> dict[str, Any]:
+    """Stack up → simulate → land → ETL → features → train → gate → live scoring → summary."""
     t0 = time.monotonic()
     console.rule("[bold]Vigil demo")
     with console.status("starting the embedded stack (Kafka API, PostgreSQL, MLflow)…"):
@@ -151,6 +157,9 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
     )
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")
+    live = _live(settings, console, live_seconds) if gate is not None and live_seconds > 0 else None
+    if live is None and live_seconds > 0:
+        console.print("[yellow]live scoring skipped: no @champion (see the gate above)[/]")
     console.print(f"done in {time.monotonic() - t0:.0f}s; `make down` stops the stack.")
     if not rec["ok"]:
         console.print(rec)
@@ -169,7 +178,127 @@ def run_demo(settings: Settings, console: Console) -> dict[str, Any]:
             "champion_before": gate.champion_before,
             "checks": gate.decision.checks,
         },
+        "live": live,
     }
+
+
+def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any] | None:
+    """Serve @champion, score a live ward for ``seconds`` and print alerts as they happen."""
+    reg_name = settings.training.registered_model
+    proc = ServingProcess(settings)
+    with console.status(f"starting the BentoML service for {reg_name}@champion…"):
+        try:
+            proc.start_or_explain()
+        except Exception as exc:
+            console.print(f"[red]the service did not start:[/] {exc}")
+            return None
+    speedup = 120.0
+    start = pd.Timestamp.now(tz="UTC").floor("min") - pd.Timedelta(seconds=seconds * speedup)
+    ward = with_simulator(
+        settings,
+        patients=100,
+        hours=seconds * speedup / 3600,
+        seed=int(time.time()) % 1_000_000 + 1,
+        start=start.to_pydatetime(),
+        mode="live",
+        speedup=speedup,
+        episodes={**settings.simulator.episodes.model_dump(), "deterioration_rate_per_day": 1.0},
+    )
+    # A consumer group of this run's own, starting from now: earlier demos' events (and
+    # this run's backfill) are history, not live traffic.
+    ward = ward.model_copy(
+        update={
+            "scorer": ward.scorer.model_copy(
+                update={
+                    "group_id": f"vigil-demo-{ward.simulator.seed}",
+                    "new_group_starts_at": "latest",
+                }
+            )
+        }
+    )
+    scorer = Scorer(ward)
+    result: dict[str, ScoreSummary] = {}
+    worker = threading.Thread(target=lambda: result.update(s=scorer.run(bounded=False)))
+    worker.start()
+    if not scorer.ready.wait(60):
+        scorer.stop.set()
+        console.print("[red]the scorer did not get its partitions within 60 s[/]")
+        return None
+    console.rule(
+        f"[bold]live: a ward of 100 patients streamed at {speedup:g}× real time for "
+        f"{seconds:g} s, scored by {proc.url}"
+    )
+    alerts = _AlertTail(ward)
+    producer = threading.Thread(target=lambda: simulate_to_kafka(ward))
+    producer.start()
+
+    def show(batch: list[dict[str, Any]]) -> None:
+        for a in batch:
+            top = ", ".join(f"{t['feature']}={_num(t['value'])}" for t in a["top_features"][:3])
+            console.print(
+                f"[red]ALERT[/] {a['patient_id']} at {a['ts'][11:16]} risk {a['risk']:.2f} "
+                f"({a['reason'].replace('_', ' ')}; model v{a['model_version']}): {top}"
+            )
+
+    while producer.is_alive():
+        show(alerts.poll())
+    # The stream has ended: let the scorer catch up, then stop it and show the last alerts.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and scorer.lag() > 0:
+        show(alerts.poll())
+    scorer.stop.set()
+    worker.join(timeout=60)
+    show(alerts.poll())
+    alerts.close()
+    s = result.get("s")
+    if s is None:
+        return None
+    d = s.to_dict()
+    table = Table(title="Live scoring")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("events scored", f"{d['scored']:,} ({d['events_per_s']:,.0f}/s)")
+    table.add_row(
+        "alerts raised / suppressed by the quiet period", f"{d['alerts']:,} / {d['suppressed']:,}"
+    )
+    table.add_row("invalid events (dead letters)", f"{sum(s.invalid.values()):,}")
+    table.add_row("event → prediction latency p50 / p99",
+                  f"{d['latency_p50_ms']:.0f} / {d['latency_p99_ms']:.0f} ms")  # fmt: skip
+    table.add_row("model version(s)", ", ".join(f"v{v}" for v in sorted(s.versions)) or "-")
+    table.add_row("shadow predictions (@challenger)", f"{d['shadow_stored']:,}")
+    console.print(table)
+    console.print(
+        f"BentoML       {proc.url}  (OpenAPI {proc.url}/docs.json, metrics {proc.url}/metrics)"
+    )
+    console.print("predictions   table predictions, topic " + settings.kafka.topics.predictions)
+    console.print("alerts        table alerts, topic " + settings.kafka.topics.alerts)
+    return d
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3g}"
+
+
+class _AlertTail:
+    """Reads new messages of the alerts topic as they arrive (group-less, from now on)."""
+
+    def __init__(self, settings: Settings) -> None:
+        client = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
+        self.c = client.consumer(None)
+        parts = client.all_partitions([settings.kafka.topics.alerts])
+        self.c.assign(parts)
+        for tp, (_lo, hi) in self.c.watermarks(parts).items():
+            self.c.seek(tp, hi)
+        self.last_seen = time.monotonic()
+
+    def poll(self) -> list[dict[str, Any]]:
+        recs = self.c.poll_batch(1000, 0.2)
+        if recs:
+            self.last_seen = time.monotonic()
+        return [orjson.loads(r.value or b"{}") for r in recs]
+
+    def close(self) -> None:
+        self.c.close()
 
 
 def _train_and_gate(
@@ -234,11 +363,12 @@ def main(
         help="Simulator seed (default: a new ward each run, so reruns add patients "
         "rather than replaying the same events).",
     ),
+    live_seconds: float = typer.Option(60.0, help="How long the live ward streams (0: skip)."),
 ) -> None:
     """Run the Vigil demo on the embedded stack."""
     seed = seed if seed is not None else int(time.time()) % 1_000_000
     settings = with_simulator(load_settings(), patients=patients, hours=hours, seed=seed)
     configure_logging(LoggingSettings(level="WARNING", format="text"))
-    result = run_demo(settings, Console())
+    result = run_demo(settings, Console(), live_seconds=live_seconds)
     if not result["reconciliation"]["ok"]:
         raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""``python -m serving serve|score|package``."""
+"""``python -m serving serve|stop|score|package``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def serve() -> None:
         f"serving @{proc.s.serving.model_alias} on {proc.url} (OpenAPI: {proc.url}/docs.json)"
     )
     os.execvp(cmd[0], cmd)
+
+
+@app.command()
+def stop() -> None:
+    """Stop a service started in the background (by the demo); no-op when none runs."""
+    from serving.server import ServingProcess
+    from stack.settings import load_settings
+
+    if ServingProcess(load_settings()).stop():
+        typer.echo("stopped the BentoML service")
 
 
 @app.command()

@@ -47,6 +47,7 @@ from serving.alerts import AlertPolicy
 from serving.client import (
     NoShadowModelError,
     ServiceClient,
+    ServiceRejectedError,
     ServiceUnavailableError,
 )
 from stack.batchvalidate import BatchValidator
@@ -126,6 +127,7 @@ class Scorer:
         self.validator = BatchValidator(VitalsEvent)
         self.adm_validator = BatchValidator(AdmissionEvent)
         self.stop = threading.Event()
+        self.ready = threading.Event()  # set once the consumer holds its partitions
         self._shadow_checked = 0.0
         self._shadow = True
 
@@ -147,6 +149,27 @@ class Scorer:
         if res.table.num_rows:
             self.online.admit(res.table.to_pandas())
 
+    def _start_new_group_at_end(self) -> None:
+        """A group that has never committed starts at the end of the topic (from now on)."""
+        c = self.kafka.consumer(self.cfg.group_id)
+        try:
+            parts = self.kafka.all_partitions([self.topics.vitals])
+            c.assign(parts)
+            if all(v is None for v in c.committed(parts).values()):
+                c.commit({tp: hi for tp, (_lo, hi) in c.watermarks(parts).items()})
+        finally:
+            c.close()
+
+    def lag(self) -> int:
+        """Events on ``vitals.raw`` not yet committed by this scorer's group."""
+        c = self.kafka.consumer(self.cfg.group_id)
+        try:
+            parts = self.kafka.all_partitions([self.topics.vitals])
+            done = c.committed(parts)
+            return sum(hi - (done.get(tp) or lo) for tp, (lo, hi) in c.watermarks(parts).items())
+        finally:
+            c.close()
+
     # ------------------------------------------------------------------ the service
     def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
         """Call the service, retrying with doubling backoff while it is unavailable."""
@@ -161,18 +184,13 @@ class Scorer:
                     raise
                 delay = min(delay * 2, self.cfg.backoff_max_s)
 
-    def _score(
-        self, x: pd.DataFrame, summary: ScoreSummary, *, shadow: bool
-    ) -> list[dict[str, Any]]:
+    def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> list[dict[str, Any]]:
+        """The champion's predictions, in micro-batches, retried while the service is away."""
         out: list[dict[str, Any]] = []
         n = self.cfg.micro_batch_rows
         for a in range(0, len(x), n):
             part = x.iloc[a : a + n]
-            out += self._call(
-                "shadow" if shadow else "predict",
-                lambda p=part: self.service.predict(p, shadow=shadow),
-                summary,
-            )
+            out += self._call("predict", lambda p=part: self.service.predict(p), summary)
         return out
 
     def _shadow_due(self) -> bool:
@@ -214,13 +232,24 @@ class Scorer:
 
         kts = fresh.set_index("event_id")["_kafka_ts"]
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).to_numpy())
-        preds = self._score(vec, summary, shadow=False) if len(vec) else []
+        preds = self._score(vec, summary) if len(vec) else []
         shadow: list[dict[str, Any]] = []
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
+            # The shadow never holds up the champion: one attempt, skipped on any failure.
             try:
-                shadow = self._score(vec, summary, shadow=True)
+                shadow = [
+                    p
+                    for a in range(0, len(vec), self.cfg.micro_batch_rows)
+                    for p in self.service.predict(
+                        vec.iloc[a : a + self.cfg.micro_batch_rows], shadow=True
+                    )
+                ]
             except NoShadowModelError:
                 self._shadow, self._shadow_checked = False, time.monotonic()
+            except (ServiceUnavailableError, ServiceRejectedError) as exc:
+                log.warning("shadow scoring skipped for this batch: %s", exc)
+                self._shadow, self._shadow_checked = False, time.monotonic()
+                shadow = []
         summary.scored += len(preds)
         summary.status["scored"] += len(preds)
 
@@ -325,6 +354,8 @@ class Scorer:
         self._seed_alert_policy()
         summary = ScoreSummary()
         t0 = time.monotonic()
+        if self.cfg.new_group_starts_at == "latest":
+            self._start_new_group_at_end()
         consumer = self.kafka.consumer(self.cfg.group_id)
         consumer.subscribe([self.topics.vitals])
         adm = self.kafka.consumer(None)
@@ -338,6 +369,8 @@ class Scorer:
                 self._admissions(adm)
                 recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
                 recs = [r for r in recs if r.topic == self.topics.vitals]
+                if not self.ready.is_set() and consumer.assignment():
+                    self.ready.set()
                 if not recs:
                     if not consumer.assignment():
                         idle_since = time.monotonic()  # still joining the group: not idle

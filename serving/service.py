@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import bentoml
@@ -102,6 +103,12 @@ class VitalsPrediction(Prediction):
 
 
 Rows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_ROWS)]
+
+
+class NoShadowModel(bentoml.exceptions.BentoMLException):
+    """409: there is no challenger to shadow-score with right now."""
+
+    error_code = HTTPStatus.CONFLICT
 
 
 # --------------------------------------------------------------------------- metrics
@@ -201,10 +208,7 @@ class Vigil:
         """The same rows scored by the challenger (role ``shadow``; never alerts upstream)."""
         m = self.shadow.current if self.shadow is not None else None
         if m is None:
-            raise bentoml.exceptions.BentoMLException(
-                "no shadow model: the registry has no @challenger",
-                error_code=bentoml.exceptions.ErrorCode.CONFLICT,  # type: ignore[attr-defined]
-            )
+            raise NoShadowModel(f"no shadow model: the registry has no @{CFG.shadow_alias}")
         return _predict(m, _frame(rows), "shadow")
 
     @bentoml.api

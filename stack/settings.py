@@ -366,6 +366,9 @@ class ScorerSettings(_Strict):
     """The Kafka scoring consumer: micro-batches, alert policy, retries."""
 
     group_id: str = "vigil-scorer"
+    new_group_starts_at: Literal["earliest", "latest"] = Field(
+        "latest", description="a group with no committed offsets: score history, or from now"
+    )
     micro_batch_rows: int = Field(1000, ge=1, description="rows per call to the service")
     quiet_period_minutes: float = Field(
         60.0, ge=0, description="no repeat alert for a patient within this time..."

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from demo.run import run_demo
 from pipelines.produce import with_simulator
+from serving.server import ServingProcess
 from stack.localstack import down, free_port
 from tests.conftest import TINY_TRAINING, make_settings
 
@@ -18,6 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     s = make_settings(
         tmp_path,
+        serving={"port": free_port()},
         local_stack={
             "kafka_port": free_port(),
             "postgres_port": free_port(),
@@ -29,18 +31,19 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         etl={"reports_dir": str(tmp_path / "reports")},
         training={**TINY_TRAINING, "reports_dir": str(tmp_path / "reports" / "training")},
         # Frequent deteriorations, so a small ward holds enough episodes to train on.
-        simulator={"episodes": {"deterioration_rate_per_day": 2.0}},
+        simulator={"episodes": {"deterioration_rate_per_day": 1.0}},
     )
-    s = with_simulator(s, patients=40, hours=8)
+    s = with_simulator(s, patients=60, hours=8)
     console = Console(record=True, width=400)  # no wrapping of long paths
     try:
-        result = run_demo(s, console)
+        result = run_demo(s, console, live_seconds=20)
     finally:
+        ServingProcess(s).stop()  # the demo leaves the service up for the user; not here
         down(s)
     text = console.export_text()
     assert result["reconciliation"]["ok"], result["reconciliation"]
     # admissions are spread over the first quarter of the window: ~7/8 of full coverage
-    assert 40 * 8 * 60 * 0.7 < result["landed"]["vitals"] < 40 * 8 * 60 * 1.05
+    assert 60 * 8 * 60 * 0.7 < result["landed"]["vitals"] < 60 * 8 * 60 * 1.05
     for needle in ("reconciled with simulator", "MLflow UI", "dead letters", "raw vitals",
                    "ETL:", "GX Data Docs"):  # fmt: skip
         assert needle in text
@@ -54,8 +57,8 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     assert f"127.0.0.1:{s.local_stack.mlflow_port}" in text
     feats = result["features"]
     assert feats["status"] == "succeeded"
-    # ~40 patients × 8 h at one row per 5 minutes, less the admission spread.
-    assert 40 * 8 * 12 * 0.6 < feats["feature_rows"] < 40 * 8 * 12 * 1.05
+    # ~60 patients × 8 h at one row per 5 minutes, less the admission spread.
+    assert 60 * 8 * 12 * 0.6 < feats["feature_rows"] < 60 * 8 * 12 * 1.05
     assert sum(v for k, v in feats["labels"].items() if k != "positive") == feats["feature_rows"]
     assert "features vitals-v1" in text
     # Training registered a challenger; the gate judged it and said why.
@@ -68,3 +71,11 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     assert set(gate["checks"]) == {"beats_news2_roc_auc", "beats_news2_pr_auc", "beats_news2_rule"}
     assert "Training and the promotion gate" in text
     assert "model card" in text
+    # Live: the champion was served and scored the streamed ward.
+    if gate["promoted"]:
+        live = result["live"]
+        assert live is not None
+        assert live["scored"] > 0
+        assert live["versions"] == {"1": live["scored"]}
+        assert "Live scoring" in text
+        assert "BentoML" in text

@@ -103,6 +103,7 @@ def scorer_settings(served: dict[str, Any], stack_settings: Settings) -> Iterato
             "scorer": stack_settings.scorer.model_copy(
                 update={
                     "group_id": f"scorer-{uuid.uuid4().hex[:6]}",
+                    "new_group_starts_at": "earliest",  # events are produced before it runs
                     "idle_timeout_s": 4.0,
                     "backoff_initial_s": 0.2,
                     "backoff_max_s": 2.0,
@@ -360,3 +361,26 @@ def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
         in metrics
     )
     assert "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
+    scorer_settings: Settings, served: dict[str, Any]
+) -> None:
+    reg = Registry(served["settings"])
+    reg.client.delete_registered_model_alias(reg.name, CHALLENGER)
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.post(f"{served['url']}/model", json={}).json()["challenger"] is not None:
+            assert time.monotonic() < deadline, "the service kept the removed challenger"
+            time.sleep(0.3)
+        row = dict.fromkeys(FEATURE_NAMES, 0.5)
+        r = httpx.post(f"{served['url']}/predict_shadow", json={"rows": [row]})
+        assert r.status_code == 409
+        assert "challenger" in r.text
+        sent, _ = simulate_to_kafka(with_simulator(scorer_settings, seed=51))
+        summary = Scorer(scorer_settings).run(bounded=True)
+        assert summary.stored == sent.stats.valid_events
+        assert summary.shadow_stored == 0
+        assert summary.retries == 0
+    finally:
+        reg.client.set_registered_model_alias(reg.name, CHALLENGER, served["challenger"])
