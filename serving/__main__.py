@@ -37,11 +37,12 @@ def stop() -> None:
 def score(
     bounded: bool = typer.Option(False, help="Stop once the topic has been idle a while."),
     max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
+    summary_json: str = typer.Option(None, help="Also write the run's summary to this file."),
 ) -> None:
     """Consume vitals.raw, score every event, raise alerts."""
     from serving.scorer import main
 
-    main(bounded=bounded, max_seconds=max_seconds)
+    main(bounded=bounded, max_seconds=max_seconds, summary_json=summary_json)
 
 
 @app.command()

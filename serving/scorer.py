@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -496,6 +497,7 @@ def _next_offsets(recs: list[Record]) -> dict[TopicPartition, int]:
 def main(
     bounded: bool = typer.Option(False, help="Stop after the topic has been idle for a while."),
     max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
+    summary_json: str = typer.Option(None, help="Also write the run's summary to this file."),
 ) -> None:
     """Score every vital-sign event from Kafka with the served champion."""
     settings = load_settings()
@@ -505,6 +507,8 @@ def main(
         signal.signal(sig, lambda *_: scorer.stop.set())
     s = scorer.run(bounded=bounded, max_seconds=max_seconds)
     d = s.to_dict()
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(d, default=str, indent=1))
     typer.echo(
         f"scored {d['scored']:,} events ({d['events_per_s']:,.0f}/s), alerts {d['alerts']:,} "
         f"(suppressed {d['suppressed']:,}), invalid {sum(s.invalid.values()):,}, "

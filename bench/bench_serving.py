@@ -1,0 +1,329 @@
+"""Serving benchmarks, side by side in one run (issue #6).
+
+HTTP: the same registered model behind BentoML ``/predict`` and behind ``mlflow models
+serve`` (``/invocations``), under the same closed-loop load (fixed concurrency; 1-row
+and 100-row requests): requests/s, rows/s, p50/p99 latency.
+
+Stream: a ward's events pre-produced to ``vitals.raw``; then, per Kafka client, the raw
+consume rate of the same topic (the ceiling) and the scorer's sustained events/s from
+``vitals.raw`` to stored predictions, in a subprocess whose RSS is sampled; and the
+event→prediction latency at a paced offered load.
+
+    python -m bench.bench_serving [--seconds 15 --concurrency 8 --patients 1000 --hours 2]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import psutil
+import typer
+import yaml
+
+from bench.common import machine, private_stack, versions, write_result
+from features.spec import FEATURE_NAMES
+from pipelines.cohort import build_cohort
+from pipelines.produce import simulate_to_kafka, with_simulator
+from serving.server import ServingProcess
+from stack.kafka import KafkaClient
+from stack.localstack import endpoints, free_port
+from stack.settings import Settings
+from training.dataset import labelled_rows
+from training.job import run_training
+from training.promotion import run_promote
+
+
+# --------------------------------------------------------------------------- HTTP
+async def _load(
+    url: str, bodies: list[bytes], seconds: float, concurrency: int
+) -> dict[str, float]:
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.post(
+                    url, content=bodies[i % len(bodies)],
+                    headers={"content-type": "application/json"},
+                )  # fmt: skip
+                lat.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "requests_per_s": len(lat) / wall,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+    }
+
+
+def _bodies(x: np.ndarray, rows: int, kind: str) -> list[bytes]:
+    names = list(FEATURE_NAMES)
+    out = []
+    for a in range(0, len(x) - rows, max(rows, 1) * 7)[:200]:
+        chunk = x[a : a + rows]
+        if kind == "bentoml":
+            out.append(
+                orjson.dumps({"rows": [dict(zip(names, r, strict=True)) for r in chunk.tolist()]})
+            )
+        else:  # MLflow's pyfunc scoring protocol
+            out.append(
+                orjson.dumps({"dataframe_split": {"columns": names, "data": chunk.tolist()}})
+            )
+    return out
+
+
+def _mlflow_serve(
+    settings: Settings, version: str, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = endpoints(settings).mlflow_uri
+    exe = shutil.which("mlflow", path=env["PATH"]) or "mlflow"
+    cmd = [exe, "models", "serve", "-m", f"models:/{settings.training.registered_model}/{version}",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow models serve did not start; see {log}")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        parent = psutil.Process(proc.pid)
+        for p in [*parent.children(recursive=True), parent]:
+            p.kill()
+    except psutil.Error:
+        pass
+
+
+# --------------------------------------------------------------------------- stream
+def _raw_consume(settings: Settings, topic: str) -> dict[str, float]:
+    client = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
+    c = client.consumer(None)
+    parts = client.all_partitions([topic])
+    marks = c.watermarks(parts)
+    total = sum(hi - lo for lo, hi in marks.values())
+    c.assign(parts)
+    for tp, (lo, _hi) in marks.items():
+        c.seek(tp, lo)
+    n = 0
+    t0 = time.perf_counter()
+    while n < total:
+        n += len(c.poll_batch(settings.kafka.consumer.max_poll_records, 1.0))
+    wall = time.perf_counter() - t0
+    c.close()
+    return {"records": n, "records_per_s": n / wall}
+
+
+def _scorer_subprocess(settings: Settings, tmp: Path, tag: str) -> dict[str, Any]:
+    """The scorer as `make score --bounded` runs it, with its RSS sampled."""
+    cfg = tmp / f"scorer-{tag}.yaml"
+    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    out = tmp / f"scorer-{tag}.json"
+    env = dict(os.environ, VIGIL_CONFIG=str(cfg))
+    proc = psutil.Popen([sys.executable, "-m", "serving", "score", "--bounded",
+                         "--summary-json", str(out)], env=env)  # fmt: skip
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss / 2**20)
+        except psutil.Error:
+            break
+        time.sleep(0.2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scorer failed with {proc.returncode}")
+    summary: dict[str, Any] = json.loads(out.read_text())
+    summary["peak_rss_mb"] = peak
+    return summary
+
+
+def _paced_latency(settings: Settings, rate: float, seconds: float, tmp: Path) -> dict[str, Any]:
+    """Offer ``rate`` events/s of fresh events while the scorer runs; its latency figures."""
+    client = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
+    # Replay a pre-generated ward with fresh ids, paced, so the scorer sees live traffic.
+    src = with_simulator(settings, patients=400, hours=2, seed=77)
+    from pipelines.simulator.engine import WardSimulator
+
+    msgs = [(k, v) for chunk in WardSimulator(src.simulator).messages()
+            for role, k, v, _ in chunk if role == "vitals"]  # fmt: skip
+    s = settings.model_copy(
+        update={
+            "scorer": settings.scorer.model_copy(
+                update={
+                    "group_id": f"paced-{uuid.uuid4().hex[:6]}",
+                    "new_group_starts_at": "latest",
+                    "idle_timeout_s": 6.0,
+                }
+            )
+        }
+    )
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(_scorer_subprocess(s, tmp, "paced")))
+    t.start()
+    time.sleep(12)  # the scorer joins its group before traffic starts
+    producer = client.producer()
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        key, value = msgs[i % len(msgs)]
+        event = orjson.loads(value) if value[:1] == b"{" else None
+        if event is None:
+            continue
+        event["event_id"] = str(uuid.uuid4())
+        producer.send(settings.kafka.topics.vitals, orjson.dumps(event), key=key)
+        wait = t0 + (i + 1) / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+    producer.flush()
+    producer.close()
+    offered = n / (time.perf_counter() - t0)
+    t.join()
+    return {"offered_per_s": offered, "p50_ms": result["latency_p50_ms"],
+            "p99_ms": result["latency_p99_ms"], "scored": result["scored"]}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+def main(
+    seconds: float = typer.Option(15.0, help="Seconds of load per HTTP case."),
+    concurrency: int = typer.Option(8),
+    patients: int = typer.Option(1000, help="Stream: ward size (10,000 for the RSS target)."),
+    hours: float = typer.Option(2.0),
+    paced_rate: float = typer.Option(2000.0),
+) -> None:
+    pkgs = ("bentoml", "mlflow", "kafka-python", "confluent-kafka")
+    result: dict[str, Any] = {"machine": machine(), "versions": versions(*pkgs)}
+    with (
+        private_stack(["kafka", "postgres", "mlflow"]) as (stack, _),
+        tempfile.TemporaryDirectory() as t,
+    ):
+        tmp = Path(t)
+        base = stack.model_copy(
+            update={
+                "serving": stack.serving.model_copy(update={"port": free_port()}),
+                "training": stack.training.model_copy(
+                    update={"families": ("xgboost",), "trials": 2, "timeout_s": None}
+                ),
+            }
+        )
+        cohort = build_cohort(
+            with_simulator(base, patients=300, hours=24, seed=3,
+                           episodes={**base.simulator.episodes.model_dump(),
+                                     "deterioration_rate_per_day": 0.5}).simulator,
+            base.features,
+        )  # fmt: skip
+        rows = labelled_rows(cohort.features, cohort.labels)
+        trained = run_training(base, rows=rows)
+        run_promote(base, rows=rows)
+        values = rows[list(FEATURE_NAMES)].to_numpy(dtype=float)
+        x = values.astype(object)
+        x[np.isnan(values)] = None  # sent as null: not observed
+
+        # HTTP, side by side
+        svc = ServingProcess(base)
+        svc.start_or_explain()
+        mport = free_port()
+        mproc = _mlflow_serve(base, trained.model_version, mport, tmp / "mlflow-serve.log")
+        http: dict[str, Any] = {}
+        try:
+            for size in (1, 100):
+                targets = (
+                    ("bentoml", f"{svc.url}/predict", "bentoml"),
+                    ("mlflow", f"http://127.0.0.1:{mport}/invocations", "mlflow"),
+                )
+                for name, url, kind in targets:
+                    bodies = _bodies(x, size, kind)
+                    asyncio.run(_load(url, bodies, 3, concurrency))  # warm-up
+                    r = asyncio.run(_load(url, bodies, seconds, concurrency))
+                    r["rows_per_s"] = r["requests_per_s"] * size
+                    http[f"{name}_{size}_rows"] = r
+                    typer.echo(f"{name} {size} rows: {r}")
+        finally:
+            _kill(mproc)
+        for size in (1, 100):
+            b, m = http[f"bentoml_{size}_rows"], http[f"mlflow_{size}_rows"]
+            http[f"ratio_{size}_rows"] = {
+                "throughput_x": b["requests_per_s"] / m["requests_per_s"],
+                "p99_bentoml_over_mlflow": b["p99_ms"] / m["p99_ms"],
+                "target": ">= 3x throughput at no worse p99",
+                "met": b["requests_per_s"] >= 3 * m["requests_per_s"]
+                and b["p99_ms"] <= m["p99_ms"],
+            }
+        result["http"] = {"concurrency": concurrency, "seconds": seconds, **http}
+
+        # Stream, per client
+        stream: dict[str, Any] = {}
+        ward = with_simulator(base, patients=patients, hours=hours, seed=11)
+        sent, _ = simulate_to_kafka(ward)
+        for kclient in ("kafka-python", "confluent"):
+            s = ward.model_copy(
+                update={
+                    "kafka": ward.kafka.model_copy(update={"client": kclient}),
+                    "scorer": ward.scorer.model_copy(
+                        update={
+                            "group_id": f"bench-{kclient}",
+                            "new_group_starts_at": "earliest",
+                            "idle_timeout_s": 5.0,
+                        }
+                    ),
+                    "serving": ward.serving.model_copy(update={"shadow_alias": None}),
+                }
+            )
+            raw = _raw_consume(s, s.kafka.topics.vitals)
+            sc = _scorer_subprocess(s, tmp, kclient)
+            busy = sc["seconds"] - s.scorer.idle_timeout_s
+            rate = sc["scored"] / busy if busy > 0 else 0.0
+            stream[kclient] = {
+                "raw_consume_per_s": raw["records_per_s"],
+                "scorer_events_per_s": rate,
+                "share_of_raw": rate / raw["records_per_s"],
+                "scored": sc["scored"],
+                "peak_rss_mb": sc["peak_rss_mb"],
+                "latency_p50_ms_backlog": sc["latency_p50_ms"],
+            }
+            typer.echo(f"{kclient}: {stream[kclient]}")
+        stream["events"] = sent.stats.valid_events
+        stream["patients"] = patients
+        stream["paced"] = _paced_latency(ward, paced_rate, 20.0, tmp)
+        typer.echo(f"paced: {stream['paced']}")
+        result["stream"] = stream
+        svc.stop()
+    path = write_result("serving", result)
+    typer.echo(str(path))
+
+
+if __name__ == "__main__":
+    typer.run(main)
