@@ -278,10 +278,11 @@ class Scorer:
             raised = raised.assign(top_features=raised["event_id"].map(tops))
 
         new_alerts = self._store(table, raised, dead, scored_at)
-        for _, p in champion.iterrows():
-            producer.send(
-                self.topics.predictions, _prediction_message(p), key=p["patient_id"].encode()
-            )
+        topic = self.topics.predictions
+        for key, message in zip(
+            champion["patient_id"].tolist(), _prediction_messages(champion), strict=True
+        ):
+            producer.send(topic, message, key=key.encode())
         for _, a in raised[raised["event_id"].isin(new_alerts)].iterrows():
             producer.send(self.topics.alerts, _alert_message(a), key=a["patient_id"].encode())
         producer.flush()
@@ -462,15 +463,23 @@ def _arrow_predictions(table: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(t, schema=_ARROW, preserve_index=False)
 
 
-def _prediction_message(p: pd.Series) -> bytes:
-    return orjson.dumps(
-        {
-            "event_id": p["event_id"], "patient_id": p["patient_id"],
-            "ts": pd.Timestamp(p["ts"]).isoformat(), "as_of": pd.Timestamp(p["as_of"]).isoformat(),
-            "risk": float(p["risk"]), "alert": bool(p["alert"]), "threshold": float(p["threshold"]),
-            "model_name": p["model_name"], "model_version": p["model_version"], "role": p["role"],
-        }
-    )  # fmt: skip
+_MESSAGE_COLUMNS = [
+    "event_id", "patient_id", "ts", "as_of", "risk", "alert", "threshold", "model_name",
+    "model_version", "role",
+]  # fmt: skip
+
+
+def _prediction_messages(frame: pd.DataFrame) -> list[bytes]:
+    """One JSON message per prediction row (vectorised: pandas writes the JSON lines)."""
+    if frame.empty:
+        return []
+    part = frame[_MESSAGE_COLUMNS].copy()
+    for c in ("ts", "as_of"):
+        part[c] = pd.to_datetime(part[c], utc=True)
+    text = part.to_json(
+        orient="records", lines=True, date_format="iso", date_unit="ms", double_precision=15
+    )
+    return [line.encode() for line in text.splitlines()]
 
 
 def _alert_message(a: pd.Series) -> bytes:

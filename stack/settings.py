@@ -339,7 +339,9 @@ class TrainingSettings(_Strict):
 
 class BatchingSettings(_Strict):
     max_batch_size: int = Field(1000, gt=1, description="rows per adaptive batch")
-    max_latency_ms: int = Field(50, gt=0, description="longest a request waits for a batch")
+    max_latency_ms: int = Field(
+        2000, gt=0, description="a request that would wait longer is refused with 503"
+    )
 
 
 class ServingSettings(_Strict):
