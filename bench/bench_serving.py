@@ -34,7 +34,7 @@ import psutil
 import typer
 import yaml
 
-from bench.common import machine, private_stack, versions, write_result
+from bench.common import RESULTS, machine, private_stack, versions, write_result
 from features.spec import FEATURE_NAMES
 from pipelines.cohort import build_cohort
 from pipelines.produce import simulate_to_kafka, with_simulator
@@ -186,7 +186,7 @@ def _paced_latency(settings: Settings, rate: float, seconds: float, tmp: Path) -
                 update={
                     "group_id": f"paced-{uuid.uuid4().hex[:6]}",
                     "new_group_starts_at": "latest",
-                    "idle_timeout_s": 6.0,
+                    "idle_timeout_s": 30.0,
                 }
             )
         }
@@ -194,7 +194,7 @@ def _paced_latency(settings: Settings, rate: float, seconds: float, tmp: Path) -
     result: dict[str, Any] = {}
     t = threading.Thread(target=lambda: result.update(_scorer_subprocess(s, tmp, "paced")))
     t.start()
-    time.sleep(12)  # the scorer joins its group before traffic starts
+    time.sleep(10)  # the scorer joins its group (well within its idle timeout) first
     producer = client.producer()
     n = int(rate * seconds)
     t0 = time.perf_counter()
@@ -224,9 +224,14 @@ def main(
     patients: int = typer.Option(1000, help="Stream: ward size (10,000 for the RSS target)."),
     hours: float = typer.Option(2.0),
     paced_rate: float = typer.Option(2000.0),
+    parts: str = typer.Option("http,stream,paced", help="Parts to run; others keep old figures."),
 ) -> None:
     pkgs = ("bentoml", "mlflow", "kafka-python", "confluent-kafka")
-    result: dict[str, Any] = {"machine": machine(), "versions": versions(*pkgs)}
+    old = RESULTS / "serving.json"
+    result: dict[str, Any] = json.loads(old.read_text()) if old.exists() else {}
+    result.pop("benchmark", None)
+    result.pop("when", None)
+    result.update({"machine": machine(), "versions": versions(*pkgs)})
     with (
         private_stack(["kafka", "postgres", "mlflow"]) as (stack, _),
         tempfile.TemporaryDirectory() as t,
@@ -253,73 +258,76 @@ def main(
         x = values.astype(object)
         x[np.isnan(values)] = None  # sent as null: not observed
 
-        # HTTP, side by side
         svc = ServingProcess(base)
         svc.start_or_explain()
-        mport = free_port()
-        mproc = _mlflow_serve(base, trained.model_version, mport, tmp / "mlflow-serve.log")
-        http: dict[str, Any] = {}
-        try:
+        if "http" in parts:
+            # HTTP, side by side
+            mport = free_port()
+            mproc = _mlflow_serve(base, trained.model_version, mport, tmp / "mlflow-serve.log")
+            http: dict[str, Any] = {}
+            try:
+                for size in (1, 100):
+                    targets = (
+                        ("bentoml", f"{svc.url}/predict", "bentoml"),
+                        ("mlflow", f"http://127.0.0.1:{mport}/invocations", "mlflow"),
+                    )
+                    for name, url, kind in targets:
+                        bodies = _bodies(x, size, kind)
+                        asyncio.run(_load(url, bodies, 3, concurrency))  # warm-up
+                        r = asyncio.run(_load(url, bodies, seconds, concurrency))
+                        r["rows_per_s"] = r["requests_per_s"] * size
+                        http[f"{name}_{size}_rows"] = r
+                        typer.echo(f"{name} {size} rows: {r}")
+            finally:
+                _kill(mproc)
             for size in (1, 100):
-                targets = (
-                    ("bentoml", f"{svc.url}/predict", "bentoml"),
-                    ("mlflow", f"http://127.0.0.1:{mport}/invocations", "mlflow"),
-                )
-                for name, url, kind in targets:
-                    bodies = _bodies(x, size, kind)
-                    asyncio.run(_load(url, bodies, 3, concurrency))  # warm-up
-                    r = asyncio.run(_load(url, bodies, seconds, concurrency))
-                    r["rows_per_s"] = r["requests_per_s"] * size
-                    http[f"{name}_{size}_rows"] = r
-                    typer.echo(f"{name} {size} rows: {r}")
-        finally:
-            _kill(mproc)
-        for size in (1, 100):
-            b, m = http[f"bentoml_{size}_rows"], http[f"mlflow_{size}_rows"]
-            http[f"ratio_{size}_rows"] = {
-                "throughput_x": b["requests_per_s"] / m["requests_per_s"],
-                "p99_bentoml_over_mlflow": b["p99_ms"] / m["p99_ms"],
-                "target": ">= 3x throughput at no worse p99",
-                "met": b["requests_per_s"] >= 3 * m["requests_per_s"]
-                and b["p99_ms"] <= m["p99_ms"],
-            }
-        result["http"] = {"concurrency": concurrency, "seconds": seconds, **http}
-
-        # Stream, per client
-        stream: dict[str, Any] = {}
-        ward = with_simulator(base, patients=patients, hours=hours, seed=11)
-        sent, _ = simulate_to_kafka(ward)
-        for kclient in ("kafka-python", "confluent"):
-            s = ward.model_copy(
-                update={
-                    "kafka": ward.kafka.model_copy(update={"client": kclient}),
-                    "scorer": ward.scorer.model_copy(
-                        update={
-                            "group_id": f"bench-{kclient}",
-                            "new_group_starts_at": "earliest",
-                            "idle_timeout_s": 5.0,
-                        }
-                    ),
-                    "serving": ward.serving.model_copy(update={"shadow_alias": None}),
+                b, m = http[f"bentoml_{size}_rows"], http[f"mlflow_{size}_rows"]
+                http[f"ratio_{size}_rows"] = {
+                    "throughput_x": b["requests_per_s"] / m["requests_per_s"],
+                    "p99_bentoml_over_mlflow": b["p99_ms"] / m["p99_ms"],
+                    "target": ">= 3x throughput at no worse p99",
+                    "met": b["requests_per_s"] >= 3 * m["requests_per_s"]
+                    and b["p99_ms"] <= m["p99_ms"],
                 }
-            )
-            raw = _raw_consume(s, s.kafka.topics.vitals)
-            sc = _scorer_subprocess(s, tmp, kclient)
-            busy = sc["seconds"] - s.scorer.idle_timeout_s
-            rate = sc["scored"] / busy if busy > 0 else 0.0
-            stream[kclient] = {
-                "raw_consume_per_s": raw["records_per_s"],
-                "scorer_events_per_s": rate,
-                "share_of_raw": rate / raw["records_per_s"],
-                "scored": sc["scored"],
-                "peak_rss_mb": sc["peak_rss_mb"],
-                "latency_p50_ms_backlog": sc["latency_p50_ms"],
-            }
-            typer.echo(f"{kclient}: {stream[kclient]}")
-        stream["events"] = sent.stats.valid_events
-        stream["patients"] = patients
-        stream["paced"] = _paced_latency(ward, paced_rate, 20.0, tmp)
-        typer.echo(f"paced: {stream['paced']}")
+            result["http"] = {"concurrency": concurrency, "seconds": seconds, **http}
+
+        ward = with_simulator(base, patients=patients, hours=hours, seed=11)
+        stream: dict[str, Any] = dict(result.get("stream", {}))
+        if "stream" in parts:
+            # Stream, per client
+            sent, _ = simulate_to_kafka(ward)
+            for kclient in ("kafka-python", "confluent"):
+                s = ward.model_copy(
+                    update={
+                        "kafka": ward.kafka.model_copy(update={"client": kclient}),
+                        "scorer": ward.scorer.model_copy(
+                            update={
+                                "group_id": f"bench-{kclient}",
+                                "new_group_starts_at": "earliest",
+                                "idle_timeout_s": 5.0,
+                            }
+                        ),
+                        "serving": ward.serving.model_copy(update={"shadow_alias": None}),
+                    }
+                )
+                raw = _raw_consume(s, s.kafka.topics.vitals)
+                sc = _scorer_subprocess(s, tmp, kclient)
+                busy = sc["seconds"] - s.scorer.idle_timeout_s
+                rate = sc["scored"] / busy if busy > 0 else 0.0
+                stream[kclient] = {
+                    "raw_consume_per_s": raw["records_per_s"],
+                    "scorer_events_per_s": rate,
+                    "share_of_raw": rate / raw["records_per_s"],
+                    "scored": sc["scored"],
+                    "peak_rss_mb": sc["peak_rss_mb"],
+                    "latency_p50_ms_backlog": sc["latency_p50_ms"],
+                }
+                typer.echo(f"{kclient}: {stream[kclient]}")
+            stream["events"] = sent.stats.valid_events
+            stream["patients"] = patients
+        if "paced" in parts:
+            stream["paced"] = _paced_latency(ward, paced_rate, 20.0, tmp)
+            typer.echo(f"paced: {stream['paced']}")
         result["stream"] = stream
         svc.stop()
     path = write_result("serving", result)
