@@ -15,6 +15,7 @@ event→prediction latency at a paced offered load.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import shutil
@@ -260,6 +261,7 @@ def main(
 
         svc = ServingProcess(base)
         svc.start_or_explain()
+        atexit.register(svc.stop)  # also when a part fails: no service is left behind
         if "http" in parts:
             # HTTP, side by side
             mport = free_port()
