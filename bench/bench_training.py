@@ -16,11 +16,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pyarrow as pa
 import typer
 
 from bench.common import machine, private_stack, versions, write_result
-from features.spec import FEATURES_ZONE, LABELS_FILE
 from pipelines.cohort import build_cohort
 from stack.lake import Lake
 from training.job import run_training
@@ -39,12 +37,7 @@ def main(
         t0 = time.perf_counter()
         cohort = build_cohort(sim, settings.features)
         build_s = time.perf_counter() - t0
-        lake = Lake(settings.lake.root)
-        f = cohort.features
-        for hour, part in f.groupby(f["ts"].dt.floor("h")):
-            rel = f"{FEATURES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
-            lake.write_parquet(pa.Table.from_pandas(part, preserve_index=False), rel)
-        lake.write_parquet(pa.Table.from_pandas(cohort.labels, preserve_index=False), LABELS_FILE)
+        cohort.to_lake(Lake(settings.lake.root))
 
         t1 = time.perf_counter()
         s = run_training(settings)

@@ -14,14 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from features.cleaning import STATUS_OK, clean_events
 from features.labels import make_labels
 from features.resample import to_minutes
+from features.spec import FEATURES_ZONE, LABELS_FILE
 from features.transform import features_for_patient, static_vector
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
+from stack.lake import Lake
 from stack.settings import FeaturesSettings, SimulatorSettings
 
 
@@ -33,6 +36,14 @@ class Cohort:
     labels: pd.DataFrame  # features.labels.make_labels columns
     admissions: pd.DataFrame
     outcomes: pd.DataFrame
+
+    def to_lake(self, lake: Lake) -> None:
+        """Write features and labels where the feature job would (hourly partitions)."""
+        f = self.features
+        for hour, part in f.groupby(f["ts"].dt.floor("h")):
+            rel = f"{FEATURES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
+            lake.write_parquet(pa.Table.from_pandas(part, preserve_index=False), rel)
+        lake.write_parquet(pa.Table.from_pandas(self.labels, preserve_index=False), LABELS_FILE)
 
 
 def _messages(cfg: SimulatorSettings) -> tuple[list[bytes], list[bytes], list[bytes]]:

@@ -8,11 +8,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE
+from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from stack.lake import Lake
 from stack.settings import Settings
 from training.job import TrainingDataError, load_rows, run_training
@@ -20,16 +19,6 @@ from training.promotion import run_promote
 from training.registry import CHALLENGER, CHAMPION, Registry, RegistryError, tracking_uri
 
 pytestmark = pytest.mark.integration
-
-
-def _to_lake(settings: Settings, cohort: Any) -> None:
-    """The cohort where the feature job would have written it (hourly partitions)."""
-    lake = Lake(settings.lake.root)
-    f = cohort.features
-    for hour, part in f.groupby(f["ts"].dt.floor("h")):
-        rel = f"{FEATURES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
-        lake.write_parquet(pa.Table.from_pandas(part, preserve_index=False), rel)
-    lake.write_parquet(pa.Table.from_pandas(cohort.labels, preserve_index=False), LABELS_FILE)
 
 
 def test_no_features_in_the_lake_is_a_clear_error(training_settings: Settings) -> None:
@@ -41,7 +30,7 @@ def test_train_gate_promote_refuse_and_roll_back(
     training_settings: Settings, cohort: Any, cohort_rows: pd.DataFrame
 ) -> None:
     s = training_settings
-    _to_lake(s, cohort)
+    cohort.to_lake(Lake(s.lake.root))
     rows = load_rows(s)
     assert len(rows) == len(cohort_rows)
     reg = Registry(s)
