@@ -80,11 +80,25 @@ class Registry:
         return VersionInfo.of(self.client.get_model_version(self.name, version))
 
     def versions(self) -> list[VersionInfo]:
+        """Every version, oldest first, with its aliases (search results omit them)."""
         try:
             found = self.client.search_model_versions(f"name = '{self.name}'")
+            aliases = self.client.get_registered_model(self.name).aliases or {}
         except MlflowException:
             return []
-        return sorted((VersionInfo.of(v) for v in found), key=lambda v: int(v.version))
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        out = [
+            VersionInfo(
+                str(v.version),
+                v.run_id or "",
+                tuple(sorted(by_version.get(str(v.version), []))),
+                dict(v.tags),
+            )
+            for v in found
+        ]
+        return sorted(out, key=lambda v: int(v.version))
 
     def load(self, version: str) -> Any:
         """The fitted sklearn-compatible estimator of ``version``."""

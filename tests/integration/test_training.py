@@ -90,6 +90,10 @@ def test_train_gate_promote_refuse_and_roll_back(
     assert "rolled_back_at" in reg.get(d.model_version).tags
     with pytest.raises(RegistryError, match="first champion"):
         reg.rollback()
+    listed = {v.version: v.aliases for v in reg.versions()}  # what `make models` prints
+    assert listed[b.model_version] == (CHAMPION,)
+    assert listed[c.model_version] == ()  # c lost @challenger when d was trained
+    assert listed[d.model_version] == ()
 
     # The champion loads from the registry by alias and scores like at training time.
     mlflow.set_tracking_uri(tracking_uri(s))
