@@ -332,7 +332,7 @@ def _training_table(settings: Settings, t: TrainSummary, gate: PromotionResult |
     table.add_row("ROC-AUC model / NEWS2", f"{t.test['roc_auc']:.3f} / {t.news2['roc_auc']:.3f}")
     table.add_row("PR-AUC model / NEWS2", f"{t.test['pr_auc']:.3f} / {t.news2['pr_auc']:.3f}")
     table.add_row(
-        f"threshold ({_budget(settings)})",
+        f"threshold ({settings.training.threshold.describe()})",
         f"{t.threshold:.4f}: sensitivity {t.test['recall']:.2f}, PPV {t.test['precision']:.2f}",
     )
     if gate is not None:
@@ -346,13 +346,6 @@ def _training_table(settings: Settings, t: TrainSummary, gate: PromotionResult |
             table.add_row("", line)
     table.add_row("took", f"{t.seconds:.0f} s")
     return table
-
-
-def _budget(settings: Settings) -> str:
-    th = settings.training.threshold
-    if th.sensitivity is not None:
-        return f"sensitivity ≥ {th.sensitivity:g}"
-    return f"≤ {th.alerts_per_patient_day:g} alerts/patient-day"
 
 
 def main(

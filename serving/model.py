@@ -9,7 +9,6 @@ while the next request sees the new one: a swap never fails or drops a request.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
-from stack.localstack import endpoints
+from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.settings import Settings
 
 log = logging.getLogger("vigil.serving")
@@ -42,12 +41,6 @@ class LoadedModel:
 
     def risk(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
         return np.asarray(self.model.predict_proba(x[list(FEATURE_NAMES)])[:, 1], dtype=float)
-
-
-def tracking_uri(settings: Settings) -> str:
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return endpoints(settings).mlflow_uri
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

@@ -19,7 +19,8 @@ from typing import Any
 import typer
 
 from features.spec import FEATURE_SET_VERSION
-from serving.model import alias_version, tracking_uri
+from serving.model import alias_version
+from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.settings import REPO_ROOT, Settings, load_settings
 
 

@@ -477,6 +477,13 @@ def ensure_topics(settings: Settings) -> None:
         admin.close()
 
 
+def mlflow_tracking_uri(settings: Settings) -> str:
+    """The MLflow server's URI; also quiets the client's console chatter (stages log their own)."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return endpoints(settings).mlflow_uri
+
+
 # Public names for stages that manage a process of their own the same way (the BentoML
 # service): pid file and log under the run dir, own process group, health-checked start.
 ManagedService = _Service

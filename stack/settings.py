@@ -301,6 +301,12 @@ class ThresholdSettings(_Strict):
         if (self.sensitivity is None) == (self.alerts_per_patient_day is None):
             raise ValueError("set exactly one of sensitivity or alerts_per_patient_day")
 
+    def describe(self) -> str:
+        """The budget in one token, e.g. ``sensitivity>=0.6`` (tags, tables, the card)."""
+        if self.sensitivity is not None:
+            return f"sensitivity>={self.sensitivity:g}"
+        return f"alerts_per_patient_day<={self.alerts_per_patient_day:g}"
+
 
 class GateSettings(_Strict):
     """When a challenger may replace the champion."""

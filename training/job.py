@@ -36,6 +36,7 @@ from mlflow.models import infer_signature
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE, digest
 from stack.lake import Lake
+from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.logs import configure_logging
 from stack.settings import REPO_ROOT, Settings, load_settings
 from training import plots
@@ -43,7 +44,7 @@ from training.card import ModelCard, render_card
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
 from training.models import SKOPS_TRUSTED_TYPES, build, importances, risk
-from training.registry import CHALLENGER, Registry, tracking_uri
+from training.registry import CHALLENGER, Registry
 from training.threshold import OperatingPoint, choose_threshold, operating_point
 from training.tune import StudyResult, TrialRecord, tune_family, tuning_rows
 
@@ -310,7 +311,7 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
         imp = importances(model, list(FEATURE_NAMES))
 
         cv = {k: v for k, v in best.best.metrics.items() if k.startswith("cv_")}
-        mlflow.set_tags({"vigil.family": best.family, "threshold_budget": _budget(cfg)})
+        mlflow.set_tags({"vigil.family": best.family, "threshold_budget": cfg.threshold.describe()})
         mlflow.log_params({f"best_{k}": v for k, v in best.best_params.items()})
         mlflow.log_param("best_family", best.family)
         mlflow.log_metrics(
@@ -351,7 +352,7 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
             news2_rule_op=rule_op,
             operating_valid=op_valid,
             operating_test=op_test,
-            budget=_budget(cfg),
+            budget=cfg.threshold.describe(),
             lead_model=lead_model,
             lead_news2=lead_news2,
             subgroups=groups,
@@ -383,7 +384,7 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
             tags={
                 "feature_set_version": FEATURE_SET_VERSION,
                 "threshold": f"{thr:.6f}",
-                "threshold_budget": _budget(cfg),
+                "threshold_budget": cfg.threshold.describe(),
                 "family": best.family,
                 "data_from": lineage["data_from"],
                 "data_to": lineage["data_to"],
@@ -436,13 +437,6 @@ def _choose(cfg: Any, y: np.ndarray, scores: np.ndarray, patient_days: float) ->
 
 def _share(lead: dict[str, float]) -> float:
     return lead["detected"] / max(lead["episodes"], 1.0)
-
-
-def _budget(cfg: Any) -> str:
-    t = cfg.threshold
-    if t.sensitivity is not None:
-        return f"sensitivity>={t.sensitivity:g}"
-    return f"alerts_per_patient_day<={t.alerts_per_patient_day:g}"
 
 
 def _split_record(split: PatientSplit, rows: pd.DataFrame) -> dict[str, Any]:

@@ -14,7 +14,6 @@ evidence and history:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from stack.localstack import endpoints
+from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.settings import Settings
 
 CHAMPION = "champion"
@@ -35,13 +34,6 @@ CHALLENGER = "challenger"
 
 class RegistryError(RuntimeError):
     """The registry is not in a state the requested action needs."""
-
-
-def tracking_uri(settings: Settings) -> str:
-    """The MLflow server's URI; also quiets the client's console chatter (we log our own)."""
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return endpoints(settings).mlflow_uri
 
 
 def _now() -> str:
