@@ -59,6 +59,14 @@ class FeatureSpec:
     description: str
     dtype: str = "float64"
 
+    @property
+    def discrete(self) -> bool:
+        """Takes a handful of levels (flags, scores, ranks): compared as categories."""
+        return self.unit in _DISCRETE_UNITS
+
+
+_DISCRETE_UNITS = frozenset({"0/1", "points", "count", UNITS["avpu"]})
+
 
 def _declare() -> tuple[FeatureSpec, ...]:
     out: list[FeatureSpec] = []
@@ -113,6 +121,7 @@ def _declare() -> tuple[FeatureSpec, ...]:
 FEATURES: tuple[FeatureSpec, ...] = _declare()
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 STATIC = ("age", "female", "spo2_scale2")
+DISCRETE_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.discrete)
 
 
 def digest() -> str:

@@ -23,7 +23,7 @@ from features.spec import FEATURES_ZONE, LABELS_FILE
 from features.transform import features_for_patient, static_vector
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
-from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
+from stack.contracts import RAW_OUTCOMES_ZONE, AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.lake import Lake
 from stack.settings import FeaturesSettings, SimulatorSettings
 
@@ -37,13 +37,29 @@ class Cohort:
     admissions: pd.DataFrame
     outcomes: pd.DataFrame
 
-    def to_lake(self, lake: Lake) -> None:
-        """Write features and labels where the feature job would (hourly partitions)."""
+    def to_lake(self, lake: Lake, part: str = "part-0") -> None:
+        """Write features, labels and outcomes where the feature job and landing would.
+
+        Args:
+            part: file name inside each hourly partition; cohorts with different names
+                add to the lake (a later period of the ward, another scenario) instead of
+                replacing each other. Labels are merged into the one labels file.
+        """
         f = self.features
-        for hour, part in f.groupby(f["ts"].dt.floor("h")):
-            rel = f"{FEATURES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
-            lake.write_parquet(pa.Table.from_pandas(part, preserve_index=False), rel)
-        lake.write_parquet(pa.Table.from_pandas(self.labels, preserve_index=False), LABELS_FILE)
+        for hour, rows in f.groupby(f["ts"].dt.floor("h")):
+            rel = f"{FEATURES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/{part}.parquet"
+            lake.write_parquet(pa.Table.from_pandas(rows, preserve_index=False), rel)
+        o = self.outcomes
+        for hour, rows in o.groupby(o["ts"].dt.floor("h")):
+            rel = f"{RAW_OUTCOMES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/{part}.parquet"
+            lake.write_parquet(pa.Table.from_pandas(rows, preserve_index=False), rel)
+        labels = self.labels
+        if lake.exists(LABELS_FILE):
+            old = lake.read_table(LABELS_FILE).to_pandas()
+            labels = pd.concat([old, labels], ignore_index=True).drop_duplicates(
+                ["patient_id", "ts"], keep="last"
+            )
+        lake.write_parquet(pa.Table.from_pandas(labels, preserve_index=False), LABELS_FILE)
 
 
 def _messages(cfg: SimulatorSettings) -> tuple[list[bytes], list[bytes], list[bytes]]:

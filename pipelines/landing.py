@@ -40,7 +40,7 @@ import pyarrow as pa
 import typer
 
 from stack.batchvalidate import BatchValidator, arrow_schema
-from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
+from stack.contracts import RAW_OUTCOMES_ZONE, AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.gctune import throughput_gc
 from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.lake import Lake
@@ -51,7 +51,7 @@ from stack.settings import Settings, load_settings
 log = logging.getLogger("vigil.landing")
 
 RAW_VITALS = "raw/vitals"
-RAW_OUTCOMES = "raw/outcomes"
+RAW_OUTCOMES = RAW_OUTCOMES_ZONE
 RAW_ADMISSIONS = "raw/admissions"
 RAW_DEAD = "raw/deadletter"
 FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files

@@ -182,6 +182,48 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "Monitoring: one summary row per drift/performance run; retraining triggers",
+        """
+        CREATE TABLE monitoring_runs (
+            run_id                 text PRIMARY KEY,
+            model_name             text NOT NULL,
+            model_version          text NOT NULL,
+            window_start           timestamptz NOT NULL,
+            window_end             timestamptz NOT NULL,
+            reference_rows         bigint NOT NULL,
+            current_rows           bigint NOT NULL,
+            tested_columns         int NOT NULL,
+            drifted_columns        text[] NOT NULL,
+            drift_share            double precision NOT NULL,
+            prediction_drift_score double precision,
+            prediction_drifted     boolean,
+            prediction_source      text,
+            realized               jsonb NOT NULL,
+            backtest               jsonb NOT NULL,
+            triggered              boolean NOT NULL,
+            reasons                text[] NOT NULL,
+            report_dir             text NOT NULL,
+            created_at             timestamptz NOT NULL
+        );
+        CREATE TABLE retraining_triggers (
+            trigger_id         bigserial PRIMARY KEY,
+            monitoring_run_id  text NOT NULL REFERENCES monitoring_runs (run_id),
+            model_name         text NOT NULL,
+            model_version      text NOT NULL,
+            reasons            text[] NOT NULL,
+            status             text NOT NULL
+                CHECK (status IN ('pending', 'skipped', 'training', 'promoted', 'rejected',
+                                  'failed')),
+            detail             text,
+            training_run_id    text,
+            new_version        text,
+            created_at         timestamptz NOT NULL,
+            updated_at         timestamptz NOT NULL
+        );
+        """,
+    ),
 ]
 
 

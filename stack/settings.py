@@ -386,9 +386,60 @@ class ScorerSettings(_Strict):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(20.0, gt=0)
     idle_timeout_s: float = Field(5.0, gt=0, description="bounded runs stop after this idle")
+    metrics_port: int | None = Field(
+        9108, gt=0, lt=65536, description="Prometheus /metrics of the scorer (null: none)"
+    )
     warmup_minutes: int = Field(
         285, ge=0, description="history replayed (unscored) on start: window + lateness"
     )
+
+
+class DriftSettings(_Strict):
+    """Evidently data-drift tests, reference (the champion's training sample) vs current."""
+
+    num_method: str = Field("wasserstein", description="Evidently stat test for numbers")
+    num_threshold: float = Field(
+        0.3, gt=0, description="Wasserstein distance, in reference std units, that is drift"
+    )
+    cat_method: str = Field("jensenshannon", description="stat test for categorical columns")
+    cat_threshold: float = Field(0.1, gt=0)
+    exclude: tuple[str, ...] = Field(
+        ("stay_minutes",), description="features not tested (see conf/base.yaml for why)"
+    )
+    trigger_share: float = Field(
+        0.02, gt=0, le=1, description="share of tested columns drifted that triggers retraining"
+    )
+    prediction_trigger: bool = Field(True, description="drift of the risk score also triggers")
+    max_rows: int = Field(50_000, ge=1000, description="rows per side (sampled by patient-time)")
+
+
+class PerformanceSettings(_Strict):
+    """Realized performance of stored predictions once outcomes have landed."""
+
+    min_labelled: int = Field(500, ge=1, description="fewer labelled predictions: not judged")
+    min_positive: int = Field(10, ge=1)
+    roc_auc_floor: float = Field(0.70, gt=0, le=1, description="below this: retrain")
+    pr_auc_floor: float | None = Field(None, gt=0, le=1)
+
+
+class RetrainSettings(_Strict):
+    """What ``make retrain-if-needed`` trains on once a trigger fired."""
+
+    window_days: float = Field(7.0, gt=0, description="sliding window of recent data used")
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="no second retraining within this after one started"
+    )
+
+
+class MonitoringSettings(_Strict):
+    """Drift and realized-performance monitoring (``make drift``) and the retraining trigger."""
+
+    experiment: str = "monitoring"
+    window_hours: float = Field(24.0, gt=0, description="current window: the last N hours")
+    drift: DriftSettings = DriftSettings()
+    performance: PerformanceSettings = PerformanceSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    reports_dir: Path = Path("reports/monitoring")
 
 
 class LoggingSettings(_Strict):
@@ -411,6 +462,7 @@ class Settings(_Strict):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     scorer: ScorerSettings = ScorerSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

@@ -35,6 +35,7 @@ import typer
 from mlflow.models import infer_signature
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE, digest
+from stack.contracts import REFERENCE_ARTIFACT
 from stack.lake import Lake
 from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.logs import configure_logging
@@ -361,6 +362,9 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
         )
         card_path = out / "model_card.md"
         card_path.write_text(render_card(card))
+        ref_path = out / REFERENCE_ARTIFACT
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
+        reference_sample(tune, best.oof, test, p, cfg.tune_row_stride).to_parquet(ref_path)
         mlflow.log_artifacts(str(out))
 
         example = x_test.head(5)
@@ -437,6 +441,26 @@ def _choose(cfg: Any, y: np.ndarray, scores: np.ndarray, patient_days: float) ->
 
 def _share(lead: dict[str, float]) -> float:
     return lead["detected"] / max(lead["episodes"], 1.0)
+
+
+def reference_sample(
+    tune: pd.DataFrame,
+    oof: np.ndarray,
+    test: pd.DataFrame,
+    test_risk: np.ndarray,
+    stride: int,
+) -> pd.DataFrame:
+    """The drift-monitoring reference: every patient of the training data, out-of-sample risk.
+
+    Training patients contribute their tuning rows with out-of-fold risk, held-out patients
+    every ``stride``-th row with the refit model's risk, so the risk distribution is the one
+    the model shows on patients it has not seen (in-sample scores of a forest are not).
+    """
+    cols = ["patient_id", "ts", *FEATURE_NAMES, "label"]
+    a = tune[cols].assign(risk=np.asarray(oof, dtype=np.float64), split="train")
+    b = test[cols].assign(risk=np.asarray(test_risk, dtype=np.float64), split="test")
+    b = b[b.groupby("patient_id", sort=False).cumcount() % stride == 0]
+    return pd.concat([a, b], ignore_index=True)
 
 
 def _split_record(split: PatientSplit, rows: pd.DataFrame) -> dict[str, Any]:

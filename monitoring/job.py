@@ -1,0 +1,447 @@
+"""The monitoring run (``make drift``): drift, realized performance, and the trigger.
+
+One run judges the current ``@champion`` on the last ``monitoring.window_hours`` of data:
+
+1. **Reference**: the sample logged with the champion's training run
+   (:data:`stack.contracts.REFERENCE_ARTIFACT`: features and out-of-sample risk).
+2. **Current**: the window's batch feature rows from the lake (equal to the online
+   features the scorer computed, by the parity test) and the champion's stored
+   predictions from PostgreSQL.
+3. **Drift** (Evidently, :mod:`monitoring.drift`) of every feature and of the risk score —
+   the served risk when predictions exist, else the champion re-scoring the window.
+4. **Performance** once outcomes have landed: *realized* (stored predictions and the
+   alerts raised) and *backtest* (the champion re-scoring the window's batch features;
+   the like-for-like figure for comparing models on the same rows).
+5. **Trigger** when the drift share, prediction drift or a performance floor says so.
+
+Outputs: Evidently HTML + JSON and ``summary.json`` under ``reports/monitoring/<run>/``,
+the same logged to an MLflow run tagged with the champion's version (and the version
+tagged back with the run), a ``monitoring_runs`` row, a ``retraining_triggers`` row when
+triggered, and Prometheus gauges in the textfile collector.
+
+The window's "now" is the latest feature time landed, not the wall clock: the data may
+be a backfill (the simulator starts in January 2026), and a window with nothing in it
+says nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE
+from monitoring.drift import RISK, DriftResult, detect_drift, prediction_drift
+from monitoring.performance import Performance, below_floor, realized, score_performance
+from stack import db
+from stack.contracts import RAW_OUTCOMES_ZONE, REFERENCE_ARTIFACT
+from stack.lake import Lake
+from stack.localstack import mlflow_tracking_uri
+from stack.metrics import record_stage
+from stack.settings import Settings
+
+log = logging.getLogger("vigil.monitoring")
+
+CHAMPION = "champion"
+
+
+class MonitoringError(RuntimeError):
+    """The run cannot judge anything: no champion, no reference, or no current data."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    run_id: str
+    threshold: float
+
+
+@dataclass
+class MonitoringSummary:
+    run_id: str
+    model_name: str
+    model_version: str
+    window_start: pd.Timestamp
+    window_end: pd.Timestamp
+    drift: DriftResult
+    prediction_source: str
+    realized: Performance
+    backtest: Performance
+    reasons: list[str]
+    report_dir: Path
+    trigger_id: int | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def triggered(self) -> bool:
+        return bool(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": f"{self.model_name} v{self.model_version}",
+            "window": [str(self.window_start), str(self.window_end)],
+            "drift": self.drift.to_dict(),
+            "prediction_source": self.prediction_source,
+            "realized": self.realized.to_dict(),
+            "backtest": self.backtest.to_dict(),
+            "triggered": self.triggered,
+            "reasons": self.reasons,
+            "trigger_id": self.trigger_id,
+            "report_dir": str(self.report_dir),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def champion(settings: Settings) -> Champion:
+    """The version ``@champion`` points to.
+
+    Raises:
+        MonitoringError: no registered model or no champion yet.
+    """
+    name = settings.training.registered_model
+    client = MlflowClient(mlflow_tracking_uri(settings))
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        raise MonitoringError(
+            f"{name} has no @{CHAMPION} to monitor: run `make train` and `make promote`"
+        ) from exc
+    return Champion(name, str(mv.version), mv.run_id or "", float(mv.tags.get("threshold", "nan")))
+
+
+def reference_sample(settings: Settings, champ: Champion) -> pd.DataFrame:
+    """The champion's training sample with out-of-sample risk.
+
+    Raises:
+        MonitoringError: the training run logged no reference (trained before monitoring
+            existed): retrain to get one.
+    """
+    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=champ.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
+            )
+        except (MlflowException, OSError) as exc:
+            raise MonitoringError(
+                f"{champ.name} v{champ.version} (run {champ.run_id}) has no "
+                f"{REFERENCE_ARTIFACT}: it was trained before drift monitoring; retrain it"
+            ) from exc
+        return pd.read_parquet(path)
+
+
+def _hour_of(rel: str) -> pd.Timestamp | None:
+    parts = dict(p.split("=", 1) for p in rel.split("/") if "=" in p)
+    if "date" not in parts or "hour" not in parts:
+        return None
+    return pd.Timestamp(f"{parts['date']}T{parts['hour']}:00:00Z")
+
+
+def window_features(
+    lake: Lake, start: pd.Timestamp | None, end: pd.Timestamp | None
+) -> pd.DataFrame:
+    """Feature rows with ``start <= ts < end`` (hour partitions outside are not read)."""
+    files = []
+    for rel in lake.files(FEATURES_ZONE):
+        hour = _hour_of(rel)
+        if hour is not None and start is not None and hour + pd.Timedelta(hours=1) <= start:
+            continue
+        if hour is not None and end is not None and hour > end:
+            continue
+        files.append(rel)
+    if not files:
+        return pd.DataFrame(columns=["patient_id", "ts", *FEATURE_NAMES])
+    frame = pd.concat([lake.read_table(f).to_pandas() for f in files], ignore_index=True)
+    keep = pd.Series(True, index=frame.index)
+    if start is not None:
+        keep &= frame["ts"] >= start
+    if end is not None:
+        keep &= frame["ts"] < end
+    return frame[keep.to_numpy()].sort_values(["patient_id", "ts"]).reset_index(drop=True)
+
+
+def latest_feature_time(lake: Lake) -> pd.Timestamp:
+    hours = [h for h in (_hour_of(f) for f in lake.files(FEATURES_ZONE)) if h is not None]
+    if not hours:
+        raise MonitoringError(
+            f"no features of {FEATURE_SET_VERSION} in the lake at {lake.uri}: "
+            "run `make features` first"
+        )
+    last = window_features(lake, max(hours), None)
+    return pd.Timestamp(last["ts"].max()) + pd.Timedelta(minutes=1)
+
+
+def landed_outcomes(lake: Lake) -> pd.DataFrame:
+    table = lake.read_table(RAW_OUTCOMES_ZONE)
+    if not table.num_rows:
+        return pd.DataFrame({"patient_id": [], "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
+                             "kind": []})  # fmt: skip
+    return table.select(["patient_id", "ts", "kind"]).to_pandas()
+
+
+def stored_predictions(
+    settings: Settings, champ: Champion, start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The champion version's scored predictions and the alerts raised in the window."""
+    with db.connect(settings) as conn:
+        cur = conn.execute(
+            "SELECT patient_id, ts, risk FROM predictions WHERE role = 'champion' "
+            "AND status = 'scored' AND model_name = %s AND model_version = %s "
+            "AND ts >= %s AND ts < %s ORDER BY patient_id, ts",
+            (champ.name, champ.version, start, end),
+        )
+        preds = pd.DataFrame(cur.fetchall(), columns=["patient_id", "ts", "risk"])
+        cur = conn.execute(
+            "SELECT patient_id, ts FROM alerts WHERE model_name = %s AND model_version = %s "
+            "AND ts >= %s AND ts < %s",
+            (champ.name, champ.version, start, end),
+        )
+        alerts = pd.DataFrame(cur.fetchall(), columns=["patient_id", "ts"])
+    for frame in (preds, alerts):
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    preds["risk"] = preds["risk"].astype(np.float64)
+    return preds, alerts
+
+
+def backtest_risk(settings: Settings, champ: Champion, rows: pd.DataFrame) -> np.ndarray:
+    """The champion's risk for batch feature rows (the same vectors the scorer built)."""
+    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
+    model = mlflow.sklearn.load_model(f"models:/{champ.name}/{champ.version}")
+    if rows.empty:
+        return np.empty(0)
+    proba = model.predict_proba(rows[list(FEATURE_NAMES)])
+    return np.asarray(proba[:, 1], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- decision
+
+
+def decide(drift: DriftResult, perf: list[Performance], settings: Settings) -> list[str]:
+    """Why to retrain, if at all (empty: no trigger).
+
+    Drift share at or above ``trigger_share``; drift of the risk score (when enabled);
+    realized performance (or, without enough stored predictions, the backtest) below a
+    floor.
+    """
+    cfg = settings.monitoring
+    reasons: list[str] = []
+    if drift.tested and drift.share >= cfg.drift.trigger_share:
+        top = ", ".join(c.column for c in drift.drifted[:5])
+        reasons.append(
+            f"feature drift: {len(drift.drifted)}/{drift.tested} columns "
+            f"({drift.share:.0%} >= {cfg.drift.trigger_share:.0%}), most: {top}"
+        )
+    p = drift.prediction
+    if cfg.drift.prediction_trigger and p is not None and p.drifted:
+        reasons.append(
+            f"prediction drift: risk {p.method} {p.score:.3f} >= {p.threshold:.2f} "
+            f"(mean {p.reference_mean:.3f} -> {p.current_mean:.3f})"
+        )
+    judged = [x for x in perf if x.judged]
+    if judged:
+        reasons.extend(below_floor(judged[0], cfg.performance))
+    return reasons
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_monitoring(
+    settings: Settings,
+    *,
+    until: datetime | None = None,
+    record_trigger: bool = True,
+) -> MonitoringSummary:
+    """Judge the champion on the current window; see the module docstring.
+
+    Args:
+        until: end of the window (exclusive); default: the latest feature time landed.
+        record_trigger: write a ``retraining_triggers`` row when triggered.
+
+    Raises:
+        MonitoringError: no champion, no reference sample, or no features in the window.
+    """
+    t0 = time.perf_counter()
+    cfg = settings.monitoring
+    lake = Lake(settings.lake.root)
+    champ = champion(settings)
+    reference = reference_sample(settings, champ)
+    end = pd.Timestamp(until) if until is not None else latest_feature_time(lake)
+    if end.tzinfo is None:
+        end = end.tz_localize("UTC")
+    start = end - pd.Timedelta(hours=cfg.window_hours)
+    current = window_features(lake, start, end)
+    if current.empty:
+        raise MonitoringError(f"no feature rows between {start} and {end}")
+    db.migrate(settings)
+    preds, alerts = stored_predictions(settings, champ, start, end)
+    current["risk"] = backtest_risk(settings, champ, current)
+
+    # Prediction drift on what was served when there is enough of it, else the backtest.
+    source = "served" if len(preds) >= cfg.performance.min_labelled else "backtest"
+    drift, snapshot = detect_drift(reference, current, cfg.drift)
+    scored = preds if source == "served" else current
+    pred = prediction_drift(reference[RISK], scored[RISK], cfg.drift)
+    drift = DriftResult(
+        columns=drift.columns,
+        skipped=drift.skipped,
+        prediction=pred,
+        reference_rows=drift.reference_rows,
+        current_rows=drift.current_rows,
+    )
+
+    outcomes = landed_outcomes(lake)
+    horizon = pd.Timedelta(hours=settings.features.horizon_hours)
+    observed_until = end
+    real = realized(
+        preds, alerts, outcomes, horizon=horizon, observed_until=observed_until,
+        cfg=cfg.performance,
+    )  # fmt: skip
+    back = score_performance(
+        current[["patient_id", "ts", "risk"]], outcomes, horizon=horizon,
+        observed_until=observed_until, cfg=cfg.performance, source="backtest",
+    )  # fmt: skip
+    reasons = decide(drift, [real, back], settings)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report_dir = settings.resolve(cfg.reports_dir) / f"{stamp}-v{champ.version}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(report_dir / "drift.html"))
+    snapshot.save_json(str(report_dir / "drift.json"))
+
+    summary = MonitoringSummary(
+        run_id="",
+        model_name=champ.name,
+        model_version=champ.version,
+        window_start=start,
+        window_end=end,
+        drift=drift,
+        prediction_source=source,
+        realized=real,
+        backtest=back,
+        reasons=reasons,
+        report_dir=report_dir,
+    )
+    summary.run_id = _log_to_mlflow(settings, champ, summary)
+    summary.seconds = time.perf_counter() - t0
+    (report_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
+    _store(settings, summary, record_trigger=record_trigger)
+    _metrics(settings, summary)
+    log.info("monitoring done", extra={"stage": "monitoring", "run_id": summary.run_id,
+                                       "model_version": champ.version,
+                                       "drift_share": round(drift.share, 4),
+                                       "triggered": summary.triggered})  # fmt: skip
+    return summary
+
+
+def _log_to_mlflow(settings: Settings, champ: Champion, s: MonitoringSummary) -> str:
+    client = MlflowClient(mlflow_tracking_uri(settings))
+    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
+    mlflow.set_experiment(f"{settings.mlflow.experiment_prefix}-{settings.monitoring.experiment}")
+    name = f"drift-v{champ.version}-{s.window_end:%Y%m%dT%H%M}"
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags(
+            {
+                "vigil.kind": "monitoring",
+                "model_name": champ.name,
+                "model_version": champ.version,
+                "model_run_id": champ.run_id,
+                "window_start": str(s.window_start),
+                "window_end": str(s.window_end),
+                "triggered": str(s.triggered).lower(),
+                "reasons": "; ".join(s.reasons)[:4000] or "none",
+                "prediction_source": s.prediction_source,
+            }
+        )
+        metrics: dict[str, float] = {
+            "drift_share": s.drift.share,
+            "drifted_columns": float(len(s.drift.drifted)),
+            "tested_columns": float(s.drift.tested),
+            "current_rows": float(s.drift.current_rows),
+        }
+        if s.drift.prediction is not None:
+            metrics["prediction_drift_score"] = s.drift.prediction.score
+        for perf in (s.realized, s.backtest):
+            for key in ("roc_auc", "pr_auc", "alert_precision", "alert_recall",
+                        "alerts_per_patient_day", "labelled", "positive"):  # fmt: skip
+                value = getattr(perf, key)
+                if value is not None:
+                    metrics[f"{perf.source}_{key}"] = float(value)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(s.report_dir), artifact_path="monitoring")
+    # The version points back at its latest judgement (visible in the registry UI).
+    client.set_model_version_tag(champ.name, champ.version, "last_monitoring_run", run.info.run_id)
+    client.set_model_version_tag(
+        champ.name, champ.version, "last_drift_share", f"{s.drift.share:.4f}"
+    )
+    return str(run.info.run_id)
+
+
+def _store(settings: Settings, s: MonitoringSummary, *, record_trigger: bool) -> None:
+    now = datetime.now(UTC)
+    p = s.drift.prediction
+    with db.transaction(settings) as conn:
+        conn.execute(
+            "INSERT INTO monitoring_runs (run_id, model_name, model_version, window_start, "
+            "window_end, reference_rows, current_rows, tested_columns, drifted_columns, "
+            "drift_share, prediction_drift_score, prediction_drifted, prediction_source, "
+            "realized, backtest, triggered, reasons, report_dir, created_at) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                s.run_id, s.model_name, s.model_version, s.window_start, s.window_end,
+                s.drift.reference_rows, s.drift.current_rows, s.drift.tested,
+                [c.column for c in s.drift.drifted], s.drift.share,
+                p.score if p else None, p.drifted if p else None, s.prediction_source,
+                json.dumps(s.realized.to_dict()), json.dumps(s.backtest.to_dict()),
+                s.triggered, s.reasons, str(s.report_dir), now,
+            ),
+        )  # fmt: skip
+        if s.triggered and record_trigger:
+            row = conn.execute(
+                "INSERT INTO retraining_triggers (monitoring_run_id, model_name, model_version, "
+                "reasons, status, created_at, updated_at) "
+                "VALUES (%s,%s,%s,%s,'pending',%s,%s) RETURNING trigger_id",
+                (s.run_id, s.model_name, s.model_version, s.reasons, now, now),
+            ).fetchone()
+            s.trigger_id = int(row[0]) if row else None
+
+
+def _metrics(settings: Settings, s: MonitoringSummary) -> None:
+    gauges: dict[str, tuple[str, float]] = {
+        "vigil_drift_share": ("Share of tested feature columns drifted", s.drift.share),
+        "vigil_drift_columns": ("Feature columns drifted", float(len(s.drift.drifted))),
+        "vigil_retraining_triggered": (
+            "1 if the last run triggered retraining",
+            float(s.triggered),
+        ),
+    }
+    if s.drift.prediction is not None:
+        gauges["vigil_prediction_drift_score"] = (
+            "Drift score of the risk score", s.drift.prediction.score,
+        )  # fmt: skip
+    for perf in (s.realized, s.backtest):
+        if perf.roc_auc is not None:
+            gauges[f"vigil_{perf.source}_roc_auc"] = (
+                f"ROC-AUC of the champion ({perf.source}) on the window", perf.roc_auc,
+            )  # fmt: skip
+    record_stage(
+        settings, "monitoring", seconds=s.seconds, gauges=gauges,
+        labels={"model_version": s.model_version},
+    )  # fmt: skip
