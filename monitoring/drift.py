@@ -92,7 +92,7 @@ def thin(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     return frame.iloc[::step]
 
 
-def testable_columns(
+def columns_to_test(
     reference: pd.DataFrame, current: pd.DataFrame, exclude: tuple[str, ...]
 ) -> tuple[list[str], list[str], dict[str, str]]:
     """Numerical and categorical feature columns to test, and why the others are not."""
@@ -150,7 +150,7 @@ def detect_drift(
 
     reference = thin(reference, cfg.max_rows)
     current = thin(current, cfg.max_rows)
-    numerical, categorical, skipped = testable_columns(reference, current, cfg.exclude)
+    numerical, categorical, skipped = columns_to_test(reference, current, cfg.exclude)
     if not numerical and not categorical:
         raise ValueError(
             f"nothing to test: reference has {len(reference)} rows, current {len(current)}"

@@ -51,6 +51,7 @@ from serving.client import (
     ServiceRejectedError,
     ServiceUnavailableError,
 )
+from serving.metrics import ScorerMetrics
 from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.db import connect, copy_table, migrate
@@ -60,6 +61,7 @@ from stack.logs import configure_logging
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.scorer")
+LAG_EVERY_S = 5.0  # consumer lag is measured this often (it costs two broker round trips)
 
 PREDICTION_COLUMNS = (
     "event_id", "role", "patient_id", "ts", "as_of", "status", "risk", "alert", "threshold",
@@ -128,6 +130,7 @@ class Scorer:
         self.validator = BatchValidator(VitalsEvent)
         self.adm_validator = BatchValidator(AdmissionEvent)
         self.stop = threading.Event()
+        self.metrics = ScorerMetrics()
         self.ready = threading.Event()  # set once the consumer holds its partitions
         self._shadow_checked = 0.0
         self._shadow = True
@@ -171,6 +174,17 @@ class Scorer:
         finally:
             c.close()
 
+    def _record_lag(self, consumer: Consumer) -> None:
+        """Lag per partition of ``vitals.raw`` for the metrics (best effort)."""
+        try:
+            parts = self.kafka.all_partitions([self.topics.vitals])
+            done = consumer.committed(parts)
+            for tp, (lo, hi) in consumer.watermarks(parts).items():
+                lag = hi - (done.get(tp) or lo)
+                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        except Exception as exc:  # metrics must never stop scoring
+            log.warning("consumer lag not measured: %s", exc)
+
     # ------------------------------------------------------------------ the service
     def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
         """Call the service, retrying with doubling backoff while it is unavailable."""
@@ -180,6 +194,7 @@ class Scorer:
                 return fn()
             except ServiceUnavailableError as exc:
                 summary.retries += 1
+                self.metrics.retries.inc()
                 log.warning("%s: service unavailable, retrying in %.1fs: %s", what, delay, exc)
                 if self.stop.wait(delay):
                     raise
@@ -211,6 +226,9 @@ class Scorer:
         res = self.validator.validate([r.value or b"" for r in recs])
         dead = [(recs[i], reason, detail) for i, reason, detail in res.rejects]
         summary.invalid.update(reason for _r, reason, _d in dead)
+        for _r, reason, _d in dead:
+            self.metrics.invalid.labels(reason=reason).inc()
+        self.metrics.events.labels(outcome="invalid").inc(len(dead))
         valid = res.table.to_pandas()
         summary.valid += len(valid)
         kafka_ts = pd.to_datetime(
@@ -290,10 +308,37 @@ class Scorer:
         summary.stored += int((table["role"] == "champion").sum()) if len(table) else 0
         summary.shadow_stored += int((table["role"] == "shadow").sum()) if len(table) else 0
         done = time.time()
-        summary.latency_ms.extend(
-            ((done - champion["kafka_ts"].astype("int64").to_numpy() / 1e9) * 1000).tolist()
-        )
+        latency_s = done - champion["kafka_ts"].astype("int64").to_numpy() / 1e9
+        summary.latency_ms.extend((latency_s * 1000).tolist())
         summary.batches += 1
+        self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, raised)
+
+    def _observe(
+        self,
+        latency_s: np.ndarray,
+        champion: pd.DataFrame,
+        status_rows: pd.DataFrame,
+        shadow: list[dict[str, Any]],
+        alerts: int,
+        repeat: np.ndarray,
+        raised: pd.DataFrame,
+    ) -> None:
+        m = self.metrics
+        for value in latency_s:
+            m.latency.observe(float(value))
+        m.events.labels(outcome="scored").inc(len(champion))
+        m.events.labels(outcome="duplicate").inc(int(repeat.sum()))
+        for status, n in status_rows["status"].value_counts().items():
+            m.events.labels(outcome=str(status)).inc(int(n))
+        m.predictions.labels(role="champion").inc(len(champion))
+        m.predictions.labels(role="shadow").inc(len(shadow))
+        m.alerts.inc(alerts)
+        m.suppressed.inc(int(champion["alert"].sum()) - len(raised) if len(champion) else 0)
+        if len(champion):
+            m.model.clear()
+            last = champion.iloc[-1]
+            m.model.labels(last["model_name"], last["model_version"]).set(1)
+        m.last_batch.set(time.time())
 
     def _store(
         self,
@@ -364,6 +409,9 @@ class Scorer:
         adm.assign(self.kafka.all_partitions([self.topics.admissions]))
         producer = self.kafka.producer()
         idle_since = time.monotonic()
+        lag_at = 0.0
+        if self.cfg.metrics_port is not None:
+            self.metrics.serve(self.settings.serving.host, self.cfg.metrics_port)
         try:
             while not self.stop.is_set():
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
@@ -381,17 +429,22 @@ class Scorer:
                     continue
                 self._admissions(adm)  # admissions that raced ahead of these vitals
                 try:
-                    self.process(recs, producer, summary)
+                    with self.metrics.batch.time():
+                        self.process(recs, producer, summary)
                 except ServiceUnavailableError:
                     break  # stopped while waiting for the service: nothing committed
                 consumer.commit(_next_offsets(recs))
                 idle_since = time.monotonic()
+                if time.monotonic() - lag_at > LAG_EVERY_S:
+                    self._record_lag(consumer)
+                    lag_at = time.monotonic()
         finally:
             summary.seconds = time.monotonic() - t0
             producer.close()
             consumer.close()
             adm.close()
             self.service.close()
+            self.metrics.close()
         log.info("scorer stopped", extra={"summary": summary.to_dict()})
         return summary
 

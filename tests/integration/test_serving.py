@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURE_NAMES
 from pipelines.produce import simulate_to_kafka, with_simulator
@@ -107,6 +109,7 @@ def scorer_settings(served: dict[str, Any], stack_settings: Settings) -> Iterato
                     "idle_timeout_s": 4.0,
                     "backoff_initial_s": 0.2,
                     "backoff_max_s": 2.0,
+                    "metrics_port": free_port(),
                 }
             ),
         }
@@ -278,11 +281,31 @@ def test_service_down_mid_stream_loses_nothing_and_duplicates_nothing(
         worker.start()
         time.sleep(6)  # the scorer keeps retrying with backoff meanwhile
         assert worker.is_alive()
+        # Its /metrics says so while it waits.
+        text = httpx.get(f"http://{s.serving.host}:{s.scorer.metrics_port}/metrics").text
+        during = {m.name: m for m in text_string_to_metric_families(text)}
+        assert during["vigil_scorer_service_retries"].samples[0].value > 0
     finally:
         proc.start_or_explain()
     worker.join(timeout=300)
     summary = result["s"]
     assert summary.retries > 0
+    after = {m.name: m for m in text_string_to_metric_families(
+        generate_latest(scorer.metrics.registry).decode())}  # fmt: skip
+    events = {x.labels["outcome"]: x.value for x in after["vigil_scorer_events"].samples
+              if x.name.endswith("_total")}  # fmt: skip
+    assert events["scored"] == summary.scored
+    kept = sum(v for k, v in events.items() if k not in ("duplicate", "invalid"))
+    assert kept == sent.stats.valid_events
+    hist = after["vigil_scorer_event_to_prediction_seconds"].samples
+    assert next(x.value for x in hist if x.name.endswith("_count")) == summary.scored
+    lag = list(after["vigil_scorer_consumer_lag"].samples)
+    assert lag
+    assert all(x.labels["topic"] == s.kafka.topics.vitals for x in lag)
+    assert (
+        next(iter(after["vigil_scorer_model_info"].samples)).labels["model_version"]
+        == (served["champion"])
+    )
     stored = _query(s, "SELECT count(*), count(DISTINCT event_id) FROM predictions "
                        "WHERE role = 'champion'")  # fmt: skip
     assert stored == [(sent.stats.valid_events, sent.stats.valid_events)]
@@ -361,6 +384,12 @@ def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
         in metrics
     )
     assert "bentoml_service_request_duration_seconds" in metrics
+    names = {m.name for m in text_string_to_metric_families(metrics)}
+    assert {
+        "vigil_model_info",
+        "vigil_predictions",
+        "bentoml_service_request_duration_seconds",
+    } <= (names)
 
 
 def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
