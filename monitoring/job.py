@@ -436,9 +436,10 @@ def _metrics(settings: Settings, s: MonitoringSummary) -> None:
         gauges["vigil_prediction_drift_score"] = (
             "Drift score of the risk score", s.drift.prediction.score,
         )  # fmt: skip
+    names = {"realized": "vigil_realized_roc_auc", "backtest": "vigil_backtest_roc_auc"}
     for perf in (s.realized, s.backtest):
         if perf.roc_auc is not None:
-            gauges[f"vigil_{perf.source}_roc_auc"] = (
+            gauges[names[perf.source]] = (
                 f"ROC-AUC of the champion ({perf.source}) on the window", perf.roc_auc,
             )  # fmt: skip
     record_stage(

@@ -46,6 +46,7 @@ from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.logs import configure_logging
+from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.landing")
@@ -423,6 +424,7 @@ class Lander:
             summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json"
         )
         log.info("landing done", extra={"stage": "landing", **summary.to_dict()})
+        record_stage(self.settings, "landing", seconds=summary.seconds)
         return summary
 
     def _install_signal_handlers(self) -> dict[int, Any]:

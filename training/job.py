@@ -39,6 +39,7 @@ from stack.contracts import REFERENCE_ARTIFACT
 from stack.lake import Lake
 from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.logs import configure_logging
+from stack.metrics import record_stage
 from stack.settings import REPO_ROOT, Settings, load_settings
 from training import plots
 from training.card import ModelCard, render_card
@@ -424,7 +425,14 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
         },
         card_path=str(reports / "model_card.md"),
     )
-    log.info("training done", extra={"summary": summary.to_dict()})
+    log.info(
+        "training done",
+        extra={"stage": "training", "run_id": summary.run_id, "summary": summary.to_dict()},
+    )
+    record_stage(settings, "training", seconds=summary.seconds,
+                 gauges={"vigil_training_test_roc_auc": ("Held-out ROC-AUC of the last model",
+                                                         m_test["roc_auc"])},
+                 labels={"model_version": version})  # fmt: skip
     return summary
 
 

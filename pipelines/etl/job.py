@@ -48,6 +48,7 @@ from pipelines.etl.validation import (
 from stack.db import copy_table, migrate, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
+from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 from stack.spark import spark_session
 
@@ -529,7 +530,9 @@ def run_etl(
     settings: Settings, *, only: list[str] | None = None, force: bool = False
 ) -> EtlSummary:
     """Entry point shared by ``make etl``, the Airflow task and the tests."""
-    return EtlJob(settings).run(only=only, force=force)
+    summary = EtlJob(settings).run(only=only, force=force)
+    record_stage(settings, "etl", seconds=summary.seconds)
+    return summary
 
 
 def main(

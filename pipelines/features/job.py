@@ -53,6 +53,7 @@ from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
 from stack.db import connect, copy_table, migrate, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
+from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 from stack.spark import spark_session
 
@@ -392,7 +393,9 @@ def _nan_to_null(table: pa.Table) -> pa.Table:
 
 def run_features(settings: Settings, *, force: bool = False) -> FeatureSummary:
     """Entry point shared by ``make features``, the Airflow task and the tests."""
-    return FeatureJob(settings).run(force=force)
+    summary = FeatureJob(settings).run(force=force)
+    record_stage(settings, "features", seconds=summary.seconds)
+    return summary
 
 
 def main(force: bool = typer.Option(False, help="Recompute every processed hour.")) -> None:
