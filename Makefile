@@ -9,7 +9,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
-        serve score package demo test test-fast test-integration \
+        serve score package drift retrain-if-needed triggers demo demo-drift \
+        test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
 help: ## List every target
@@ -75,10 +76,22 @@ score: up ## Score vitals.raw with the served model → predictions/alerts (BOUN
 package: up ## Build a versioned Bento of the service with the champion model inside
 	$(BIN)/python -m serving package
 
+drift: up ## Evidently drift + realized performance of @champion on the last window → reports/monitoring (UNTIL=)
+	$(BIN)/python -m monitoring drift $(if $(UNTIL),--until $(UNTIL))
+
+retrain-if-needed: up ## Monitoring; on a trigger retrain on the sliding window, gate, promote (service hot-swaps)
+	$(BIN)/python -m ops retrain-if-needed $(if $(UNTIL),--until $(UNTIL))
+
+triggers: up ## Recent retraining triggers and what became of them
+	$(BIN)/python -m monitoring triggers
+
 demo: setup ## The main job end to end: ward → Kafka → lake → ETL → features → training → live scoring
 	$(BIN)/python -m demo $(if $(PATIENTS),--patients $(PATIENTS)) \
 	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED)) \
 	  $(if $(LIVE_SECONDS),--live-seconds $(LIVE_SECONDS))
+
+demo-drift: setup ## The closed loop: baseline champion → virus wave → drift named → retrain → better champion
+	$(BIN)/python -m demo.drift
 
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
 	$(BIN)/pytest -q
@@ -99,11 +112,13 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~45 min)
+bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~1 h)
 	$(BIN)/python -m bench.bench_ingest
 	$(BIN)/python -m bench.bench_etl
 	$(BIN)/python -m bench.bench_features
 	$(BIN)/python -m bench.bench_training
+	$(BIN)/python -m bench.bench_serving
+	$(BIN)/python -m bench.bench_drift
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'
