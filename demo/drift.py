@@ -29,6 +29,7 @@ from monitoring.performance import score_performance
 from monitoring.report import render
 from ops.retrain import retrain_if_needed
 from pipelines.cohort import Cohort, build_cohort
+from stack import db
 from stack.lake import Lake
 from stack.localstack import endpoints, up
 from stack.logs import configure_logging
@@ -49,7 +50,7 @@ def demo_settings(base: Settings) -> Settings:
         conn.execute(f'CREATE DATABASE "{DB}"')
     stamp = time.strftime("%Y%m%d-%H%M%S")
     lake = base.resolve(base.lake.root).parent / f"drift-demo-{stamp}"
-    return base.model_copy(
+    out = base.model_copy(
         update={
             "lake": base.lake.model_copy(update={"root": str(lake)}),
             "postgres": base.postgres.model_copy(update={"url": f"{server}/{DB}"}),
@@ -70,6 +71,8 @@ def demo_settings(base: Settings) -> Settings:
             ),
         }
     )
+    db.migrate(out)
+    return out
 
 
 def ward(base: Settings, scenario: str, seed: int, day: int, patients: int) -> Cohort:
