@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
-        serve score package drift retrain-if-needed triggers demo demo-drift \
+        serve score package drift retrain-if-needed triggers eda demo demo-drift \
         test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
@@ -84,6 +84,9 @@ retrain-if-needed: up ## Monitoring; on a trigger retrain on the sliding window,
 
 triggers: up ## Recent retraining triggers and what became of them
 	$(BIN)/python -m monitoring triggers
+
+eda: up ## EDA report (matplotlib/seaborn) from the lake → reports/eda/<time>/report.html, logged to MLflow
+	$(BIN)/python -m pipelines.eda.report
 
 demo: setup ## The main job end to end: ward → Kafka → lake → ETL → features → training → live scoring
 	$(BIN)/python -m demo $(if $(PATIENTS),--patients $(PATIENTS)) \

@@ -63,6 +63,22 @@ def _banded(x: F, bands: tuple[tuple[float, int], ...], top: int) -> F:
     return np.where(np.isnan(x), np.nan, out)
 
 
+def zero_range(name: str) -> tuple[float, float]:
+    """The values that score 0 points for ``name`` (a :data:`_BANDS` key): (above, up to).
+
+    E.g. ``resp_rate`` → (11, 20): 12-20 breaths/min; ``spo2_scale1`` → (95, inf).
+    """
+    bands, top = _BANDS[name]
+    lower = -np.inf
+    for limit, points in bands:
+        if points == 0:
+            return (lower, float(limit))
+        lower = float(limit)
+    if top == 0:
+        return (lower, np.inf)
+    raise ValueError(f"{name} has no zero-score band")
+
+
 def score_parameter(name: str, x: F) -> F:
     """Points for one parameter (``resp_rate``, ``systolic_bp``, ``heart_rate``,
     ``temperature`` or ``spo2_scale1``); NaN where ``x`` is missing."""

@@ -36,6 +36,11 @@ class Cohort:
     labels: pd.DataFrame  # features.labels.make_labels columns
     admissions: pd.DataFrame
     outcomes: pd.DataFrame
+    # With ``keep_stages=True`` (the EDA report's tests): what the lake's raw, processed
+    # and quarantine zones would hold.
+    raw: pd.DataFrame | None = None
+    minutes: pd.DataFrame | None = None
+    quarantine: pd.DataFrame | None = None
 
     def to_lake(self, lake: Lake, part: str = "part-0") -> None:
         """Write features, labels and outcomes where the feature job and landing would.
@@ -78,7 +83,28 @@ def _valid(model: type, raw: list[bytes]) -> pd.DataFrame:
     return frame.drop(columns="_index")
 
 
-def build_cohort(sim: SimulatorSettings, feat: FeaturesSettings) -> Cohort:
+def quarantine_frame(cleaned: pd.DataFrame) -> pd.DataFrame:
+    """Rejections of ``clean_events`` as the ETL's quarantine zone records them.
+
+    One row per quarantined event (``scope`` = row, all its reasons) and one per rejected
+    value of a usable event (``scope`` = value, its ``field``).
+    """
+    bad = cleaned["rejections"] != ""
+    rows = cleaned.loc[bad & (cleaned["status"] != STATUS_OK), ["event_id", "patient_id", "ts"]]
+    rows = rows.assign(scope="row", field=None,
+                       reason=cleaned.loc[rows.index, "rejections"])  # fmt: skip
+    vals = cleaned.loc[bad & (cleaned["status"] == STATUS_OK),
+                       ["event_id", "patient_id", "ts", "rejections"]]  # fmt: skip
+    vals = vals.assign(reason=vals["rejections"].str.split(",")).explode("reason")
+    vals = vals.drop(columns="rejections").assign(
+        scope="value", field=lambda d: d["reason"].str.split(":").str[1]
+    )
+    return pd.concat([rows, vals], ignore_index=True)
+
+
+def build_cohort(
+    sim: SimulatorSettings, feat: FeaturesSettings, *, keep_stages: bool = False
+) -> Cohort:
     """Simulate ``sim``'s ward and compute its features and labels as the batch path does.
 
     Invalid messages (the simulator's malformed fault) are left out, as the landing's
@@ -91,6 +117,7 @@ def build_cohort(sim: SimulatorSettings, feat: FeaturesSettings) -> Cohort:
     outcomes = _valid(OutcomeEvent, outcomes_raw)
     admissions = _valid(AdmissionEvent, admissions_raw)
 
+    raw = events if keep_stages else None
     first = events.drop_duplicates("event_id")
     del events
     ordered = first.sort_values(["patient_id", "ts", "event_id"], kind="stable")
@@ -98,6 +125,7 @@ def build_cohort(sim: SimulatorSettings, feat: FeaturesSettings) -> Cohort:
     cleaned, _ = clean_events(ordered)
     del ordered
     minutes = to_minutes(cleaned[cleaned["status"] == STATUS_OK])
+    quarantine = quarantine_frame(cleaned) if keep_stages else None
     del cleaned
     facts = admissions.set_index("patient_id").to_dict("index") if len(admissions) else {}
     parts = [
@@ -114,4 +142,12 @@ def build_cohort(sim: SimulatorSettings, feat: FeaturesSettings) -> Cohort:
         horizon=pd.Timedelta(hours=feat.horizon_hours),
         observed_until=end,
     )
-    return Cohort(features=features, labels=labels, admissions=admissions, outcomes=outcomes)
+    return Cohort(
+        features=features,
+        labels=labels,
+        admissions=admissions,
+        outcomes=outcomes,
+        raw=raw,
+        minutes=minutes if keep_stages else None,
+        quarantine=quarantine,
+    )

@@ -442,6 +442,12 @@ class MonitoringSettings(_Strict):
     reports_dir: Path = Path("reports/monitoring")
 
 
+class EdaSettings(_Strict):
+    """The exploratory data analysis report (``make eda``)."""
+
+    reports_dir: Path = Path("reports/eda")
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -463,6 +469,7 @@ class Settings(_Strict):
     serving: ServingSettings = ServingSettings()
     scorer: ScorerSettings = ScorerSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    eda: EdaSettings = EdaSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def resolve(self, path: Path | str) -> Path:

@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from demo.run import run_demo
+from pipelines.eda.report import SECTIONS, run_eda
 from pipelines.produce import with_simulator
 from serving.server import ServingProcess
 from stack.localstack import down, free_port
@@ -30,6 +31,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         spark={"master": "local[2]", "shuffle_partitions": 4},
         etl={"reports_dir": str(tmp_path / "reports")},
         training={**TINY_TRAINING, "reports_dir": str(tmp_path / "reports" / "training")},
+        eda={"reports_dir": str(tmp_path / "reports" / "eda")},
         # Frequent deteriorations, so a small ward holds enough episodes to train on.
         simulator={"episodes": {"deterioration_rate_per_day": 1.0}},
     )
@@ -37,6 +39,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     console = Console(record=True, width=400)  # no wrapping of long paths
     try:
         result = run_demo(s, console, live_seconds=20)
+        eda = run_eda(s)  # the EDA report from the lake the demo filled
     finally:
         ServingProcess(s).stop()  # the demo leaves the service up for the user; not here
         down(s)
@@ -79,3 +82,10 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         assert live["versions"] == {"1": live["scored"]}
         assert "Live scoring" in text
         assert "BentoML" in text
+    # The EDA report read every zone of the real lake (raw, processed, quarantine, features).
+    page = eda.html_path.read_text()
+    assert all(f"id='{name}'" in page for name in SECTIONS)
+    assert len(eda.figures["correlations"]) == 2  # the feature table was there
+    assert eda.numbers["balance"]["patients"] == 60
+    assert eda.numbers["quarantine_reasons"]  # the ETL's quarantine zone
+    assert sum(r["after"] for r in eda.numbers["outliers"]) == 0
