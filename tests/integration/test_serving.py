@@ -281,10 +281,16 @@ def test_service_down_mid_stream_loses_nothing_and_duplicates_nothing(
         worker.start()
         time.sleep(6)  # the scorer keeps retrying with backoff meanwhile
         assert worker.is_alive()
-        # Its /metrics says so while it waits.
-        text = httpx.get(f"http://{s.serving.host}:{s.scorer.metrics_port}/metrics").text
-        during = {m.name: m for m in text_string_to_metric_families(text)}
-        assert during["vigil_scorer_service_retries"].samples[0].value > 0
+        # Its /metrics says so while it waits (polled: joining the group takes a while
+        # on a busy machine before the first call fails).
+        url = f"http://{s.serving.host}:{s.scorer.metrics_port}/metrics"
+        retries, deadline = 0.0, time.monotonic() + 60
+        while retries == 0 and time.monotonic() < deadline:
+            fams = {m.name: m for m in text_string_to_metric_families(httpx.get(url).text)}
+            retries = fams["vigil_scorer_service_retries"].samples[0].value
+            time.sleep(0.5)
+        assert retries > 0
+        assert worker.is_alive()
     finally:
         proc.start_or_explain()
     worker.join(timeout=300)
