@@ -11,6 +11,8 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 
 def _perf(p: Performance) -> str:
+    if not p.rows:
+        return f"{p.source:9s} no stored predictions of this version in the window"
     if not p.labelled:
         return f"{p.source:9s} no labelled rows yet ({p.rows:,} rows, outcomes pending)"
     text = (
