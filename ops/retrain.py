@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from monitoring.job import MonitoringSummary, run_monitoring
+from monitoring.job import MonitoringSummary, latest_feature_time, run_monitoring
 from stack import db
+from stack.lake import Lake
 from stack.settings import Settings
 from training.job import TrainSummary, run_training
 from training.promotion import PromotionResult, run_promote
@@ -73,6 +74,68 @@ def last_retraining_end(settings: Settings) -> pd.Timestamp | None:
     return pd.Timestamp(row[0]) if row and row[0] is not None else None
 
 
+def window_settings(settings: Settings, end: pd.Timestamp) -> Settings:
+    """``settings`` training on the sliding window that ends at ``end``."""
+    since = end - pd.Timedelta(days=settings.monitoring.retrain.window_days)
+    window = settings.training.model_copy(
+        update={"since": since.to_pydatetime(), "until": end.to_pydatetime()}
+    )
+    return settings.model_copy(update={"training": window})
+
+
+def pending_trigger(settings: Settings) -> int | None:
+    """The latest trigger still ``pending`` (recorded by monitoring, not yet acted on)."""
+    db.migrate(settings)
+    with db.connect(settings) as conn:
+        row = conn.execute(
+            "SELECT max(trigger_id) FROM retraining_triggers WHERE status = 'pending'"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def pending_trigger_in_training(settings: Settings) -> int | None:
+    """The latest trigger whose retraining ran (status ``training``) and awaits the gate."""
+    db.migrate(settings)
+    with db.connect(settings) as conn:
+        row = conn.execute(
+            "SELECT max(trigger_id) FROM retraining_triggers WHERE status = 'training'"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def train_on_window(
+    settings: Settings, *, trigger_id: int | None = None, end: pd.Timestamp | None = None
+) -> TrainSummary:
+    """Train a challenger on the sliding window (ending at the latest feature time).
+
+    Marks ``trigger_id`` (when given) ``training`` with the run id, or ``failed``.
+    """
+    end = end if end is not None else latest_feature_time(Lake(settings.lake.root))
+    _set(settings, trigger_id, "training")
+    log.info("retraining", extra={"stage": "retrain", "trigger_id": trigger_id,
+                                  "until": str(end)})  # fmt: skip
+    try:
+        trained = run_training(window_settings(settings, end))
+    except Exception as exc:
+        _set(settings, trigger_id, "failed", detail=f"{type(exc).__name__}: {exc}")
+        raise
+    _set(settings, trigger_id, "training", training_run_id=trained.run_id,
+         new_version=trained.model_version)  # fmt: skip
+    return trained
+
+
+def deploy(settings: Settings, *, trigger_id: int | None = None) -> PromotionResult:
+    """Gate the challenger and promote it if it passes; closes ``trigger_id`` with the verdict."""
+    try:
+        promotion = run_promote(settings)
+    except Exception as exc:
+        _set(settings, trigger_id, "failed", detail=f"{type(exc).__name__}: {exc}")
+        raise
+    status = "promoted" if promotion.promoted else "rejected"
+    _set(settings, trigger_id, status, detail="; ".join(promotion.decision.reasons)[:4000])
+    return promotion
+
+
 def retrain_if_needed(settings: Settings, *, until: datetime | None = None) -> RetrainOutcome:
     """Judge the champion; retrain and gate when a trigger fires (outside the cool-down).
 
@@ -95,23 +158,9 @@ def retrain_if_needed(settings: Settings, *, until: datetime | None = None) -> R
         _set(settings, summary.trigger_id, "skipped", detail=detail)
         return RetrainOutcome(summary, "skipped", detail)
 
-    since = end - pd.Timedelta(days=cfg.window_days)
-    window = settings.training.model_copy(
-        update={"since": since.to_pydatetime(), "until": end.to_pydatetime()}
-    )
-    tsettings = settings.model_copy(update={"training": window})
-    _set(settings, summary.trigger_id, "training")
-    log.info("retraining", extra={"stage": "retrain", "trigger_id": summary.trigger_id,
-                                  "since": str(since), "until": str(end)})  # fmt: skip
-    try:
-        trained = run_training(tsettings)
-        _set(settings, summary.trigger_id, "training", training_run_id=trained.run_id,
-             new_version=trained.model_version)  # fmt: skip
-        promotion = run_promote(tsettings)
-    except Exception as exc:
-        _set(settings, summary.trigger_id, "failed", detail=f"{type(exc).__name__}: {exc}")
-        raise
+    trained = train_on_window(settings, trigger_id=summary.trigger_id, end=end)
+    promotion = deploy(window_settings(settings, end), trigger_id=summary.trigger_id)
     status = "promoted" if promotion.promoted else "rejected"
+    since = end - pd.Timedelta(days=cfg.window_days)
     detail = "; ".join(promotion.decision.reasons)
-    _set(settings, summary.trigger_id, status, detail=detail[:4000])
     return RetrainOutcome(summary, status, detail, trained, promotion, since, end)

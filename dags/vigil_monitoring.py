@@ -1,0 +1,42 @@
+"""Monitoring: hourly drift and realized performance of ``@champion``.
+
+Writes the Evidently reports, the MLflow run and the ``monitoring_runs`` row. When drift
+or a performance floor says so, records a retraining trigger and updates the ``retrain``
+Asset, which schedules training (data-driven, no clock coupling). Otherwise the task
+succeeds without an Asset event.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+
+from ops.dagpolicy import POLICY, RETRAIN, TAGS, settings
+
+
+@dag(schedule="0 * * * *", doc_md=__doc__, tags=[*TAGS, "monitoring"], **POLICY)
+def vigil_monitoring() -> None:
+    @task
+    def drift() -> dict[str, object]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from monitoring.job import MonitoringError, run_monitoring
+
+        try:
+            s = run_monitoring(settings())
+        except MonitoringError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return {"triggered": s.triggered, "reasons": s.reasons, "drift_share": s.drift.share,
+                "trigger_id": s.trigger_id, "run_id": s.run_id}  # fmt: skip
+
+    @task(outlets=[RETRAIN])
+    def trigger(result: dict[str, object]) -> dict[str, object]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not result["triggered"]:
+            raise AirflowSkipException("no drift or performance trigger")
+        return result
+
+    trigger(drift())
+
+
+vigil_monitoring()
