@@ -18,6 +18,7 @@ from pipelines.simulator.engine import WardSimulator
 from stack.db import connect
 from stack.lake import Lake
 from stack.settings import Settings
+from tests.conftest import asset_events, run_dag
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -150,7 +151,7 @@ def test_late_events_reprocess_their_hour_and_replace_it(etl_settings: Settings)
 
 
 def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
-    etl_settings: Settings,
+    etl_settings: Settings, airflow_home: Path, tmp_path: Path
 ) -> None:
     s, _ = land(etl_settings, patients=10, hours=2)
     # A feed whose heart rate went missing for a whole hour (next day, 03:00).
@@ -175,3 +176,11 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     # Nothing was written for any partition of the failed run.
     assert q(s, "SELECT count(*) FROM etl_partitions") == [(0,)]
     assert lake(s).files(QUARANTINE_ZONE) == []
+    # Through Airflow: the ETL task fails (no retry) with the validation's message, and the
+    # processed Asset is not updated, so features do not run on a broken batch.
+    run = run_dag(airflow_home, s, "vigil_etl", tmp_path)
+    log = run.stdout + run.stderr
+    assert "AirflowFailException" in log
+    assert "partition date=2026-01-06/hour=03" in log
+    assert "expect_column_values_to_not_be_null(column=heart_rate" in log
+    assert asset_events(airflow_home, "vigil://lake/processed/vitals_minute") == 0

@@ -150,3 +150,47 @@ def test_drift_triggers_retraining_and_the_new_champion_is_better(
     prom = (s.run_path / "metrics" / "monitoring.prom").read_text()
     names = {m.name for m in text_string_to_metric_families(prom)}
     assert {"vigil_drift_share", "vigil_stage_last_success_timestamp_seconds"} <= names
+
+
+def test_the_loop_runs_through_airflow(
+    loop_settings: Settings, airflow_home: Path, tmp_path: Path
+) -> None:
+    """Training → deployment → (wave) monitoring emits the retrain Asset → training →
+    deployment, each DAG run by ``airflow dags test`` against the same stack."""
+    from monitoring.job import champion
+    from tests.conftest import asset_events, run_dag
+
+    s = loop_settings
+    lake = Lake(s.lake.root)
+
+    def dag(dag_id: str) -> str:
+        run = run_dag(airflow_home, s, dag_id, tmp_path)
+        log = run.stdout + run.stderr
+        assert run.returncode == 0, log[-3000:]
+        assert "Task failed" not in log, log[-3000:]
+        return log
+
+    ward("baseline", seed=21, day=0).to_lake(lake, part="baseline")
+    dag("vigil_training")
+    dag("vigil_deployment")
+    assert champion(s).version == "1"
+    assert asset_events(airflow_home, "vigil://registry/challenger") == 1
+    assert asset_events(airflow_home, "vigil://registry/champion") == 1
+
+    ward("respiratory_wave", seed=23, day=1).to_lake(lake, part="wave")
+    dag("vigil_monitoring")
+    assert asset_events(airflow_home, "vigil://monitoring/retraining-trigger") == 1
+    with psycopg.connect(endpoints(s).database_url) as conn:
+        pending = conn.execute("SELECT trigger_id, status FROM retraining_triggers").fetchall()
+    assert [p[1] for p in pending] == ["pending"]
+
+    dag("vigil_training")
+    dag("vigil_deployment")
+    with psycopg.connect(endpoints(s).database_url) as conn:
+        (status, new, run_id), = conn.execute(
+            "SELECT status, new_version, training_run_id FROM retraining_triggers"
+        ).fetchall()  # fmt: skip
+    assert new == "2"
+    assert run_id
+    assert status in ("promoted", "rejected")
+    assert champion(s).version == ("2" if status == "promoted" else "1")
