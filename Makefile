@@ -9,7 +9,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
-        serve score package drift retrain-if-needed triggers eda demo demo-drift \
+        serve score package drift retrain-if-needed triggers eda airflow demo demo-drift demo-airflow \
         test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
@@ -88,6 +88,9 @@ triggers: up ## Recent retraining triggers and what became of them
 eda: up ## EDA report (matplotlib/seaborn) from the lake → reports/eda/<time>/report.html, logged to MLflow
 	$(BIN)/python -m pipelines.eda.report
 
+airflow: up ## Airflow standalone on 127.0.0.1:8080 (no login) with dags/ on the embedded stack; Ctrl-C stops it
+	$(BIN)/python -m ops.airflowcli
+
 demo: setup ## The main job end to end: ward → Kafka → lake → ETL → features → training → live scoring
 	$(BIN)/python -m demo $(if $(PATIENTS),--patients $(PATIENTS)) \
 	  $(if $(HOURS),--hours $(HOURS)) $(if $(SEED),--seed $(SEED)) \
@@ -95,6 +98,9 @@ demo: setup ## The main job end to end: ward → Kafka → lake → ETL → feat
 
 demo-drift: setup ## The closed loop: baseline champion → virus wave → drift named → retrain → better champion
 	$(BIN)/python -m demo.drift
+
+demo-airflow: setup ## The main job through Airflow: ingest → ETL → features → training → deployment DAG runs
+	$(BIN)/python -m demo.airflow $(if $(PATIENTS),--patients $(PATIENTS)) $(if $(HOURS),--hours $(HOURS))
 
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
 	$(BIN)/pytest -q

@@ -199,50 +199,18 @@ def training_settings(mlflow_overlay: dict[str, Any], tmp_path: Path) -> Setting
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An Airflow home with a migrated metadata database (SQLite), this repo's dags/."""
-    import subprocess
-    import sys
+    from ops.airflowcli import migrate
 
     home = tmp_path_factory.mktemp("airflow-home")
-    env = airflow_env(home)
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True,
-                   timeout=300)  # fmt: skip
+    migrate(home)
     return home
 
 
-def airflow_env(home: Path, config: Path | None = None) -> dict[str, str]:
-    import os
-
-    from stack.settings import REPO_ROOT
-
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "VIGIL_AIRFLOW_RETRIES": "0",  # a failure fails the test run at once
-    }
-    if config is not None:
-        env["VIGIL_CONFIG"] = str(config)
-    return env
-
-
 def run_dag(home: Path, settings: Settings, dag_id: str, tmp: Path) -> Any:
-    """``airflow dags test <dag_id>`` with ``settings`` as the Vigil config; the result."""
-    import subprocess
-    import sys
+    """``airflow dags test <dag_id>`` with ``settings`` as the Vigil config (no retries)."""
+    from ops.airflowcli import dags_test
 
-    config = tmp / f"vigil-{dag_id}.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    airflow = str(Path(sys.executable).parent / "airflow")
-    return subprocess.run(
-        [airflow, "dags", "test", dag_id],
-        env=airflow_env(home, config),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    return dags_test(home, settings, dag_id, tmp)
 
 
 def asset_events(home: Path, uri: str) -> int:
