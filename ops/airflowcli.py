@@ -25,6 +25,8 @@ def airflow_env(
     """Environment for an Airflow process on ``home`` with Vigil's ``config``."""
     env = {
         **os.environ,
+        # standalone starts its components as `airflow ...`: this venv's, not the PATH's
+        "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
