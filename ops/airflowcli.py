@@ -79,7 +79,12 @@ def standalone(settings: Settings, port: int = 8080) -> int:
     home = home_of(settings)
     migrate(home)
     config = write_config(settings, home / "vigil.yaml")
-    env = {**airflow_env(home, config), "AIRFLOW__API__PORT": str(port)}
+    env = {
+        **airflow_env(home, config),
+        "AIRFLOW__API__PORT": str(port),
+        # LocalExecutor forks this many workers (default 32): too many for a laptop.
+        "AIRFLOW__CORE__PARALLELISM": str(min(8, max(2, os.cpu_count() or 2))),
+    }
     print(f"Airflow UI: http://127.0.0.1:{port} (no login: simple auth manager, all admins)")
     print(f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home}; Ctrl-C stops it")
     return subprocess.call([AIRFLOW, "standalone"], env=env)
