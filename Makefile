@@ -33,8 +33,9 @@ lock: ## Re-resolve requirements.in into requirements.lock
 up: setup ## Start the embedded stack (Kafka API, PostgreSQL, MLflow) on loopback
 	$(BIN)/python -m stack up
 
-down: setup ## Stop the embedded stack (and a demo's BentoML service); no process is left behind
+down: setup ## Stop the embedded stack (and a demo's BentoML service, make airflow); no process is left behind
 	$(BIN)/python -m serving stop
+	$(BIN)/python -m ops.airflowcli stop
 	$(BIN)/python -m stack down
 
 status: setup ## Show pid, address and health of each embedded service

@@ -8,8 +8,10 @@ local UI on loopback, and the Vigil config the tasks load (``VIGIL_CONFIG``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -86,8 +88,63 @@ def standalone(settings: Settings, port: int = 8080) -> int:
         "AIRFLOW__CORE__PARALLELISM": str(min(8, max(2, os.cpu_count() or 2))),
     }
     print(f"Airflow UI: http://127.0.0.1:{port} (no login: simple auth manager, all admins)")
-    print(f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home}; Ctrl-C stops it")
-    return subprocess.call([AIRFLOW, "standalone"], env=env)
+    print(f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home}; Ctrl-C or `make down` stops it")
+    # Its own process group, so stopping it stops the scheduler's forked workers too.
+    proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, start_new_session=True)
+    pidfile = home / "standalone.pid"
+    pidfile.write_text(str(proc.pid))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop(settings)
+        return 130
+    finally:
+        pidfile.unlink(missing_ok=True)
+
+
+def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
+    """Stop a ``make airflow`` standalone and every process it started; False if none ran."""
+    home = home_of(settings)
+    pidfile = home / "standalone.pid"
+    if not pidfile.exists():
+        return False
+    pgid = int(pidfile.read_text())
+    try:
+        return _stop_group(pgid, pidfile, timeout_s)
+    finally:
+        _sweep(home)
+
+
+def _sweep(home: Path) -> None:
+    """Task processes start their own sessions: stop any left on this Airflow home."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "airflow" in " ".join(proc.info["cmdline"] or []) and (
+                proc.environ().get("AIRFLOW_HOME") == str(home)
+            ):
+                proc.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def _stop_group(pgid: int, pidfile: Path, timeout_s: float) -> bool:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                pidfile.unlink(missing_ok=True)
+                return True
+            time.sleep(0.5)
+    pidfile.unlink(missing_ok=True)
+    return True
 
 
 if __name__ == "__main__":
@@ -95,5 +152,8 @@ if __name__ == "__main__":
     from stack.settings import load_settings
 
     s = load_settings()
+    if sys.argv[1:] == ["stop"]:
+        print("airflow stopped" if stop(s) else "airflow was not running")
+        raise SystemExit(0)
     up(s)
     raise SystemExit(standalone(s, int(os.environ.get("AIRFLOW_PORT", "8080"))))
