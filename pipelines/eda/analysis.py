@@ -165,9 +165,13 @@ def trajectories(
 
 
 def circadian(d: EdaData) -> pd.DataFrame:
-    """Median of each vital by hour of day, in patient-minutes that stayed well."""
+    """Mean of each vital by hour of day, in patient-minutes that stayed well.
+
+    The mean, not the median: readings are mostly whole numbers, and a median of whole
+    numbers moves in steps that hide a rhythm of a fraction of a unit.
+    """
     m = d.minutes[d.minutes["group"] == 0]
-    return m.groupby(m["ts"].dt.hour)[list(VITALS)].median()
+    return m.groupby(m["ts"].dt.hour)[list(VITALS)].mean()
 
 
 def subgroups(d: EdaData) -> pd.DataFrame:

@@ -156,11 +156,12 @@ def circadian(table: pd.DataFrame, out: Path) -> Path:
     for ax, v in zip(axes.ravel(), VITALS, strict=True):
         ax.plot(table.index, table[v], marker="o", ms=3, color="#16a085")
         ax.set_title(LABELS[v][0])
-        ax.set_ylabel(f"median {_title(v)}")
+        ax.set_ylabel(f"mean {_title(v)}")
         ax.set_xticks(range(0, 24, 4))
+        ax.set_xlim(-0.5, 23.5)
     for ax in axes[1]:
         ax.set_xlabel("hour of day (UTC)")
-    fig.suptitle("Circadian pattern: median per hour of day, patient-minutes that stayed well")
+    fig.suptitle("Circadian pattern: mean per hour of day, patient-minutes that stayed well")
     fig.tight_layout()
     return _save(fig, out / "circadian.png")
 

@@ -170,7 +170,7 @@ _TEXT = {
     "trajectories": "Median and interquartile band of each vital over the 12 hours before a "
     "deterioration, against patients who never deteriorated aligned at the same time since "
     "admission.",
-    "circadian": "Median of each vital by hour of day in patient-minutes that stayed well.",
+    "circadian": "Mean of each vital by hour of day in patient-minutes that stayed well.",
     "subgroups": "Class balance, and deterioration rates by age band, sex and COPD (SpO₂ "
     "scale 2 on the chart).",
 }
