@@ -21,7 +21,7 @@ import typer
 from bench.common import machine, versions, write_result
 from monitoring.drift import detect_drift
 from monitoring.job import decide
-from pipelines.cohort import build_cohort
+from pipelines.cohort import ward_day
 from stack.settings import load_settings
 
 SIGNATURE = {
@@ -33,17 +33,8 @@ SIGNATURE = {
 
 def _ward(scenario: str, seed: int, patients: int, day: int) -> pd.DataFrame:
     base = load_settings(environ={})
-    start = pd.Timestamp("2026-01-05T00:00:00Z") + pd.Timedelta(days=day)
-    sim = base.simulator.model_copy(
-        update={
-            "patients": patients,
-            "hours": 24,
-            "seed": seed,
-            "scenario": scenario,
-            "start": start.to_pydatetime(),
-        }
-    )
-    return build_cohort(sim, base.features).features
+    return ward_day(base.simulator, base.features, scenario=scenario, seed=seed,
+                    patients=patients, day=day).features  # fmt: skip
 
 
 def main(

@@ -28,7 +28,7 @@ from monitoring.job import Champion, backtest_risk, champion, run_monitoring
 from monitoring.performance import score_performance
 from monitoring.report import render
 from ops.retrain import retrain_if_needed
-from pipelines.cohort import Cohort, build_cohort
+from pipelines.cohort import Cohort, ward_day
 from stack import db
 from stack.lake import Lake
 from stack.localstack import endpoints, up
@@ -38,7 +38,6 @@ from training.job import run_training
 from training.promotion import run_promote
 
 DB = "vigil_drift_demo"
-START = pd.Timestamp("2026-01-05T00:00:00Z")
 
 
 def demo_settings(base: Settings) -> Settings:
@@ -76,21 +75,9 @@ def demo_settings(base: Settings) -> Settings:
 
 
 def ward(base: Settings, scenario: str, seed: int, day: int, patients: int) -> Cohort:
-    sim = base.simulator.model_copy(
-        update={
-            "patients": patients,
-            "hours": 24,
-            "seed": seed,
-            "scenario": scenario,
-            "start": (START + pd.Timedelta(days=day)).to_pydatetime(),
-            # Deteriorations several times the default rate: a day of a few hundred
-            # patients then holds enough episodes to train and gate on.
-            "episodes": base.simulator.episodes.model_copy(
-                update={"deterioration_rate_per_day": 0.5}
-            ),
-        }
-    )
-    return build_cohort(sim, base.features)
+    # Deteriorations several times the default rate: enough episodes to train and gate on.
+    return ward_day(base.simulator, base.features, scenario=scenario, seed=seed, day=day,
+                    patients=patients, deterioration_rate=0.5)  # fmt: skip
 
 
 def run_drift_demo(base: Settings, console: Console, patients: int = 300) -> dict[str, Any]:

@@ -151,3 +151,34 @@ def build_cohort(
         minutes=minutes if keep_stages else None,
         quarantine=quarantine,
     )
+
+
+def ward_day(
+    sim: SimulatorSettings,
+    feat: FeaturesSettings,
+    *,
+    scenario: str,
+    seed: int,
+    patients: int,
+    day: int = 0,
+    deterioration_rate: float | None = None,
+    keep_stages: bool = False,
+) -> Cohort:
+    """One simulated day of a ward: ``patients`` admitted ``day`` days after ``sim.start``.
+
+    The wards of drift tests, benchmarks and demos: a scenario per day, a seed per ward,
+    and optionally a deterioration rate several times the default, so a day of a few
+    hundred patients holds enough episodes to train and gate on.
+    """
+    update: dict[str, object] = {
+        "patients": patients,
+        "hours": 24,
+        "seed": seed,
+        "scenario": scenario,
+        "start": (pd.Timestamp(sim.start) + pd.Timedelta(days=day)).to_pydatetime(),
+    }
+    if deterioration_rate is not None:
+        update["episodes"] = sim.episodes.model_copy(
+            update={"deterioration_rate_per_day": deterioration_rate}
+        )
+    return build_cohort(sim.model_copy(update=update), feat, keep_stages=keep_stages)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.cohort import Cohort, build_cohort
+from pipelines.cohort import Cohort, ward_day
 from stack.lake import Lake
 from stack.localstack import endpoints
 from stack.settings import Settings, load_settings
@@ -25,24 +25,11 @@ from tests.conftest import TINY_TRAINING, make_settings
 
 pytestmark = pytest.mark.integration
 
-START = pd.Timestamp("2026-01-05T00:00:00Z")
-
 
 def ward(scenario: str, seed: int, day: int, patients: int = 160) -> Cohort:
     base = load_settings(environ={})
-    sim = base.simulator.model_copy(
-        update={
-            "patients": patients,
-            "hours": 24,
-            "seed": seed,
-            "scenario": scenario,
-            "start": (START + pd.Timedelta(days=day)).to_pydatetime(),
-            "episodes": base.simulator.episodes.model_copy(
-                update={"deterioration_rate_per_day": 0.5}
-            ),
-        }
-    )
-    return build_cohort(sim, base.features)
+    return ward_day(base.simulator, base.features, scenario=scenario, seed=seed, day=day,
+                    patients=patients, deterioration_rate=0.5)  # fmt: skip
 
 
 @pytest.fixture

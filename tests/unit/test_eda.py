@@ -21,20 +21,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data() -> EdaData:
-    from pipelines.cohort import build_cohort
+    from pipelines.cohort import ward_day
 
     base = load_settings(environ={})
-    sim = base.simulator.model_copy(
-        update={
-            "patients": 60,
-            "hours": 24,
-            "seed": 3,
-            "episodes": base.simulator.episodes.model_copy(
-                update={"deterioration_rate_per_day": 0.5}
-            ),
-        }
-    )
-    return from_cohort(build_cohort(sim, base.features, keep_stages=True), horizon_hours=4.0)
+    ward = ward_day(base.simulator, base.features, scenario="baseline", seed=3, patients=60,
+                    deterioration_rate=0.5, keep_stages=True)  # fmt: skip
+    return from_cohort(ward, horizon_hours=4.0)
 
 
 @pytest.fixture(scope="module")

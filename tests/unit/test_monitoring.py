@@ -24,19 +24,11 @@ T0 = pd.Timestamp("2026-01-05T00:00:00Z")
 
 
 def _ward(scenario: str, seed: int, patients: int, day: int = 2) -> pd.DataFrame:
-    from pipelines.cohort import build_cohort
+    from pipelines.cohort import ward_day
 
     base = load_settings(environ={})
-    sim = base.simulator.model_copy(
-        update={
-            "patients": patients,
-            "hours": 24,
-            "seed": seed,
-            "scenario": scenario,
-            "start": (T0 + pd.Timedelta(days=day)).to_pydatetime(),
-        }
-    )
-    return build_cohort(sim, base.features).features
+    return ward_day(base.simulator, base.features, scenario=scenario, seed=seed,
+                    patients=patients, day=day).features  # fmt: skip
 
 
 @pytest.fixture(scope="module")
