@@ -2,8 +2,9 @@
 
 Writes the Evidently reports, the MLflow run and the ``monitoring_runs`` row. When drift
 or a performance floor says so, records a retraining trigger and updates the ``retrain``
-Asset, which schedules training (data-driven, no clock coupling). Otherwise the task
-succeeds without an Asset event.
+Asset, which schedules training (data-driven, no clock coupling). Otherwise, or when the
+trigger falls within ``monitoring.retrain.cooldown_hours`` (data time) of the last
+retraining, the trigger task is skipped and there is no Asset event.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ def vigil_monitoring() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from monitoring.job import MonitoringError, run_monitoring
+        from ops.retrain import hold_for_cooldown
 
+        cfg = settings()
         try:
-            s = run_monitoring(settings())
+            s = run_monitoring(cfg)
         except MonitoringError as exc:
             raise AirflowFailException(str(exc)) from exc
         return {"triggered": s.triggered, "reasons": s.reasons, "drift_share": s.drift.share,
-                "trigger_id": s.trigger_id, "run_id": s.run_id}  # fmt: skip
+                "trigger_id": s.trigger_id, "run_id": s.run_id,
+                "held": hold_for_cooldown(cfg, s)}  # fmt: skip
 
     @task(outlets=[RETRAIN])
     def trigger(result: dict[str, object]) -> dict[str, object]:
@@ -34,6 +38,8 @@ def vigil_monitoring() -> None:
 
         if not result["triggered"]:
             raise AirflowSkipException("no drift or performance trigger")
+        if result["held"]:
+            raise AirflowSkipException(str(result["held"]))
         return result
 
     trigger(drift())

@@ -74,6 +74,35 @@ def last_retraining_end(settings: Settings) -> pd.Timestamp | None:
     return pd.Timestamp(row[0]) if row and row[0] is not None else None
 
 
+def cooldown_detail(
+    last: pd.Timestamp | None, end: pd.Timestamp, cooldown_hours: float
+) -> str | None:
+    """Why a trigger at data time ``end`` waits, or None when it may retrain.
+
+    The cool-down is measured in data time (window ends), not the wall clock, so a
+    backfill or a replay behaves like live traffic.
+    """
+    if last is None or end - last >= pd.Timedelta(hours=cooldown_hours):
+        return None
+    return (
+        f"cool-down: the last retraining covered data up to {last}, "
+        f"less than {cooldown_hours:g} h before {end}"
+    )
+
+
+def hold_for_cooldown(settings: Settings, summary: MonitoringSummary) -> str | None:
+    """Mark a fresh trigger ``skipped`` when it falls in the cool-down; returns why."""
+    if not summary.triggered:
+        return None
+    last = last_retraining_end(settings)
+    detail = cooldown_detail(last, summary.window_end, settings.monitoring.retrain.cooldown_hours)
+    if detail is not None:
+        _set(settings, summary.trigger_id, "skipped", detail=detail)
+        log.info("trigger held", extra={"stage": "retrain", "trigger_id": summary.trigger_id,
+                                        "reason": detail})  # fmt: skip
+    return detail
+
+
 def window_settings(settings: Settings, end: pd.Timestamp) -> Settings:
     """``settings`` training on the sliding window that ends at ``end``."""
     since = end - pd.Timedelta(days=settings.monitoring.retrain.window_days)
@@ -149,14 +178,9 @@ def retrain_if_needed(settings: Settings, *, until: datetime | None = None) -> R
         return RetrainOutcome(summary, "none", "no trigger")
     cfg = settings.monitoring.retrain
     end = summary.window_end
-    last = last_retraining_end(settings)
-    if last is not None and end - last < pd.Timedelta(hours=cfg.cooldown_hours):
-        detail = (
-            f"cool-down: the last retraining covered data up to {last}, "
-            f"less than {cfg.cooldown_hours:g} h before {end}"
-        )
-        _set(settings, summary.trigger_id, "skipped", detail=detail)
-        return RetrainOutcome(summary, "skipped", detail)
+    held = hold_for_cooldown(settings, summary)
+    if held is not None:
+        return RetrainOutcome(summary, "skipped", held)
 
     trained = train_on_window(settings, trigger_id=summary.trigger_id, end=end)
     promotion = deploy(window_settings(settings, end), trigger_id=summary.trigger_id)

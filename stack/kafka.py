@@ -459,7 +459,13 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            # Each attempt bounded by what is left (bootstrap otherwise blocks for 30 s).
+            left_ms = max(200, int((deadline - time.monotonic()) * 1000))
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=3000,
+                bootstrap_timeout_ms=min(left_ms, 30_000),
+            )
             admin.list_topics()
             admin.close()
             return

@@ -1,8 +1,10 @@
-"""The closed loop on a real MLflow server, real PostgreSQL and Airflow (`airflow dags test`).
+"""The closed loop on a real broker, Spark, MLflow server, PostgreSQL and Airflow.
 
-Baseline ward → champion; the ward switches to a respiratory-virus wave → monitoring
-names the drifted columns and triggers → retraining on the sliding window → gate →
-new champion, which beats the old one on a later period of the new regime.
+Every stage runs as a DAG (`airflow dags test`): a baseline ward streams through Kafka →
+ingestion → ETL → features → training → deployment (champion); the ward switches to a
+respiratory-virus wave → monitoring names the drifted columns and triggers → retraining
+on the sliding window → gate → new champion, which beats the old one on a later period
+of the new regime.
 """
 
 from __future__ import annotations
@@ -17,13 +19,26 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from features.spec import FEATURES_TABLE
 from pipelines.cohort import Cohort, ward_day
+from pipelines.produce import simulate_to_kafka
 from stack.lake import Lake
 from stack.localstack import endpoints
 from stack.settings import Settings, load_settings
 from tests.conftest import TINY_TRAINING, make_settings
 
 pytestmark = pytest.mark.integration
+
+
+ROLES = ("vitals", "outcomes", "admissions", "dead_letters", "predictions", "alerts")
+# Day 0 as ward() would simulate it (same size, seed and deterioration rate), but streamed.
+BASELINE_DAY = {
+    "patients": 160,
+    "hours": 24,
+    "seed": 11,
+    "scenario": "baseline",
+    "episodes": {"deterioration_rate_per_day": 0.5},
+}
 
 
 def ward(scenario: str, seed: int, day: int, patients: int = 160) -> Cohort:
@@ -41,6 +56,7 @@ def loop_settings(
     local = {
         **mlflow_overlay["local_stack"],
         "postgres_port": stack_overlay["local_stack"]["postgres_port"],
+        "kafka_port": stack_overlay["local_stack"]["kafka_port"],
     }
     probe = make_settings(tmp_path, run_dir=stack_overlay["run_dir"], local_stack=local)
     base = endpoints(probe).database_url
@@ -54,6 +70,11 @@ def loop_settings(
         local_stack=local,
         mlflow=mlflow_overlay["mlflow"],
         postgres={"url": base.rsplit("/", 1)[0] + f"/{name}"},
+        kafka={"partitions": 3, "topics": {role: f"{role}.{tag}" for role in ROLES}},
+        landing={"group_id": f"landing-{tag}", "idle_timeout_s": 10},
+        spark={"master": "local[2]", "shuffle_partitions": 4},
+        etl={"reports_dir": str(tmp_path / "reports" / "etl")},
+        simulator=BASELINE_DAY,
         training={
             **TINY_TRAINING,
             "experiment": f"loop-{tag}",
@@ -75,9 +96,10 @@ def loop_settings(
 def test_the_loop_through_airflow_then_retrain_if_needed(
     loop_settings: Settings, airflow_home: Path, tmp_path: Path
 ) -> None:
-    """Each DAG run by ``airflow dags test`` against real MLflow and PostgreSQL:
+    """Each DAG run by ``airflow dags test`` against the real embedded stack:
 
-    baseline → training → deployment (v1); a quiet day → monitoring, no trigger; a virus
+    a baseline ward through Kafka → ingestion → ETL → features → training → deployment
+    (v1); a quiet day → monitoring, no trigger; a virus
     wave → monitoring names the columns and emits the retrain Asset → training on the
     sliding window → deployment (v2); on a later day of the wave v2 beats v1; then
     ``make retrain-if-needed``'s job finds nothing to do on the regime v2 was trained on.
@@ -100,7 +122,22 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
         with psycopg.connect(endpoints(s).database_url) as conn:
             return conn.execute(sql).fetchall()
 
-    ward("baseline", seed=11, day=0).to_lake(lake, part="baseline")
+    # Day 0 streams through the broker and every batch stage's DAG.
+    sent, _ = simulate_to_kafka(s)
+    dag("vigil_ingest")
+    assert asset_events(airflow_home, "vigil://lake/raw/vitals") == 1
+    dag("vigil_etl")
+    (raw_rows, source, quarantined, dups), = query(
+        "SELECT sum(raw_rows), sum(source_rows), sum(quarantined_rows), sum(duplicates) "
+        "FROM etl_partitions"
+    )  # fmt: skip
+    # every vitals row that landed (malformed messages went to dead letters) is accounted for
+    assert raw_rows == sent.stats.vitals_messages - sum(sent.stats.malformed.values())
+    assert raw_rows == source + quarantined + dups
+    dag("vigil_features")
+    assert asset_events(airflow_home, "vigil://lake/features") == 1
+    (feature_rows,), = query(f"SELECT count(*) FROM {FEATURES_TABLE}")  # fmt: skip
+    assert 160 * 24 * 12 * 0.6 < feature_rows < 160 * 24 * 12 * 1.05
     dag("vigil_training")
     dag("vigil_deployment")
     old = champion(s)

@@ -215,3 +215,16 @@ def test_stage_metrics_textfile_parses(settings: Settings) -> None:
         "model_version": "7",
     }
     assert fams["vigil_stage_last_success_timestamp_seconds"].samples[0].value > 1.7e9
+
+
+def test_cooldown_is_measured_in_data_time() -> None:
+    from ops.retrain import cooldown_detail
+
+    last = pd.Timestamp("2026-01-07T00:00Z")
+    assert cooldown_detail(None, last, 6) is None  # never retrained: go
+    held = cooldown_detail(last, last + pd.Timedelta(hours=5, minutes=59), 6)
+    assert held is not None
+    assert "2026-01-07 00:00:00+00:00" in held
+    assert "6 h" in held
+    assert cooldown_detail(last, last + pd.Timedelta(hours=6), 6) is None  # boundary: go
+    assert cooldown_detail(last, last + pd.Timedelta(days=2), 6) is None
