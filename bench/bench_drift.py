@@ -6,7 +6,11 @@ another seed, either baseline (any trigger is a false alarm) or a named drift sc
 (a trigger that names the scenario's signature columns is a detection). Thresholds are
 ``conf/base.yaml``'s ``monitoring.drift``, unchanged.
 
-    python -m bench.bench_drift [--seeds 10 --patients 100]
+The trigger's strength rule (``trigger_severity``) was chosen on baseline seeds 100-139
+and scenario seeds 200-205; this bench measures on other seeds by default
+(``--first-seed``), so the rate it reports is not the rate of the wards it was fitted to.
+
+    python -m bench.bench_drift [--seeds 20 --scenario-seeds 3 --patients 100]
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ def _ward(scenario: str, seed: int, patients: int, day: int) -> pd.DataFrame:
 
 
 def main(
-    seeds: int = typer.Option(10, help="baseline wards (false alarms) and seeds per scenario / 3"),
+    seeds: int = typer.Option(20, help="baseline wards (false alarms)"),
+    scenario_seeds: int = typer.Option(3, help="wards per drift scenario"),
+    first_seed: int = typer.Option(1000, help="seeds used: first_seed, first_seed + 1, ..."),
     patients: int = typer.Option(100),
     ref_patients: int = typer.Option(300),
 ) -> None:
@@ -46,8 +52,8 @@ def main(
     cfg = settings.monitoring.drift
     reference = _ward("baseline", 42, ref_patients, day=0).iloc[::3]
     runs: list[dict[str, Any]] = []
-    plan = [("baseline", 100 + i) for i in range(seeds)]
-    plan += [(s, 200 + i) for s in SIGNATURE for i in range(max(1, seeds // 3))]
+    plan = [("baseline", first_seed + i) for i in range(seeds)]
+    plan += [(s, first_seed + 500 + i) for s in SIGNATURE for i in range(scenario_seeds)]
     for scenario, seed in plan:
         current = _ward(scenario, seed, patients, day=2)
         t0 = time.perf_counter()
@@ -78,10 +84,18 @@ def main(
             "current_patients": patients,
             "hours": 24,
             "baseline_seeds": seeds,
+            "scenario_seeds": scenario_seeds,
+            "first_seed": first_seed,
             **cfg.model_dump(),
         },
         "false_alarm_rate": sum(r["triggered"] for r in base) / len(base),
         "baseline_max_severity": max(r["max_severity"] for r in base),
+        "baseline_drift_without_trigger": sum(
+            bool(r["drifted"]) and not r["triggered"] for r in base
+        ),
+        "scenario_min_severity": min(
+            r["max_severity"] for r in runs if r["scenario"] != "baseline"
+        ),
         "detection": per_scenario,
         "seconds_per_report": round(float(np.mean([r["seconds"] for r in runs])), 1),
         "target": "no trigger on baseline wards of other seeds; every scenario detected with "

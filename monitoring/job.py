@@ -236,22 +236,29 @@ def backtest_risk(settings: Settings, champ: Champion, rows: pd.DataFrame) -> np
 def decide(drift: DriftResult, perf: list[Performance], settings: Settings) -> list[str]:
     """Why to retrain, if at all (empty: no trigger).
 
-    Drift share at or above ``trigger_share``; drift of the risk score (when enabled);
-    realized performance (or, without enough stored predictions, the backtest) below a
-    floor.
+    Feature drift: a share of tested columns at or above ``trigger_share`` drifted, *and*
+    the most drifted one at ``trigger_severity`` times its threshold or more — breadth and
+    strength. A chance ward (a few more COPD patients, say) moves a family of correlated
+    columns just past their thresholds; a real change moves at least one far past them
+    (``bench/bench_drift.py`` measures both). Drift of the risk score (when enabled) at
+    ``trigger_severity``; realized performance (or, without enough stored predictions,
+    the backtest) below a floor.
     """
     cfg = settings.monitoring
+    strong = cfg.drift.trigger_severity
     reasons: list[str] = []
-    if drift.tested and drift.share >= cfg.drift.trigger_share:
-        top = ", ".join(c.column for c in drift.drifted[:5])
+    drifted = drift.drifted
+    if drift.tested and drift.share >= cfg.drift.trigger_share and drifted[0].severity >= strong:
+        top = ", ".join(c.column for c in drifted[:5])
         reasons.append(
-            f"feature drift: {len(drift.drifted)}/{drift.tested} columns "
-            f"({drift.share:.0%} >= {cfg.drift.trigger_share:.0%}), most: {top}"
+            f"feature drift: {len(drifted)}/{drift.tested} columns "
+            f"({drift.share:.0%} >= {cfg.drift.trigger_share:.0%}), most: {top} "
+            f"({drifted[0].severity:.1f}x its threshold >= {strong:g}x)"
         )
     p = drift.prediction
-    if cfg.drift.prediction_trigger and p is not None and p.drifted:
+    if cfg.drift.prediction_trigger and p is not None and p.drifted and p.severity >= strong:
         reasons.append(
-            f"prediction drift: risk {p.method} {p.score:.3f} >= {p.threshold:.2f} "
+            f"prediction drift: risk {p.method} {p.score:.3f} >= {strong:g} x {p.threshold:.2f} "
             f"(mean {p.reference_mean:.3f} -> {p.current_mean:.3f})"
         )
     judged = [x for x in perf if x.judged]

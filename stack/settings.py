@@ -409,6 +409,12 @@ class DriftSettings(_Strict):
     trigger_share: float = Field(
         0.02, gt=0, le=1, description="share of tested columns drifted that triggers retraining"
     )
+    trigger_severity: float = Field(
+        1.5,
+        ge=1,
+        description="a trigger also needs one column (or the risk score) at this multiple of "
+        "its threshold: beyond the seed-to-seed spread of baseline wards",
+    )
     prediction_trigger: bool = Field(True, description="drift of the risk score also triggers")
     max_rows: int = Field(50_000, ge=1000, description="rows per side (sampled by patient-time)")
 
