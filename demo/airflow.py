@@ -8,6 +8,7 @@ real DAG run recorded in the Airflow metadata database under ``<run_dir>/airflow
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -37,6 +38,19 @@ def _task_states(home: Path, dag_id: str) -> dict[str, str]:
     return {t: str(s) for t, s in rows}
 
 
+_SKIP = re.compile(r"Skipping task\..*?reason=(?P<why>.+?)(?:\s+\[\S+\])?(?:\s+loc=\S+)?\s*$")
+
+
+def skip_reasons(log: str) -> list[str]:
+    """Why tasks of an ``airflow dags test`` run were skipped, from its task log lines."""
+    out = []
+    for line in log.splitlines():
+        m = _SKIP.search(line)
+        if m:
+            out.append(m["why"].strip().strip("'\""))
+    return out
+
+
 def run_airflow_demo(settings: Settings, console: Console) -> bool:
     up(settings)
     home = home_of(settings)
@@ -44,15 +58,16 @@ def run_airflow_demo(settings: Settings, console: Console) -> bool:
     sent, _ = simulate_to_kafka(settings)
     console.print(f"simulated {sent.stats.patients} patients: "
                   f"{sent.stats.vitals_messages:,} vital-sign messages into Kafka")  # fmt: skip
-    table = Table("DAG", "tasks", "seconds")
+    table = Table("DAG", "tasks", "seconds", "note")
     ok = True
     for dag_id in CHAIN:
         t0 = time.perf_counter()
         with console.status(f"airflow dags test {dag_id}"):
             run = dags_test(home, settings, dag_id, home)
         states = _task_states(home, dag_id)
+        note = "; ".join(skip_reasons(run.stdout + run.stderr))[:300]
         table.add_row(dag_id, ", ".join(f"{k}: {v}" for k, v in states.items()),
-                      f"{time.perf_counter() - t0:.0f}")  # fmt: skip
+                      f"{time.perf_counter() - t0:.0f}", note)  # fmt: skip
         if run.returncode != 0 or "failed" in states.values():
             console.print(table)
             console.print((run.stdout + run.stderr)[-4000:])

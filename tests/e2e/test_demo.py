@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     s = with_simulator(s, patients=60, hours=8)
     console = Console(record=True, width=400)  # no wrapping of long paths
     try:
-        result = run_demo(s, console, live_seconds=20)
+        result = run_demo(s, console, live_seconds=12)
         eda = run_eda(s)  # the EDA report from the lake the demo filled
     finally:
         ServingProcess(s).stop()  # the demo leaves the service up for the user; not here

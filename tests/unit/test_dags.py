@@ -86,3 +86,20 @@ def test_dag_files_do_no_work_at_import() -> None:
         body = text.split("def ", 1)[0]  # module level, before the DAG function
         for call in ("load_settings(", "run_", "Lander(", "connect("):
             assert call not in body, (path.name, call)
+
+
+def test_demo_reads_skip_reasons_from_task_logs() -> None:
+    from demo.airflow import skip_reasons
+
+    log = (
+        "2026-11-28T16:31:26.413476Z [info     ] ::group::Post Execute          [task] "
+        "loc=task_runner.py:1620\n"
+        "2026-11-28T16:31:26.413900Z [info     ] Skipping task.                 [task] "
+        "loc=task_runner.py:1622 reason=gate kept the champion: challenger - champion "
+        "ROC-AUC lower bound -0.031 < -0.02\n"
+        "2026-11-28T16:31:26.483586Z [info     ] Marking run <DagRun vigil_deployment> skipped\n"
+    )
+    assert skip_reasons(log) == [
+        "gate kept the champion: challenger - champion ROC-AUC lower bound -0.031 < -0.02"
+    ]
+    assert skip_reasons("Task failed\n") == []

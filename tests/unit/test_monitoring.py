@@ -44,7 +44,7 @@ def _drift(reference: pd.DataFrame, current: pd.DataFrame) -> DriftResult:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])  # the rate over many seeds: bench/bench_drift.py
 def test_baseline_wards_of_other_seeds_do_not_trigger(reference: pd.DataFrame, seed: int) -> None:
     from monitoring.job import decide
 
