@@ -38,7 +38,7 @@ def _task_states(home: Path, dag_id: str) -> dict[str, str]:
     return {t: str(s) for t, s in rows}
 
 
-_SKIP = re.compile(r"Skipping task\..*?reason=(?P<why>.+?)(?:\s+\[\S+\])?(?:\s+loc=\S+)?\s*$")
+_SKIP = re.compile(r"Skipping task\..*?reason=(?P<why>.+?)(?:\s+loc=\S+)?\s*$")
 
 
 def skip_reasons(log: str) -> list[str]:

@@ -112,24 +112,23 @@ def window_settings(settings: Settings, end: pd.Timestamp) -> Settings:
     return settings.model_copy(update={"training": window})
 
 
-def pending_trigger(settings: Settings) -> int | None:
-    """The latest trigger still ``pending`` (recorded by monitoring, not yet acted on)."""
+def _latest_trigger(settings: Settings, status: str) -> int | None:
     db.migrate(settings)
     with db.connect(settings) as conn:
         row = conn.execute(
-            "SELECT max(trigger_id) FROM retraining_triggers WHERE status = 'pending'"
+            "SELECT max(trigger_id) FROM retraining_triggers WHERE status = %s", (status,)
         ).fetchone()
     return int(row[0]) if row and row[0] is not None else None
+
+
+def pending_trigger(settings: Settings) -> int | None:
+    """The latest trigger still ``pending`` (recorded by monitoring, not yet acted on)."""
+    return _latest_trigger(settings, "pending")
 
 
 def pending_trigger_in_training(settings: Settings) -> int | None:
     """The latest trigger whose retraining ran (status ``training``) and awaits the gate."""
-    db.migrate(settings)
-    with db.connect(settings) as conn:
-        row = conn.execute(
-            "SELECT max(trigger_id) FROM retraining_triggers WHERE status = 'training'"
-        ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
+    return _latest_trigger(settings, "training")
 
 
 def train_on_window(
