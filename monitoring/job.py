@@ -5,8 +5,9 @@ One run judges the current ``@champion`` on the last ``monitoring.window_hours``
 1. **Reference**: the sample logged with the champion's training run
    (:data:`stack.contracts.REFERENCE_ARTIFACT`: features and out-of-sample risk).
 2. **Current**: the window's batch feature rows from the lake (equal to the online
-   features the scorer computed, by the parity test) and the champion's stored
-   predictions from PostgreSQL.
+   features the scorer computed, by the parity test) and the champion version's stored
+   predictions from PostgreSQL — as champion, or, for a version promoted within the
+   window, the shadow predictions it made on the same live traffic before.
 3. **Drift** (Evidently, :mod:`monitoring.drift`) of every feature and of the risk score —
    the served risk when predictions exist, else the champion re-scoring the window.
 4. **Performance** once outcomes have landed: *realized* (stored predictions and the
@@ -198,26 +199,34 @@ def landed_outcomes(lake: Lake) -> pd.DataFrame:
 
 def stored_predictions(
     settings: Settings, champ: Champion, start: pd.Timestamp, end: pd.Timestamp
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The champion version's scored predictions and the alerts raised in the window."""
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """A model version's stored predictions in the window, the alerts it raised, its role.
+
+    The role is ``champion`` when the version served as champion in the window. A version
+    that only ran in shadow there (a challenger scored on live traffic before its
+    promotion) has its ``shadow`` predictions judged instead; it raised no alerts. None:
+    the version scored nothing in the window.
+    """
     with db.connect(settings) as conn:
         cur = conn.execute(
-            "SELECT patient_id, ts, risk FROM predictions WHERE role = 'champion' "
-            "AND status = 'scored' AND model_name = %s AND model_version = %s "
-            "AND ts >= %s AND ts < %s ORDER BY patient_id, ts",
+            "SELECT patient_id, ts, risk, role FROM predictions WHERE status = 'scored' "
+            "AND model_name = %s AND model_version = %s AND ts >= %s AND ts < %s "
+            "ORDER BY patient_id, ts",
             (champ.name, champ.version, start, end),
         )
-        preds = pd.DataFrame(cur.fetchall(), columns=["patient_id", "ts", "risk"])
+        rows = pd.DataFrame(cur.fetchall(), columns=["patient_id", "ts", "risk", "role"])
         cur = conn.execute(
             "SELECT patient_id, ts FROM alerts WHERE model_name = %s AND model_version = %s "
             "AND ts >= %s AND ts < %s",
             (champ.name, champ.version, start, end),
         )
         alerts = pd.DataFrame(cur.fetchall(), columns=["patient_id", "ts"])
+    role = None if rows.empty else "champion" if (rows["role"] == "champion").any() else "shadow"
+    preds = rows[rows["role"] == role].drop(columns="role").reset_index(drop=True)
     for frame in (preds, alerts):
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     preds["risk"] = preds["risk"].astype(np.float64)
-    return preds, alerts
+    return preds, alerts, role
 
 
 def backtest_risk(settings: Settings, champ: Champion, rows: pd.DataFrame) -> np.ndarray:
@@ -298,7 +307,7 @@ def run_monitoring(
     if current.empty:
         raise MonitoringError(f"no feature rows between {start} and {end}")
     db.migrate(settings)
-    preds, alerts = stored_predictions(settings, champ, start, end)
+    preds, alerts, served_as = stored_predictions(settings, champ, start, end)
     current["risk"] = backtest_risk(settings, champ, current)
 
     # Prediction drift on what was served when there is enough of it, else the backtest.
@@ -319,7 +328,7 @@ def run_monitoring(
     observed_until = end
     real = realized(
         preds, alerts, outcomes, horizon=horizon, observed_until=observed_until,
-        cfg=cfg.performance,
+        cfg=cfg.performance, served_as=served_as,
     )  # fmt: skip
     back = score_performance(
         current[["patient_id", "ts", "risk"]], outcomes, horizon=horizon,

@@ -12,7 +12,7 @@ an alert is *true* when a deterioration follows within the horizon; an episode i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ class Performance:
     episodes: int | None = None
     alert_recall: float | None = None
     alerts_per_patient_day: float | None = None
+    served_as: str | None = None  # realized: champion, or shadow (no alerts of its own)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,8 +132,13 @@ def realized(
     horizon: pd.Timedelta,
     observed_until: pd.Timestamp,
     cfg: PerformanceSettings,
+    served_as: str | None = "champion",
 ) -> Performance:
-    """Performance of what was served: stored champion predictions and raised alerts."""
+    """Performance of what was served: stored predictions and the alerts raised.
+
+    ``served_as="shadow"``: the predictions of a challenger in shadow, which raises no
+    alerts, so alert quality is not judged (None), rather than judged as zero alerts.
+    """
     base = score_performance(
         predictions,
         outcomes,
@@ -141,7 +147,8 @@ def realized(
         cfg=cfg,
         source="realized",
     )
-    if predictions.empty:
+    base = replace(base, served_as=served_as)
+    if predictions.empty or served_as == "shadow":
         return base
     quality = alert_quality(
         alerts, outcomes, predictions, horizon=horizon, observed_until=observed_until

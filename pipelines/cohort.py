@@ -153,6 +153,31 @@ def build_cohort(
     )
 
 
+def ward_day_settings(
+    sim: SimulatorSettings,
+    *,
+    scenario: str,
+    seed: int,
+    patients: int,
+    day: int = 0,
+    deterioration_rate: float | None = None,
+    hours: float = 24.0,
+) -> SimulatorSettings:
+    """The simulator settings of :func:`ward_day`'s ward, e.g. to stream the same ward."""
+    update: dict[str, object] = {
+        "patients": patients,
+        "hours": hours,
+        "seed": seed,
+        "scenario": scenario,
+        "start": (pd.Timestamp(sim.start) + pd.Timedelta(days=day)).to_pydatetime(),
+    }
+    if deterioration_rate is not None:
+        update["episodes"] = sim.episodes.model_copy(
+            update={"deterioration_rate_per_day": deterioration_rate}
+        )
+    return sim.model_copy(update=update)
+
+
 def ward_day(
     sim: SimulatorSettings,
     feat: FeaturesSettings,
@@ -163,22 +188,17 @@ def ward_day(
     day: int = 0,
     deterioration_rate: float | None = None,
     keep_stages: bool = False,
+    hours: float = 24.0,
 ) -> Cohort:
     """One simulated day of a ward: ``patients`` admitted ``day`` days after ``sim.start``.
 
     The wards of drift tests, benchmarks and demos: a scenario per day, a seed per ward,
     and optionally a deterioration rate several times the default, so a day of a few
-    hundred patients holds enough episodes to train and gate on.
+    hundred patients holds enough episodes to train and gate on. ``hours`` sets how long
+    the ward is simulated (a day by default).
     """
-    update: dict[str, object] = {
-        "patients": patients,
-        "hours": 24,
-        "seed": seed,
-        "scenario": scenario,
-        "start": (pd.Timestamp(sim.start) + pd.Timedelta(days=day)).to_pydatetime(),
-    }
-    if deterioration_rate is not None:
-        update["episodes"] = sim.episodes.model_copy(
-            update={"deterioration_rate_per_day": deterioration_rate}
-        )
-    return build_cohort(sim.model_copy(update=update), feat, keep_stages=keep_stages)
+    ward = ward_day_settings(
+        sim, scenario=scenario, seed=seed, patients=patients, day=day,
+        deterioration_rate=deterioration_rate, hours=hours,
+    )  # fmt: skip
+    return build_cohort(ward, feat, keep_stages=keep_stages)

@@ -45,7 +45,7 @@ from training import plots
 from training.card import ModelCard, render_card
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
-from training.models import SKOPS_TRUSTED_TYPES, build, importances, risk
+from training.models import SKOPS_TRUSTED_TYPES, build, importances, pip_requirements, risk
 from training.registry import CHALLENGER, Registry
 from training.threshold import OperatingPoint, choose_threshold, operating_point
 from training.tune import StudyResult, TrialRecord, tune_family, tuning_rows
@@ -377,6 +377,7 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
             serialization_format="skops",  # no arbitrary code on load, unlike pickle
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             pyfunc_predict_fn="predict_proba",
+            pip_requirements=pip_requirements(best.family),
             metadata={
                 "feature_set_version": FEATURE_SET_VERSION,
                 "feature_names": list(FEATURE_NAMES),

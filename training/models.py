@@ -13,6 +13,7 @@ adds only transport and threshold:
 
 from __future__ import annotations
 
+from importlib.metadata import packages_distributions, version
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,21 @@ from xgboost import XGBClassifier
 from stack.settings import Family, ParamRange
 
 FAMILIES: tuple[Family, ...] = ("logistic_regression", "random_forest", "xgboost")
+# What loading and running a logged model needs, beyond Python: pinned to the versions it
+# was trained with. Declared, not inferred: MLflow's inference imports the model in a
+# subprocess and costs ~10 s per logged model.
+_RUNTIME = ("mlflow", "sklearn", "skops", "numpy", "pandas", "scipy")  # import names
+
+
+def pip_requirements(family: str) -> list[str]:
+    """Pinned requirements of a logged model of ``family`` (the installed distributions:
+    ``sklearn`` is scikit-learn, and ``xgboost`` may come as xgboost-cpu)."""
+    dists = packages_distributions()
+    modules = [*_RUNTIME, *(("xgboost",) if family == "xgboost" else ())]
+    names = [m if m in dists[m] else dists[m][0] for m in modules]  # mlflow, not -skinny
+    return [f"{name}=={version(name)}" for name in names]
+
+
 # Types beyond skops' defaults that the families' fitted estimators contain; the model is
 # saved with skops (no arbitrary code runs on load) and these are declared trusted.
 SKOPS_TRUSTED_TYPES = (

@@ -3,8 +3,10 @@
 Every stage runs as a DAG (`airflow dags test`): a baseline ward streams through Kafka →
 ingestion → ETL → features → training → deployment (champion); the ward switches to a
 respiratory-virus wave → monitoring names the drifted columns and triggers → retraining
-on the sliding window → gate → new champion, which beats the old one on a later period
-of the new regime.
+on the sliding window → a later period of the wave streams through the BentoML service
+and the scorer (old champion serving, new challenger in shadow) → gate → new champion,
+whose realized performance on the new regime — stored live predictions judged against the
+outcomes that landed — beats the old one's.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURES_TABLE
-from pipelines.cohort import Cohort, ward_day
+from pipelines.cohort import Cohort, ward_day, ward_day_settings
 from pipelines.produce import simulate_to_kafka
+from serving.scorer import Scorer
+from serving.server import ServingProcess
 from stack.lake import Lake
-from stack.localstack import endpoints
+from stack.localstack import endpoints, free_port
 from stack.settings import Settings, load_settings
 from tests.conftest import TINY_TRAINING, make_settings
 
@@ -41,10 +45,39 @@ BASELINE_DAY = {
 }
 
 
-def ward(scenario: str, seed: int, day: int, patients: int = 160) -> Cohort:
+def ward(scenario: str, seed: int, day: int, patients: int = 160, hours: float = 24) -> Cohort:
     base = load_settings(environ={})
     return ward_day(base.simulator, base.features, scenario=scenario, seed=seed, day=day,
-                    patients=patients, deterioration_rate=0.5)  # fmt: skip
+                    patients=patients, deterioration_rate=0.5, hours=hours)  # fmt: skip
+
+
+# A later period of the wave, streamed live through the service and the scorer (and built
+# in process for its features and outcomes: the same ward, by seed).
+LIVE = {"scenario": "respiratory_wave", "seed": 14, "day": 3, "patients": 80, "hours": 12}
+
+
+def live_settings(s: Settings) -> Settings:
+    """The loop's settings, with topics of their own and the later wave ward to stream."""
+    tag = uuid.uuid4().hex[:6]
+    topics = {role: f"{role}.live-{tag}" for role in ROLES}
+    sim = ward_day_settings(load_settings(environ={}).simulator, deterioration_rate=0.5, **LIVE)
+    return s.model_copy(
+        update={
+            "kafka": s.kafka.model_copy(
+                update={"topics": s.kafka.topics.model_copy(update=topics)}
+            ),
+            "simulator": sim,
+            "serving": s.serving.model_copy(update={"port": free_port()}),
+            "scorer": s.scorer.model_copy(
+                update={
+                    "group_id": f"scorer-{tag}",
+                    "new_group_starts_at": "earliest",
+                    "idle_timeout_s": 4.0,
+                    "metrics_port": None,
+                }
+            ),
+        }
+    )
 
 
 @pytest.fixture
@@ -103,11 +136,14 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
     a baseline ward through Kafka → ingestion → ETL → features → training → deployment
     (v1); a quiet day → monitoring, no trigger; a virus
     wave → monitoring names the columns and emits the retrain Asset → training on the
-    sliding window → deployment (v2); on a later day of the wave v2 beats v1; then
-    ``make retrain-if-needed``'s job finds nothing to do on the regime v2 was trained on.
+    sliding window (v2, challenger) → a later period of the wave scored live by the
+    service and the scorer, v1 serving and v2 in shadow → deployment (v2); v2's realized
+    performance there beats v1's; then ``make retrain-if-needed``'s job judges v2 on its
+    live predictions and finds nothing to do.
     """
     from demo.airflow import skip_reasons
-    from monitoring.job import backtest_risk, champion, score_performance
+    from monitoring.job import champion, landed_outcomes, stored_predictions
+    from monitoring.performance import realized
     from ops.retrain import retrain_if_needed
     from tests.conftest import asset_events, run_dag
 
@@ -168,6 +204,21 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
     assert [r[0] for r in query("SELECT status FROM retraining_triggers")] == ["pending"]
 
     dag("vigil_training")
+    # v2 waits as @challenger. A later period of the wave streams through the BentoML
+    # service and the scorer: v1 scores it as champion, v2 in shadow, event by event.
+    live = live_settings(s)
+    sent_live, _ = simulate_to_kafka(live)
+    service = ServingProcess(live)
+    service.start_or_explain()
+    try:
+        scoring = Scorer(live).run(bounded=True)
+    finally:
+        service.stop()
+    assert scoring.scored > 0.9 * sent_live.stats.valid_events, scoring.to_dict()
+    assert scoring.shadow_stored == scoring.scored
+    later = ward(**LIVE)  # the same ward in process: its batch features and outcomes
+    later.to_lake(lake, part="wave-2")
+
     dag("vigil_deployment")
     (status, new_version, run_id), = query(
         "SELECT status, new_version, training_run_id FROM retraining_triggers"
@@ -178,25 +229,32 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
     assert new.version == "2"
     assert asset_events(airflow_home, "vigil://registry/champion") == 2
 
-    # A later day of the wave, never trained on: the new champion does better.
-    later = ward("respiratory_wave", seed=14, day=3)
-    later.to_lake(lake, part="wave-2")
-    rows = later.features.merge(later.labels, on=["patient_id", "ts"])
-    rows = rows[rows["label_status"] == "labelled"]
+    # Realized performance on the new regime, from the stored live predictions once the
+    # outcomes landed: the new champion (then in shadow) beats the old one (then serving).
+    start = pd.Timestamp(live.simulator.start)
+    end = start + pd.Timedelta(hours=LIVE["hours"])
     perf = {}
     for who in (old, new):
-        scored = rows[["patient_id", "ts"]].assign(risk=backtest_risk(s, who, rows))
-        perf[who.version] = score_performance(
-            scored, later.outcomes, horizon=pd.Timedelta(hours=4),
-            observed_until=rows["ts"].max() + pd.Timedelta(hours=5),
-            cfg=s.monitoring.performance, source="backtest",
+        preds, alerts, role = stored_predictions(s, who, start, end)
+        perf[who.version] = realized(
+            preds, alerts, landed_outcomes(lake), horizon=pd.Timedelta(hours=4),
+            observed_until=end, cfg=s.monitoring.performance, served_as=role,
         )  # fmt: skip
-    assert perf[new.version].pr_auc > perf[old.version].pr_auc, perf
+    assert (perf["1"].served_as, perf["2"].served_as) == ("champion", "shadow")
+    assert perf["1"].judged, perf
+    assert perf["2"].judged, perf
+    assert perf["1"].alerts  # only the champion alerted
+    assert perf["2"].alerts is None
+    assert perf["2"].pr_auc > perf["1"].pr_auc, perf
+    print("realized on the later wave:", {v: (p.roc_auc, p.pr_auc, p.labelled, p.positive)
+                                          for v, p in perf.items()})  # fmt: skip
 
     # make retrain-if-needed: v2 is judged on the regime it was trained on; nothing to do.
     out = retrain_if_needed(s)
     assert out.action == "none", out.monitoring.reasons
     assert out.monitoring.model_version == "2"
+    assert out.monitoring.realized.served_as == "shadow"  # its live predictions, judged
+    assert out.monitoring.realized.judged
     report = out.monitoring.report_dir
     assert (report / "drift.html").stat().st_size > 10_000
     assert (report / "summary.json").exists()

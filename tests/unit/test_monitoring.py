@@ -174,6 +174,12 @@ def test_alert_quality_counts_true_alerts_and_caught_episodes() -> None:
                  cfg=cfg)  # fmt: skip
     assert r.alert_recall == 1.0
     assert not r.judged  # 13 labelled rows: too few to judge
+    # The same predictions made in shadow: scored alike, but no alerts to judge.
+    until = T0 + pd.Timedelta(hours=10)
+    shadow = realized(preds, alerts.iloc[:0], outcomes, horizon=H4, observed_until=until,
+                      cfg=cfg, served_as="shadow")  # fmt: skip
+    assert (shadow.served_as, shadow.roc_auc, shadow.labelled) == ("shadow", r.roc_auc, r.labelled)
+    assert (shadow.alerts, shadow.alert_precision, shadow.alert_recall) == (None, None, None)
 
 
 def test_floor_only_judges_enough_data() -> None:

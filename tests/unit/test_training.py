@@ -16,7 +16,7 @@ from stack.settings import GateSettings, ParamRange, load_settings
 from training.dataset import split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, weighted_ranking
 from training.gate import decide, rule_comparison
-from training.models import FAMILIES, build, importances, risk, suggest
+from training.models import FAMILIES, build, importances, pip_requirements, risk, suggest
 from training.promotion import gate_rows
 from training.tune import fold_index, tune_family, tuning_rows
 
@@ -71,6 +71,17 @@ def test_unknown_family_or_parameter_is_a_clear_error() -> None:
 
 
 # --------------------------------------------------------------------------- metrics
+def test_logged_models_declare_pinned_requirements_of_what_they_load() -> None:
+    from importlib.metadata import version
+
+    for family in FAMILIES:
+        reqs = dict(r.split("==") for r in pip_requirements(family))
+        assert reqs["scikit-learn"] == version("scikit-learn")
+        assert reqs["mlflow"] == version("mlflow")
+        assert {"skops", "numpy", "pandas", "scipy"} <= set(reqs)
+        assert any(n.startswith("xgboost") for n in reqs) == (family == "xgboost"), reqs
+
+
 def test_weighted_ranking_equals_sklearn_with_ties_and_weights() -> None:
     rng = np.random.default_rng(3)
     y = rng.random(2000) < 0.05
