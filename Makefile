@@ -103,8 +103,8 @@ demo-drift: setup ## The closed loop: baseline champion → virus wave → drift
 demo-airflow: setup ## The main job through Airflow: ingest → ETL → features → training → deployment DAG runs
 	$(BIN)/python -m demo.airflow $(if $(PATIENTS),--patients $(PATIENTS)) $(if $(HOURS),--hours $(HOURS))
 
-test: setup ## Run every test (unit, integration on the real embedded stack, e2e)
-	$(BIN)/pytest -q
+test: setup ## Run every test (unit, integration on the real embedded stack, e2e), two workers
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup ## Unit tests only: no servers, a few seconds
 	$(BIN)/pytest -q -m "not integration and not e2e and not slow"

@@ -31,7 +31,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +74,9 @@ def service_url(settings: Settings) -> str:
     return s.url or f"http://{s.host}:{s.port}"
 
 
+LATENCY_WINDOW = 100_000  # events whose latency the summary's percentiles describe
+
+
 @dataclass
 class ScoreSummary:
     records: int = 0
@@ -89,7 +92,9 @@ class ScoreSummary:
     batches: int = 0
     retries: int = 0
     seconds: float = 0.0
-    latency_ms: list[float] = field(default_factory=list)
+    # The most recent events' latencies (a scorer runs for weeks: the summary must not
+    # grow with it); the full distribution is the Prometheus histogram's.
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     versions: Counter[str] = field(default_factory=Counter)
 
     def percentile(self, q: float) -> float:

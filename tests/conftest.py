@@ -8,6 +8,7 @@ Each test that touches Kafka gets its own topics, consumer group and lake folder
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,27 @@ import yaml
 from stack.localstack import down, free_port, up
 from stack.settings import Settings, load_settings
 
+# A pytest-xdist worker's __main__ (execnet's) has neither __spec__ nor __file__, which
+# PySpark takes for a doctest run and exits at import (pyspark/sql/connect/utils.py).
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
+
 SMALL_WARD: dict[str, Any] = {"patients": 40, "hours": 3, "chunk_minutes": 30}
+
+
+# The two longest test files, first: `make test` runs two pytest-xdist workers, a whole
+# file at a time in this order (--dist loadfile --no-loadscope-reorder), so the ~9-minute
+# loop test starts at once on one worker while the other works through the rest.
+LONGEST_FIRST = ("tests/integration/test_monitoring.py", "tests/e2e/test_demo.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and for the rest, collection order
 
 
 def make_settings(tmp: Path, **sections: Any) -> Settings:

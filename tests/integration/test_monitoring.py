@@ -127,7 +127,7 @@ def loop_settings(
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.timeout(1200)  # ~8.5 min alone on 2 cores: every stage, 11 DAG runs
+@pytest.mark.timeout(1200)  # ~8.5 min alone, ~10 beside `make test`'s other worker
 def test_the_loop_through_airflow_then_retrain_if_needed(
     loop_settings: Settings, airflow_home: Path, tmp_path: Path
 ) -> None:

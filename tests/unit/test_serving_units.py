@@ -133,3 +133,13 @@ def test_guard_limits_body_size_and_checks_the_api_key() -> None:
     assert _call(keyed, "/predict", [(b"x-api-key", b"wrong")]) == [[], 401]
     assert _call(keyed, "/predict", [(b"x-api-key", b"s3cret")]) == [["/predict"], None]
     assert _call(keyed, "/readyz", []) == [["/readyz"], None]  # probes stay open
+
+
+def test_scorer_summary_keeps_recent_latencies_only() -> None:
+    from serving.scorer import LATENCY_WINDOW, ScoreSummary
+
+    s = ScoreSummary()
+    s.latency_ms.extend([1000.0] * LATENCY_WINDOW)  # an old backlog...
+    s.latency_ms.extend([10.0] * LATENCY_WINDOW)  # ...then weeks of fast scoring
+    assert len(s.latency_ms) == LATENCY_WINDOW
+    assert s.to_dict()["latency_p99_ms"] == 10.0
