@@ -4,7 +4,9 @@
 2. Another baseline day: monitoring finds nothing (no false alarm).
 3. A respiratory-virus wave (day 2): monitoring names the drifted columns and triggers;
    ``retrain_if_needed`` trains on the sliding window (the three days), the gate decides.
-4. A later day of the wave, never trained on: old and new champion side by side.
+4. A later period of the wave, never trained on, streamed live through the BentoML
+   service and the scorer with the previous champion in shadow; once its outcomes have
+   landed, both are judged on their stored predictions (realized performance).
 
 Wards are simulated and featurised in process (``pipelines.cohort``: the same pure
 functions as the Kafka → Spark path, proven equal by the feature parity tests), into a
@@ -24,11 +26,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from monitoring.job import Champion, backtest_risk, champion, run_monitoring
-from monitoring.performance import score_performance
+from monitoring.job import (
+    Champion,
+    champion,
+    landed_outcomes,
+    run_monitoring,
+    stored_predictions,
+)
+from monitoring.performance import realized
 from monitoring.report import render
+from ops.live import score_live
 from ops.retrain import retrain_if_needed
-from pipelines.cohort import Cohort, ward_day
+from pipelines.cohort import Cohort, build_cohort, ward_day, ward_day_settings
 from stack import db
 from stack.lake import Lake
 from stack.localstack import endpoints, up
@@ -36,6 +45,7 @@ from stack.logs import configure_logging
 from stack.settings import LoggingSettings, Settings, load_settings
 from training.job import run_training
 from training.promotion import run_promote
+from training.registry import CHALLENGER, Registry
 
 DB = "vigil_drift_demo"
 
@@ -108,19 +118,8 @@ def run_drift_demo(base: Settings, console: Console, patients: int = 300) -> dic
     new = champion(s)
     out.update(action=loop.action, drifted=[c.column for c in loop.monitoring.drift.drifted])
 
-    console.rule("4. a later day of the wave, never trained on: old vs new champion")
-    later = ward(s, "respiratory_wave", 14, 3, patients // 2)
-    rows = later.features.merge(later.labels, on=["patient_id", "ts"])
-    rows = rows[rows["label_status"] == "labelled"]
-    table = Table("model", "ROC-AUC", "PR-AUC", "labelled rows", "positive")
-    scores: dict[str, Any] = {}
-    for who, label in ((old, "old champion"), (new, "new champion")):
-        perf = _backtest(s, who, rows, later)
-        scores[label] = {"version": who.version, "roc_auc": perf.roc_auc, "pr_auc": perf.pr_auc}
-        table.add_row(f"{label} v{who.version}", f"{perf.roc_auc:.3f}", f"{perf.pr_auc:.3f}",
-                      f"{perf.labelled:,}", f"{perf.positive:,}")  # fmt: skip
-    console.print(table)
-    out["later_wave"] = scores
+    console.rule("4. a later period of the wave, scored live: old vs new champion, realized")
+    out["later_wave"] = _realized_live(s, lake, old, new, patients // 4, console)
     console.print(
         f"MLflow UI: {endpoints(s).mlflow_uri} (experiments vigil-drift-demo, "
         f"vigil-drift-demo-monitoring); reports: {loop.monitoring.report_dir}"
@@ -128,16 +127,53 @@ def run_drift_demo(base: Settings, console: Console, patients: int = 300) -> dic
     return out
 
 
-def _backtest(s: Settings, who: Champion, rows: pd.DataFrame, later: Cohort) -> Any:
-    scored = rows[["patient_id", "ts"]].assign(risk=backtest_risk(s, who, rows))
-    return score_performance(
-        scored,
-        later.outcomes,
-        horizon=pd.Timedelta(hours=s.features.horizon_hours),
-        observed_until=rows["ts"].max() + pd.Timedelta(hours=s.features.horizon_hours + 1),
-        cfg=s.monitoring.performance,
-        source="backtest",
-    )
+def _realized_live(
+    s: Settings, lake: Lake, old: Champion, new: Champion, patients: int, console: Console
+) -> dict[str, Any]:
+    """Stream 12 h of the wave through the service and the scorer, with the other version
+    in shadow, land the outcomes, and judge both on their stored live predictions."""
+    if new.version == old.version:  # the gate kept v1: its rejected challenger shadows it
+        info = Registry(s).by_alias(CHALLENGER)
+        if info is None:
+            console.print("no challenger to compare with")
+            return {}
+        other = Champion(old.name, info.version, info.run_id, float("nan"))
+    else:  # the previous champion, kept in shadow for the comparison
+        other = old
+        Registry(s).client.set_registered_model_alias(old.name, CHALLENGER, old.version)
+    ward = ward_day_settings(s.simulator, scenario="respiratory_wave", seed=14, day=3,
+                             patients=patients, deterioration_rate=0.5, hours=12)  # fmt: skip
+    console.print(f"streaming {patients} patients × 12 h: champion v{new.version} serving, "
+                  f"v{other.version} in shadow…")  # fmt: skip
+    sent, scoring = score_live(s, ward)
+    if other is old:
+        Registry(s).client.delete_registered_model_alias(old.name, CHALLENGER)
+    build_cohort(ward, s.features).to_lake(lake, part="wave-live")  # its outcomes land
+    console.print(f"{sent.stats.valid_events:,} events: {scoring.scored:,} scored, "
+                  f"{scoring.shadow_stored:,} in shadow, {scoring.alerts} alerts, "
+                  f"p50 {scoring.percentile(50):.0f} ms")  # fmt: skip
+    start = pd.Timestamp(ward.start)
+    end = start + pd.Timedelta(hours=ward.hours)
+    outcomes = landed_outcomes(lake)
+    table = Table("model", "served as", "ROC-AUC", "PR-AUC", "labelled predictions",
+                  "positive", "alert precision", "episode recall")  # fmt: skip
+    scores: dict[str, Any] = {}
+    for who in sorted({old, new, other}, key=lambda c: int(c.version)):
+        preds, alerts, role = stored_predictions(s, who, start, end)
+        perf = realized(
+            preds, alerts, outcomes, horizon=pd.Timedelta(hours=s.features.horizon_hours),
+            observed_until=end, cfg=s.monitoring.performance, served_as=role,
+        )  # fmt: skip
+        scores[f"v{who.version}"] = perf.to_dict()
+        table.add_row(f"v{who.version}", str(role), _f(perf.roc_auc), _f(perf.pr_auc),
+                      f"{perf.labelled:,}", f"{perf.positive:,}", _f(perf.alert_precision),
+                      _f(perf.alert_recall))  # fmt: skip
+    console.print(table)
+    return scores
+
+
+def _f(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
 
 
 def main(patients: int = typer.Option(300, help="Patients per simulated day.")) -> None:

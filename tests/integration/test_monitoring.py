@@ -22,12 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURES_TABLE
+from ops.live import score_live
 from pipelines.cohort import Cohort, ward_day, ward_day_settings
 from pipelines.produce import simulate_to_kafka
-from serving.scorer import Scorer
-from serving.server import ServingProcess
 from stack.lake import Lake
-from stack.localstack import endpoints, free_port
+from stack.localstack import endpoints
 from stack.settings import Settings, load_settings
 from tests.conftest import TINY_TRAINING, make_settings
 
@@ -54,30 +53,6 @@ def ward(scenario: str, seed: int, day: int, patients: int = 160, hours: float =
 # A later period of the wave, streamed live through the service and the scorer (and built
 # in process for its features and outcomes: the same ward, by seed).
 LIVE = {"scenario": "respiratory_wave", "seed": 14, "day": 3, "patients": 80, "hours": 12}
-
-
-def live_settings(s: Settings) -> Settings:
-    """The loop's settings, with topics of their own and the later wave ward to stream."""
-    tag = uuid.uuid4().hex[:6]
-    topics = {role: f"{role}.live-{tag}" for role in ROLES}
-    sim = ward_day_settings(load_settings(environ={}).simulator, deterioration_rate=0.5, **LIVE)
-    return s.model_copy(
-        update={
-            "kafka": s.kafka.model_copy(
-                update={"topics": s.kafka.topics.model_copy(update=topics)}
-            ),
-            "simulator": sim,
-            "serving": s.serving.model_copy(update={"port": free_port()}),
-            "scorer": s.scorer.model_copy(
-                update={
-                    "group_id": f"scorer-{tag}",
-                    "new_group_starts_at": "earliest",
-                    "idle_timeout_s": 4.0,
-                    "metrics_port": None,
-                }
-            ),
-        }
-    )
 
 
 @pytest.fixture
@@ -206,14 +181,8 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
     dag("vigil_training")
     # v2 waits as @challenger. A later period of the wave streams through the BentoML
     # service and the scorer: v1 scores it as champion, v2 in shadow, event by event.
-    live = live_settings(s)
-    sent_live, _ = simulate_to_kafka(live)
-    service = ServingProcess(live)
-    service.start_or_explain()
-    try:
-        scoring = Scorer(live).run(bounded=True)
-    finally:
-        service.stop()
+    live = ward_day_settings(load_settings(environ={}).simulator, deterioration_rate=0.5, **LIVE)
+    sent_live, scoring = score_live(s, live)
     assert scoring.scored > 0.9 * sent_live.stats.valid_events, scoring.to_dict()
     assert scoring.shadow_stored == scoring.scored
     later = ward(**LIVE)  # the same ward in process: its batch features and outcomes
@@ -231,7 +200,7 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
 
     # Realized performance on the new regime, from the stored live predictions once the
     # outcomes landed: the new champion (then in shadow) beats the old one (then serving).
-    start = pd.Timestamp(live.simulator.start)
+    start = pd.Timestamp(live.start)
     end = start + pd.Timedelta(hours=LIVE["hours"])
     perf = {}
     for who in (old, new):
