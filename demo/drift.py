@@ -135,22 +135,23 @@ def _realized_live(
 ) -> dict[str, Any]:
     """Stream 12 h of the wave through the service and the scorer, with the other version
     in shadow, land the outcomes, and judge both on their stored live predictions."""
+    reg = Registry(s)
     if new.version == old.version:  # the gate kept v1: its rejected challenger shadows it
-        info = Registry(s).by_alias(CHALLENGER)
+        info = reg.by_alias(CHALLENGER)
         if info is None:
             console.print("no challenger to compare with")
             return {}
         other = Champion(old.name, info.version, info.run_id, float("nan"))
     else:  # the previous champion, kept in shadow for the comparison
         other = old
-        Registry(s).client.set_registered_model_alias(old.name, CHALLENGER, old.version)
+        reg.client.set_registered_model_alias(old.name, CHALLENGER, old.version)
     ward = ward_day_settings(s.simulator, scenario="respiratory_wave", seed=14, day=3,
                              patients=patients, deterioration_rate=0.5, hours=12)  # fmt: skip
     console.print(f"streaming {patients} patients × 12 h: champion v{new.version} serving, "
                   f"v{other.version} in shadow…")  # fmt: skip
     sent, scoring = score_live(s, ward)
     if other is old:
-        Registry(s).client.delete_registered_model_alias(old.name, CHALLENGER)
+        reg.client.delete_registered_model_alias(old.name, CHALLENGER)
     build_cohort(ward, s.features).to_lake(lake, part="wave-live")  # its outcomes land
     console.print(f"{sent.stats.valid_events:,} events: {scoring.scored:,} scored, "
                   f"{scoring.shadow_stored:,} in shadow, {scoring.alerts} alerts")  # fmt: skip

@@ -15,9 +15,9 @@ from pipelines.produce import ProduceSummary, simulate_to_kafka
 from serving.scorer import Scorer, ScoreSummary
 from serving.server import ServingProcess
 from stack.localstack import free_port
-from stack.settings import Settings, SimulatorSettings
+from stack.settings import Settings, SimulatorSettings, TopicNames
 
-ROLES = ("vitals", "outcomes", "admissions", "dead_letters", "predictions", "alerts")
+ROLES = tuple(TopicNames.model_fields)  # vitals, outcomes, admissions, ... alerts
 
 
 def live_settings(settings: Settings, ward: SimulatorSettings) -> Settings:

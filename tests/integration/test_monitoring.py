@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURES_TABLE
-from ops.live import score_live
+from ops.live import ROLES, score_live
 from pipelines.cohort import Cohort, ward_day, ward_day_settings
 from pipelines.produce import simulate_to_kafka
 from stack.lake import Lake
@@ -33,7 +33,6 @@ from tests.conftest import TINY_TRAINING, make_settings
 pytestmark = pytest.mark.integration
 
 
-ROLES = ("vitals", "outcomes", "admissions", "dead_letters", "predictions", "alerts")
 # Day 0 as ward() would simulate it (same size, seed and deterioration rate), but streamed.
 BASELINE_DAY = {
     "patients": 160,
