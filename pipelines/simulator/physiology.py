@@ -128,15 +128,23 @@ def generate_chunk(
     sep, resp, hypo, card = (s * is_k[n] for n in KINDS)
     brady = pop.brady[col]
     cold = pop.cold_sepsis[col]
+    # Silent hypoxaemia (viral pneumonitis): SpO2 falls further while the breathing and
+    # heart rate barely rise and the patient stays lucid until late (Tobin et al.,
+    # Am J Respir Crit Care Med 2020;202:356-360).
+    silent = pop.silent_hypoxia[col]
+    resp_rr = resp * np.where(silent, 0.15, 1.0)
+    resp_hr = resp * np.where(silent, 0.3, 1.0)
+    resp_spo2 = resp * np.where(silent, 1.2, 1.0)
+    resp_conf = resp * np.where(silent, 0.4, 1.0)
 
     d = {v: np.zeros((p, steps)) for v in NOISE}
     d["temperature"] += np.where(cold, -0.9, 1.9) * sep + 0.6 * resp - 0.3 * hypo
-    d["heart_rate"] += 20 * sep + 18 * resp + 42 * hypo + np.where(brady, -32, 48) * card
-    d["resp_rate"] += 9 * sep + 13 * resp + 6 * hypo + 8 * card
+    d["heart_rate"] += 20 * sep + 18 * resp_hr + 42 * hypo + np.where(brady, -32, 48) * card
+    d["resp_rate"] += 9 * sep + 13 * resp_rr + 6 * hypo + 8 * card
     d["systolic_bp"] += -38 * sep**2 + 5 * resp - 42 * hypo**1.5 - 32 * card
     d["diastolic_bp"] += -20 * sep**2 + 3 * resp - 18 * hypo**1.5 - 14 * card
-    d["spo2"] += -3.5 * sep - 11 * resp - 1.5 * hypo - 6 * card
-    confusion = sep + 0.75 * resp * np.where(pop.copd[col], 1.3, 1.0) + 0.85 * hypo**1.5
+    d["spo2"] += -3.5 * sep - 11 * resp_spo2 - 1.5 * hypo - 6 * card
+    confusion = sep + 0.75 * resp_conf * np.where(pop.copd[col], 1.3, 1.0) + 0.85 * hypo**1.5
     confusion = confusion + 0.85 * card
 
     # --- mimics: alarming but benign
@@ -150,7 +158,7 @@ def generate_chunk(
         fever = _bell(tt, st, du) * mag * (mk == 1)
         desat = _trapezoid(tt, st, du, ramp=3.0) * mag * (mk == 2)
         d["heart_rate"] += 24 * pain
-        d["resp_rate"] += 6 * pain + 2.5 * fever - 1.0 * desat
+        d["resp_rate"] += 6 * pain + pop.fever_mimic_rr * fever - 1.0 * desat
         d["systolic_bp"] += 18 * pain
         d["diastolic_bp"] += 10 * pain
         d["temperature"] += 1.6 * fever

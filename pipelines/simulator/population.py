@@ -64,6 +64,7 @@ class Population:
     magnitude: F  # < 0.6 for quiet deteriorations
     shape: F  # ramp exponent: >1 accelerates late, <1 declares itself early
     cold_sepsis: B  # septic without fever (commoner in the old)
+    silent_hypoxia: B  # respiratory episodes that desaturate without much breathlessness
     brady: B  # cardiac episodes that slow the heart instead
     outcome_event: list[str]
     # look-alikes that end well
@@ -71,6 +72,7 @@ class Population:
     mimic_start: F
     mimic_duration: F
     mimic_magnitude: F
+    fever_mimic_rr: float = 2.5  # breaths/min added at the peak of a benign fever
 
     @property
     def size(self) -> int:
@@ -175,14 +177,25 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     m_start = admit[:, None] + rng.random((n, MAX_MIMICS)) * (minutes - admit[:, None])
     m_dur = np.select(
         [m_kind == 0, m_kind == 1],
-        [rng.uniform(20, 120, (n, MAX_MIMICS)), rng.uniform(180, 480, (n, MAX_MIMICS))],
+        [
+            rng.uniform(20, 120, (n, MAX_MIMICS)),
+            rng.uniform(180, 480, (n, MAX_MIMICS)) * scenario.fever_mimic_duration_mult,
+        ],
         rng.uniform(10, 40, (n, MAX_MIMICS)),
     )
     m_mag = rng.uniform(0.6, 1.3, (n, MAX_MIMICS))
+    patient_id = _hex_ids(rng, n, "pt-")
+    device_id = _hex_ids(rng, n, "dev-")
+    phase_s = rng.uniform(0, cfg.interval_s, n)
+    cadence_phase = rng.integers(0, 10_000, n)
+    # Drawn last, so that a scenario without it leaves every earlier draw (and the
+    # baseline ward) exactly as it was.
+    silent = rng.random(n) < scenario.silent_hypoxia_share
+    silent &= episode_kind == KINDS.index("respiratory")
 
     return Population(
-        patient_id=_hex_ids(rng, n, "pt-"),
-        device_id=_hex_ids(rng, n, "dev-"),
+        patient_id=patient_id,
+        device_id=device_id,
         age=age,
         female=female,
         copd=copd,
@@ -198,18 +211,20 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
         baseline_o2=baseline_o2,
         fahrenheit=fahrenheit,
         spo2_offset=spo2_offset,
-        phase_s=rng.uniform(0, cfg.interval_s, n),
-        cadence_phase=rng.integers(0, 10_000, n),
+        phase_s=phase_s,
+        cadence_phase=cadence_phase,
         episode_kind=episode_kind,
         onset_min=onset,
         duration_min=duration,
         magnitude=magnitude,
         shape=shape,
         cold_sepsis=cold,
+        silent_hypoxia=silent,
         brady=brady,
         outcome_event=outcome_event,
         mimic_kind=m_kind,
         mimic_start=m_start,
         mimic_duration=m_dur,
         mimic_magnitude=m_mag,
+        fever_mimic_rr=scenario.fever_mimic_rr,
     )

@@ -24,6 +24,10 @@ class Scenario:
     rr_shift: float = 0.0
     spo2_offset: float = 0.0
     spo2_offset_share: float = 0.0
+    # How deterioration and its look-alikes *look* (concept drift, not just a new mix):
+    silent_hypoxia_share: float = 0.0  # respiratory episodes with little breathlessness
+    fever_mimic_rr: float = 2.5  # breaths/min a benign fever adds at its peak
+    fever_mimic_duration_mult: float = 1.0
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -33,13 +37,18 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "respiratory_wave",
             "A respiratory-virus wave: more, and more respiratory, deteriorations; febrile, "
-            "tachypnoeic admissions.",
+            "tachypnoeic admissions. Deterioration looks different too: most viral "
+            "pneumonitis desaturates with little rise in breathing or heart rate (silent "
+            "hypoxaemia), and long viral fevers with fast breathing mostly settle.",
             deterioration_mult=1.8,
             mix_mult={"respiratory": 3.0, "sepsis": 1.3},
-            fever_mimic_mult=2.5,
+            fever_mimic_mult=4.0,
             mimic_mult=1.5,
             temp_shift=0.35,
             rr_shift=2.5,
+            silent_hypoxia_share=0.85,
+            fever_mimic_rr=8.0,
+            fever_mimic_duration_mult=2.0,
         ),
         Scenario(
             "spo2_sensor_offset",

@@ -292,6 +292,47 @@ def test_drift_scenarios_change_the_ward(name: str) -> None:
         pytest.fail(f"no expectation for scenario {name}")
 
 
+def _respiratory_signature(scenario: str) -> tuple[float, float, int]:
+    """Median rise in breathing rate and in hypoxaemia (SpO2 fall, oxygen started) from
+    a respiratory patient's first hour to the 45 minutes before their outcome."""
+    cfg = sim_cfg(
+        patients=300, hours=12, seed=3, faults=NO_FAULTS, scenario=scenario,
+        episodes={"deterioration_rate_per_day": 1.0, "quiet_share": 0.0,
+                  "mix": {"respiratory": 1.0}},
+    )  # fmt: skip
+    _sim, msgs = run(cfg)
+    v, o = frames(msgs)
+    rr, hyp = [], []
+    for pid, end in o.set_index("patient_id")["ts"].items():
+        p = v[v["patient_id"] == pid]
+        first = p[p["ts"] < p["ts"].min() + pd.Timedelta(hours=1)]
+        last = p[p["ts"] > end - pd.Timedelta(minutes=45)]
+        if len(first) < 10 or len(last) < 10:
+            continue
+        rr.append(last["resp_rate"].mean() - first["resp_rate"].mean())
+        hyp.append((last["on_oxygen"].mean() - first["on_oxygen"].mean())
+                   + (first["spo2"].mean() - last["spo2"].mean()) / 3)  # fmt: skip
+    return float(np.nanmedian(rr)), float(np.nanmedian(hyp)), len(rr)
+
+
+def test_the_wave_changes_how_respiratory_deterioration_looks() -> None:
+    """Concept drift, not only a new mix: in the wave most respiratory deteriorations are
+    silent hypoxaemia (SpO2 falls, the breathing rate barely rises), so a model that
+    learned 'fast breathing + desaturation' from the baseline ward meets a new pattern."""
+    base_rr, base_hyp, n_base = _respiratory_signature("baseline")
+    wave_rr, wave_hyp, n_wave = _respiratory_signature("respiratory_wave")
+    assert min(n_base, n_wave) >= 20
+    assert base_rr > 5  # the baseline's respiratory failure: tachypnoea
+    assert wave_rr < base_rr / 2.5  # the wave's: much less of it
+    assert base_hyp > 1 and wave_hyp > 1  # both desaturate and get oxygen
+    pop = WardSimulator(sim_cfg(patients=400, scenario="respiratory_wave")).population
+    resp = pop.episode_kind == KINDS.index("respiratory")
+    assert not pop.silent_hypoxia[~resp].any()
+    assert 0.6 < pop.silent_hypoxia[resp].mean() <= 1.0
+    baseline = WardSimulator(sim_cfg(patients=400)).population
+    assert not baseline.silent_hypoxia.any()
+
+
 def test_unknown_scenario_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="baseline"):
         get_scenario("zombie_apocalypse")
