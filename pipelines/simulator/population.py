@@ -116,8 +116,8 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     dbp = np.clip(sbp * rng.normal(0.6, 0.04, n), 45, 105)
     spo2 = np.where(copd, rng.uniform(88, 92, n), np.clip(rng.normal(97.3, 1.0, n), 94.5, 99.5))
     spo2 -= np.clip(age - 70, 0, None) * 0.03 * ~copd
-    rr = np.where(copd, rng.normal(20, 1.5, n), rng.normal(15.5, 1.5, n)) + scenario.rr_shift
-    temp = rng.normal(36.75, 0.22, n) - 0.003 * np.clip(age - 65, 0, None) + scenario.temp_shift
+    rr = np.where(copd, rng.normal(20, 1.5, n), rng.normal(15.5, 1.5, n))
+    temp = rng.normal(36.75, 0.22, n) - 0.003 * np.clip(age - 65, 0, None)
     baseline_o2 = copd & (rng.random(n) < 0.3)
 
     fahrenheit = rng.random(n) < cfg.faults.fahrenheit_device
@@ -192,6 +192,9 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     # baseline ward) exactly as it was.
     silent = rng.random(n) < scenario.silent_hypoxia_share
     silent &= episode_kind == KINDS.index("respiratory")
+    viral = rng.random(n) < scenario.viral_share
+    temp = temp + viral * rng.uniform(0.5, 1.3, n)
+    rr = rr + viral * rng.uniform(3.0, 8.0, n)
 
     return Population(
         patient_id=patient_id,

@@ -20,8 +20,9 @@ class Scenario:
     mix_mult: dict[str, float] = field(default_factory=dict)
     mimic_mult: float = 1.0
     fever_mimic_mult: float = 1.0
-    temp_shift: float = 0.0
-    rr_shift: float = 0.0
+    # Admitted with a viral illness: febrile and breathing fast from admission, and
+    # mostly recovering (their deterioration risk is the ward's).
+    viral_share: float = 0.0
     spo2_offset: float = 0.0
     spo2_offset_share: float = 0.0
     # How deterioration and its look-alikes *look* (concept drift, not just a new mix):
@@ -36,16 +37,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("baseline", "The ward as the model was trained on it."),
         Scenario(
             "respiratory_wave",
-            "A respiratory-virus wave: more, and more respiratory, deteriorations; febrile, "
-            "tachypnoeic admissions. Deterioration looks different too: most viral "
-            "pneumonitis desaturates with little rise in breathing or heart rate (silent "
-            "hypoxaemia), and long viral fevers with fast breathing mostly settle.",
+            "A respiratory-virus wave: more, and more respiratory, deteriorations; many "
+            "febrile, tachypnoeic admissions who recover. Deterioration looks different "
+            "too: most viral pneumonitis desaturates with little rise in breathing or heart "
+            "rate (silent hypoxaemia), and long viral fevers with fast breathing settle.",
             deterioration_mult=1.8,
             mix_mult={"respiratory": 3.0, "sepsis": 1.3},
             fever_mimic_mult=4.0,
             mimic_mult=1.5,
-            temp_shift=0.35,
-            rr_shift=2.5,
+            viral_share=0.45,
             silent_hypoxia_share=0.85,
             fever_mimic_rr=8.0,
             fever_mimic_duration_mult=2.0,
