@@ -129,6 +129,7 @@ bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~1 h
 	$(BIN)/python -m bench.bench_training
 	$(BIN)/python -m bench.bench_serving
 	$(BIN)/python -m bench.bench_drift
+	$(BIN)/python -m bench.bench_retrain
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'
