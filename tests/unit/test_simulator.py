@@ -337,3 +337,49 @@ def test_the_wave_changes_how_respiratory_deterioration_looks() -> None:
 def test_unknown_scenario_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="baseline"):
         get_scenario("zombie_apocalypse")
+
+
+def test_generating_ahead_in_a_child_process_changes_nothing_sent_or_counted() -> None:
+    from pipelines.produce import chunks_ahead
+
+    cfg = sim_cfg(patients=40, hours=3, faults=FAULT_CFG)
+    here = WardSimulator(cfg, record_faults=True)
+    expected = list(here.messages())
+    child = WardSimulator(cfg, record_faults=True)
+    assert child.stats.readings == 0
+    with chunks_ahead(child) as chunks:
+        got = list(chunks)
+    assert got == expected
+    assert child.stats == here.stats
+    assert child.fault_log == here.fault_log
+    assert child.fault_log  # faults were injected, and counted over there
+
+
+class _Broken(WardSimulator):
+    def messages(self):  # type: ignore[no-untyped-def]
+        yield from super().messages()
+        raise ValueError("chunk generator broke")
+
+
+def test_a_failure_in_the_generating_process_is_raised_with_its_traceback() -> None:
+    from pipelines.produce import chunks_ahead
+
+    sim = _Broken(sim_cfg(patients=5, hours=1))
+    with pytest.raises(RuntimeError, match="chunk generator broke"), chunks_ahead(sim) as chunks:
+        list(chunks)
+
+
+class _Killed(WardSimulator):
+    def messages(self):  # type: ignore[no-untyped-def]
+        import os
+
+        os._exit(3)
+        yield from super().messages()
+
+
+def test_a_generating_process_that_dies_is_reported_not_waited_for() -> None:
+    from pipelines.produce import chunks_ahead
+
+    sim = _Killed(sim_cfg(patients=5, hours=1))
+    with pytest.raises(RuntimeError, match="died \\(exit code 3\\)"), chunks_ahead(sim) as chunks:
+        list(chunks)
