@@ -96,6 +96,12 @@ def _raw_produce_inner(
     return len(msgs) / elapsed
 
 
+def _check_progress(t0: float, n: int, expected: int, limit_s: float = 120.0) -> None:
+    """Fail, rather than wait for ever, when the topics hold fewer messages than sent."""
+    if time.perf_counter() - t0 > limit_s:
+        raise RuntimeError(f"raw consume read {n} of {expected} messages in {limit_s:.0f} s")
+
+
 def _raw_consume_inner(client: str, s: Settings, topics: list[str], expected: int) -> float:
     bs = endpoints(s).bootstrap_servers
     n = 0
@@ -116,6 +122,7 @@ def _raw_consume_inner(client: str, s: Settings, topics: list[str], expected: in
         while n < expected:
             for recs in kc.poll(timeout_ms=500, max_records=5000).values():
                 n += len(recs)
+            _check_progress(t0, n, expected)
         elapsed = time.perf_counter() - t0
         kc.close()
     else:
@@ -131,6 +138,7 @@ def _raw_consume_inner(client: str, s: Settings, topics: list[str], expected: in
         t0 = time.perf_counter()
         while n < expected:
             n += sum(1 for m in cc.consume(5000, 0.5) if m.error() is None)
+            _check_progress(t0, n, expected)
         elapsed = time.perf_counter() - t0
         cc.close()
     return n / elapsed
@@ -181,7 +189,9 @@ def _one(
     admin.close()
     raw_produce = _raw_produce(client, s, raw_topic, msgs)
     sent, _ = simulate_to_kafka(s, client=kc)
-    raw_consume = _raw_consume(client, s, [topics["vitals"], topics["outcomes"]], len(msgs))
+    raw_consume = _raw_consume(
+        client, s, [topics[r] for r in ("vitals", "outcomes", "admissions")], len(msgs)
+    )
     landed, rss_mb = _landing_subprocess(s, overlay)
     if landed["records"] != len(msgs):
         raise RuntimeError(f"landed {landed['records']} of {len(msgs)} messages")
