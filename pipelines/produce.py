@@ -149,15 +149,7 @@ def simulate_to_kafka(
     summary = ProduceSummary(stats=sim.stats, population=summarize_population(sim.population))
     summary.topics = topics
     live = cfg.mode == "live"
-    scope = ExitStack()
-    # Live mode is paced by the clock: generating ahead would gain nothing there.
-    chunks = sim.messages() if live else scope.enter_context(chunks_ahead(sim))
-    try:
-        producer = client.producer()
-    except BaseException:
-        scope.close()
-        raise
-    t0 = time.monotonic()
+    hours = cfg.hours
     bar = Progress(
         TextColumn("[bold]simulate[/] {task.description}"),
         BarColumn(),
@@ -165,23 +157,27 @@ def simulate_to_kafka(
         TimeRemainingColumn(),
         disable=not progress,
     )
-    hours = cfg.hours
-    with scope, bar, throughput_gc():
+    with ExitStack() as scope:
+        # Live mode is paced by the clock: generating ahead would gain nothing there. The
+        # generating child is forked before the producer's threads exist.
+        chunks = sim.messages() if live else scope.enter_context(chunks_ahead(sim))
+        producer = client.producer()
+        scope.callback(producer.close)
+        scope.enter_context(bar)
+        scope.enter_context(throughput_gc())
+        t0 = time.monotonic()
         task = bar.add_task(f"{cfg.patients} patients × {hours:g} h", total=hours, msgs=0)
-        try:
-            for chunk in chunks:
-                for role, key, value, emit_s in chunk:
-                    if live:
-                        wait = t0 + emit_s / cfg.speedup - time.monotonic()
-                        if wait > 0.002:
-                            time.sleep(wait)
-                    producer.send(topics[role], value, key=key)
-                summary.messages += len(chunk)
-                done = min(hours, chunk[-1][3] / 3600) if chunk else hours
-                bar.update(task, completed=done, msgs=summary.messages)
-            producer.flush()
-        finally:
-            producer.close()
+        for chunk in chunks:
+            for role, key, value, emit_s in chunk:
+                if live:
+                    wait = t0 + emit_s / cfg.speedup - time.monotonic()
+                    if wait > 0.002:
+                        time.sleep(wait)
+                producer.send(topics[role], value, key=key)
+            summary.messages += len(chunk)
+            done = min(hours, chunk[-1][3] / 3600) if chunk else hours
+            bar.update(task, completed=done, msgs=summary.messages)
+        producer.flush()
     summary.seconds = time.monotonic() - t0
     log.info(
         "simulation sent",

@@ -148,6 +148,21 @@ def test_intermittent_measurements_follow_their_cadence(clean_ward: Any) -> None
     assert share["consciousness"] == pytest.approx(1 / 60, rel=0.2)
 
 
+def _before_outcome(v: pd.DataFrame, pid: str, end: pd.Timestamp) -> tuple[pd.DataFrame, ...]:
+    """A patient's readings in their first hour, and in the 45 minutes before ``end``."""
+    p = v[v["patient_id"] == pid]
+    first = p[p["ts"] < p["ts"].min() + pd.Timedelta(hours=1)]
+    return first, p[p["ts"] > end - pd.Timedelta(minutes=45)]
+
+
+def _hypoxaemia_rise(first: pd.DataFrame, last: pd.DataFrame) -> float:
+    """Oxygen started plus a third of the SpO2 fall, from ``first`` to ``last``."""
+    return float(
+        (last["on_oxygen"].mean() - first["on_oxygen"].mean())
+        + (first["spo2"].mean() - last["spo2"].mean()) / 3
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "expect"),
     [
@@ -165,15 +180,10 @@ def test_deteriorating_patients_move_as_physiology_says(
     assert len(ends) >= 5, f"too few {kind} outcomes to judge"
     deltas: dict[str, list[float]] = {k: [] for k in expect}
     for pid, end in ends.items():
-        p = v[v["patient_id"] == pid]
-        first = p[p["ts"] < p["ts"].min() + pd.Timedelta(hours=1)]
-        last = p[p["ts"] > end - pd.Timedelta(minutes=45)]
+        first, last = _before_outcome(v, pid, end)
         for vital in expect:
             if vital == "oxygen_or_low_spo2":
-                hypox = (last["on_oxygen"].mean() - first["on_oxygen"].mean()) + (
-                    first["spo2"].mean() - last["spo2"].mean()
-                ) / 3
-                deltas[vital].append(hypox)
+                deltas[vital].append(_hypoxaemia_rise(first, last))
             else:
                 deltas[vital].append(last[vital].mean() - first[vital].mean())
     for vital, sign in expect.items():
@@ -304,14 +314,11 @@ def _respiratory_signature(scenario: str) -> tuple[float, float, int]:
     v, o = frames(msgs)
     rr, hyp = [], []
     for pid, end in o.set_index("patient_id")["ts"].items():
-        p = v[v["patient_id"] == pid]
-        first = p[p["ts"] < p["ts"].min() + pd.Timedelta(hours=1)]
-        last = p[p["ts"] > end - pd.Timedelta(minutes=45)]
+        first, last = _before_outcome(v, pid, end)
         if len(first) < 10 or len(last) < 10:
             continue
         rr.append(last["resp_rate"].mean() - first["resp_rate"].mean())
-        hyp.append((last["on_oxygen"].mean() - first["on_oxygen"].mean())
-                   + (first["spo2"].mean() - last["spo2"].mean()) / 3)  # fmt: skip
+        hyp.append(_hypoxaemia_rise(first, last))
     return float(np.nanmedian(rr)), float(np.nanmedian(hyp)), len(rr)
 
 
