@@ -10,8 +10,12 @@ test prove it, faults, gaps and out-of-order arrivals included).
 State, all bounded:
 
 - a ring of the last ``WINDOW_MINUTES + lateness`` per-minute values per patient
-  (observed medians of the channels and the oxygen flag);
-- the observed values of the first :data:`~features.spec.BASELINE_MINUTES` of the stay;
+  (observed medians of the channels and the oxygen flag, on the 0.01 grid);
+- per block of :data:`BLOCK` minutes in that ring, exact totals per vital (count, Σq,
+  Σq², Σt, Σt², Σt·q), min, max and the last observed minute per channel. A window is
+  the whole blocks inside it plus two partial blocks summed from the ring, so a vector
+  costs the same for a 15- or a 240-minute window;
+- the count and sum of the first :data:`~features.spec.BASELINE_MINUTES` of the stay;
 - the raw events of the last ``lateness + 10`` minutes (for dedupe, for re-cleaning a
   minute when a late event joins it, and as the artifact rules' look-back);
 - admission facts.
@@ -45,11 +49,19 @@ from features.spec import (
     CHANNELS,
     FEATURE_NAMES,
     LATEST,
+    SLOPE_WINDOWS,
     STAT_VITALS,
+    STAT_WINDOWS,
     STATIC,
     WINDOW_MINUTES,
 )
-from features.transform import CARRY_LIMITS, carry_forward, compute, static_vector
+from features.transform import (
+    CARRY_LIMITS,
+    WindowStats,
+    compute,
+    quantize,
+    static_vector,
+)
 
 F = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -59,6 +71,13 @@ _AGG_COLS = [*[c for c in CHANNELS if c != "avpu"], "avpu_rank", "o2"]  # RING_C
 _STAT_IDX = [CHANNELS.index(v) for v in STAT_VITALS]
 CONTEXT_MINUTES = int(max(HR_CONTEXT, SPO2_CONTEXT) / pd.Timedelta(minutes=1))
 EVENT_COLUMNS = ["event_id", "patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]
+BLOCK = 15  # minutes per block: every window is a whole number of blocks
+assert all(w % BLOCK == 0 for w in STAT_WINDOWS)
+V = len(STAT_VITALS)
+_MID = WINDOW_MINUTES // BLOCK  # most whole blocks strictly inside a window
+_J = np.arange(BLOCK, dtype=np.int64)
+_SLOPE_K = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
+_W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
 
 
 def _event_order(frame: pd.DataFrame) -> I64:
@@ -95,9 +114,20 @@ class OnlineFeatures:
         self.lateness = lateness_minutes
         self.max_future = pd.Timedelta(minutes=max_future_minutes)
         self.R = WINDOW_MINUTES + lateness_minutes + 1
+        self.NB = self.R // BLOCK + 2  # block slots: every block a window can reach
         self.slots: dict[str, int] = {}
-        self.ring = np.full((capacity, self.R, len(RING_CHANNELS)), np.nan)
-        self.base = np.full((capacity, BASELINE_MINUTES, len(STAT_VITALS)), np.nan)
+        # Quantised minute values (exact small integers, so float32 holds them exactly).
+        self.ring = np.full((capacity, self.R, len(RING_CHANNELS)), np.nan, dtype=np.float32)
+        # Per block of BLOCK minutes, per stat vital: n, Σq, Σq², Σt, Σt², Σt·q with t the
+        # minute within the block — exact integers; min and max; last observed minute
+        # within the block per ring channel (-1: none).
+        self.blk = np.zeros((capacity, self.NB, 6, V), dtype=np.int64)
+        self.bmin = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
+        self.bmax = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
+        self.blast = np.full((capacity, self.NB, len(RING_CHANNELS)), -1, dtype=np.int8)
+        # Baseline: observed minutes and Σq over the stay's first BASELINE_MINUTES.
+        self.base_n = np.zeros((capacity, V), dtype=np.int64)
+        self.base_s = np.zeros((capacity, V), dtype=np.int64)
         self.first = np.full(capacity, NONE, dtype=np.int64)
         self.newest = np.full(capacity, NONE, dtype=np.int64)
         self.static = np.tile(static_vector(None), (capacity, 1))
@@ -128,7 +158,12 @@ class OnlineFeatures:
             return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
 
         self.ring = pad(self.ring, np.nan)
-        self.base = pad(self.base, np.nan)
+        self.blk = pad(self.blk, 0)
+        self.bmin = pad(self.bmin, np.nan)
+        self.bmax = pad(self.bmax, np.nan)
+        self.blast = pad(self.blast, -1)
+        self.base_n = pad(self.base_n, 0)
+        self.base_s = pad(self.base_s, 0)
         self.first = pad(self.first, NONE)
         self.newest = pad(self.newest, NONE)
         self.static = np.concatenate([self.static, np.tile(static_vector(None), (extra, 1))])
@@ -149,7 +184,11 @@ class OnlineFeatures:
 
     def memory_bytes(self) -> int:
         """Bytes held by the state arrays and the retained events."""
-        arrays = self.ring.nbytes + self.base.nbytes + self.first.nbytes * 2
+        arrays = sum(
+            a.nbytes
+            for a in (self.ring, self.blk, self.bmin, self.bmax, self.blast, self.base_n,
+                      self.base_s, self.first, self.newest, self.ref_val, self.ref_ts)
+        )  # fmt: skip
         return int(arrays + self.static.nbytes + self.events.memory_usage(deep=True).sum())
 
     # ------------------------------------------------------------------ update
@@ -232,6 +271,9 @@ class OnlineFeatures:
         rep_slots = np.repeat(t_slots, lengths)
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         clear_min = np.repeat(lo, lengths) + offsets
+        # Minutes that held data of their own (up to the old newest) leave the baseline.
+        redone = clear_min <= np.repeat(old_newest, lengths)
+        self._baseline_add(rep_slots[redone], clear_min[redone], sign=-1)
         self.ring[rep_slots, clear_min % self.R, :] = np.nan
         self.newest[t_slots] = new_newest
 
@@ -239,23 +281,12 @@ class OnlineFeatures:
             agg = aggregate_minutes(usable).reset_index()
             a_slot = agg["patient_id"].map(self.slots).to_numpy(dtype=np.int64)
             a_min = _epoch_minutes(agg["minute"])
-            values = agg[_AGG_COLS].to_numpy(dtype=np.float64)
-            self.ring[a_slot, a_min % self.R, :] = values
+            self.ring[a_slot, a_min % self.R, :] = quantize(agg[_AGG_COLS].to_numpy())
             first_new = pd.Series(a_min).groupby(a_slot).min()
-            self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
-        else:
-            a_slot = a_min = np.array([], dtype=np.int64)
-            values = np.empty((0, len(RING_CHANNELS)))
-
-        # Baseline minutes: clear what was redone, then write it again.
-        first = self.first[rep_slots]
-        k = clear_min - first
-        in_base = (first != NONE) & (k >= 0) & (k < BASELINE_MINUTES)
-        self.base[rep_slots[in_base], k[in_base], :] = np.nan
-        if len(a_slot):
-            k = a_min - self.first[a_slot]
-            in_base = (k >= 0) & (k < BASELINE_MINUTES)
-            self.base[a_slot[in_base], k[in_base], :] = values[in_base][:, _STAT_IDX]
+            moved = self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
+            fresh = ~np.isin(a_slot, moved)  # a moved baseline was summed again whole
+            self._baseline_add(a_slot[fresh], a_min[fresh], sign=1)
+        self._reblock(t_slots, lo, new_newest)
 
         expired = self._expired(old_slot, old_min)
         if expired.any():
@@ -336,20 +367,76 @@ class OnlineFeatures:
     def _expired(self, slots: I64, minutes: I64) -> npt.NDArray[np.bool_]:
         return minutes < self.newest[slots] - self.lateness - CONTEXT_MINUTES - 1
 
-    def _move_first(self, slots: I64, candidate: I64) -> None:
-        """A patient's first usable minute; an earlier one shifts the baseline along."""
+    def _move_first(self, slots: I64, candidate: I64) -> I64:
+        """A patient's first usable minute; an earlier one moves the baseline along.
+
+        Only a stay younger than the lateness bound can gain an earlier first minute, so
+        every minute of its baseline is still in the ring and is summed again. Returns the
+        slots whose first minute moved.
+        """
         cur = self.first[slots]
         fresh = cur == NONE
         self.first[slots[fresh]] = candidate[fresh]
         earlier = ~fresh & (candidate < cur)  # rare: a late event before the stay's start
-        for s, c, f in zip(
-            slots[earlier].tolist(), candidate[earlier].tolist(), cur[earlier].tolist(), strict=True
-        ):
-            shift = f - c
-            kept = self.base[s, : max(BASELINE_MINUTES - shift, 0)].copy()
-            self.base[s] = np.nan
-            self.base[s, shift : shift + len(kept)] = kept
-            self.first[s] = c
+        moved: I64 = slots[earlier]
+        if len(moved):
+            self.first[moved] = candidate[earlier]
+            self.base_n[moved] = 0
+            self.base_s[moved] = 0
+            span = np.minimum(self.newest[moved] - self.first[moved] + 1, BASELINE_MINUTES)
+            rep = np.repeat(moved, span)
+            offs = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+            self._baseline_add(rep, self.first[rep] + offs, sign=1)
+        return moved
+
+    def _baseline_add(self, slots: I64, minutes: I64, *, sign: int) -> None:
+        """Add (or take away) the ring's values at these minutes to the baseline sums."""
+        first = self.first[slots]
+        k = minutes - first
+        keep = (first != NONE) & (k >= 0) & (k < BASELINE_MINUTES)
+        slots, minutes = slots[keep], minutes[keep]
+        if len(slots) == 0:
+            return
+        q = self.ring[slots, minutes % self.R][:, _STAT_IDX].astype(np.float64)
+        seen = ~np.isnan(q)
+        np.add.at(self.base_n, slots, sign * seen.astype(np.int64))
+        np.add.at(self.base_s, slots, sign * np.where(seen, q, 0.0).astype(np.int64))
+
+    def _reblock(self, slots: I64, lo: I64, newest: I64) -> None:
+        """Recompute the block totals of every block that holds a minute in [lo, newest]."""
+        b0, b1 = lo // BLOCK, newest // BLOCK
+        count = (b1 - b0 + 1).clip(min=0)
+        rep = np.repeat(slots, count)
+        blocks = np.repeat(b0, count) + (
+            np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        )
+        if len(rep) == 0:
+            return
+        minutes = blocks[:, None] * BLOCK + _J[None, :]  # [k, BLOCK]
+        # Minutes past the newest, or older than the ring holds, are not this block's data.
+        nw = self.newest[rep][:, None]
+        valid = (minutes <= nw) & (minutes > nw - self.R)
+        vals = self.ring[rep[:, None], minutes % self.R]  # [k, BLOCK, channels]
+        seen_all = valid[:, :, None] & ~np.isnan(vals)
+        last = np.where(seen_all, _J[None, :, None], -1).max(axis=1)
+        q = vals[:, :, _STAT_IDX].astype(np.float64)
+        seen = seen_all[:, :, _STAT_IDX]
+        qi = np.where(seen, q, 0.0).astype(np.int64)
+        pi = seen.astype(np.int64)
+        t = _J[None, :, None]
+        slot_b = blocks % self.NB
+        tot = self.blk[rep, slot_b]
+        tot[:, 0] = pi.sum(axis=1)
+        tot[:, 1] = qi.sum(axis=1)
+        tot[:, 2] = (qi * qi).sum(axis=1)
+        tot[:, 3] = (t * pi).sum(axis=1)
+        tot[:, 4] = (t * t * pi).sum(axis=1)
+        tot[:, 5] = (t * qi).sum(axis=1)
+        self.blk[rep, slot_b] = tot
+        masked = np.where(seen, q, np.nan)
+        self.bmin[rep, slot_b] = np.fmin.reduce(masked, axis=1)
+        self.bmax[rep, slot_b] = np.fmax.reduce(masked, axis=1)
+        self.blast[rep, slot_b] = last
 
     # ------------------------------------------------------------------ vectors
     def _vectors_for(self, new: pd.DataFrame) -> pd.DataFrame:
@@ -365,22 +452,101 @@ class OnlineFeatures:
         out.insert(0, "event_id", new["event_id"].to_numpy())
         return out
 
-    def vectors(self, slots: I64, minutes: I64, chunk: int = 2048) -> F:
+    def vectors(self, slots: I64, minutes: I64, chunk: int = 4096) -> F:
         """Feature matrix for (patient slot, as-of epoch minute) pairs, from the state."""
         out = np.empty((len(slots), len(FEATURE_NAMES)))
-        offs = np.arange(WINDOW_MINUTES, dtype=np.int64) - (WINDOW_MINUTES - 1)
         for a in range(0, len(slots), chunk):
             s, m = slots[a : a + chunk], minutes[a : a + chunk]
-            win_min = m[:, None] + offs[None, :]
-            ring = self.ring[s[:, None], win_min % self.R, :]
-            first, newest = self.first[s][:, None], self.newest[s][:, None]
-            stale = (win_min < first) | (win_min < newest - self.R + 1) | (win_min > newest)
-            ring[stale] = np.nan
-            obs = ring[:, :, : len(CHANNELS)]
-            latest = carry_forward(ring, CARRY_LIMITS)
-            stay = np.where(m >= self.first[s], m - self.first[s], np.nan).astype(np.float64)
-            out[a : a + chunk] = compute(obs, latest, stay, self.base[s], self.static[s])
+            first = self.first[s]
+            stay = np.where(m >= first, m - first, np.nan).astype(np.float64)
+            out[a : a + chunk] = compute(self._stats(s, m), stay, self.static[s])
         return out
+
+    def _stats(self, s: I64, m: I64) -> WindowStats:
+        """Window sums for rows (slot, as-of minute) from block totals and two partials.
+
+        A window of w minutes ending at ``m`` is: the tail of ``m``'s block up to ``m``,
+        the whole blocks before it, and the head — the part of the block where the window
+        starts that lies inside it. The whole blocks come from :attr:`blk`; the tail and
+        the heads (one per window) are summed from the ring.
+        """
+        rows = len(s)
+        bm = m // BLOCK
+        k = (m + 1) % BLOCK  # where each window starts within its block
+        starts = np.stack([(m - w + 1) // BLOCK for w in STAT_WINDOWS], axis=1)  # [rows, W]
+        # Partial blocks: 0 = the tail, 1.. = the head of each window.
+        pblock = np.concatenate([bm[:, None], starts], axis=1)  # [rows, 1 + W]
+        pmin = pblock[:, :, None] * BLOCK + _J  # [rows, 1 + W, BLOCK]
+        inside = np.empty(pmin.shape, dtype=bool)
+        inside[:, 0] = _J[None, :] <= (m % BLOCK)[:, None]
+        inside[:, 1:] = (_J[None, None, :] >= k[:, None, None]) & (starts < bm[:, None])[:, :, None]
+        # A query may be later than the patient's newest minute: the ring slots past it
+        # (and the block slots past its block) still hold older minutes.
+        newest = self.newest[s]
+        inside &= pmin <= newest[:, None, None]
+        vals = self.ring[s[:, None, None], pmin % self.R]  # [rows, 1 + W, BLOCK, channels]
+        seen_all = inside[..., None] & ~np.isnan(vals)
+        q = vals[..., _STAT_IDX].astype(np.float64)
+        seen = seen_all[..., _STAT_IDX]
+        qi = np.where(seen, q, 0.0).astype(np.int64)
+        pi = seen.astype(np.int64)
+        t = (pmin - m[:, None, None])[..., None]  # minute - as-of, <= 0
+        part = np.stack(
+            [pi.sum(2), qi.sum(2), (qi * qi).sum(2), (t * pi).sum(2), (t * t * pi).sum(2),
+             (t * qi).sum(2)], axis=2,
+        )  # fmt: skip  # [rows, 1 + W, 6, V]
+        masked = np.where(seen, q, np.nan)
+        p_lo, p_hi = np.fmin.reduce(masked, axis=2), np.fmax.reduce(masked, axis=2)
+
+        # Whole blocks bm-1, bm-2, … (most recent first), shifted to as-of time.
+        mid_b = bm[:, None] - 1 - np.arange(_MID)[None, :]  # [rows, _MID]
+        slot_b = mid_b % self.NB
+        current = (mid_b <= (newest // BLOCK)[:, None])[:, :, None]
+        tot = np.where(current[..., None], self.blk[s[:, None], slot_b], 0)  # [rows, _MID, 6, V]
+        d = (mid_b * BLOCK - m[:, None])[:, :, None]  # block start - as-of
+        n_b, s_b, st_b = tot[:, :, 0], tot[:, :, 1], tot[:, :, 3]
+        shifted = np.stack(
+            [n_b, s_b, tot[:, :, 2], st_b + d * n_b, tot[:, :, 4] + 2 * d * st_b + d * d * n_b,
+             tot[:, :, 5] + d * s_b], axis=2,
+        )  # fmt: skip
+        cum = np.cumsum(shifted, axis=1)
+        b_lo = np.where(current, self.bmin[s[:, None], slot_b], np.nan)
+        b_hi = np.where(current, self.bmax[s[:, None], slot_b], np.nan)
+        cum_lo = np.fmin.accumulate(b_lo.astype(np.float64), axis=1)
+        cum_hi = np.fmax.accumulate(b_hi.astype(np.float64), axis=1)
+        nmid = np.clip(bm[:, None] - 1 - starts, 0, _MID)  # whole blocks per window
+        take = np.maximum(nmid - 1, 0)
+        r = np.arange(rows)[:, None]
+        has = (nmid > 0)[:, :, None]
+        mid = np.where(has[:, :, :, None], cum[r, take], 0)  # [rows, W, 6, V]
+        totals = part[:, :1] + part[:, 1:] + mid
+        lo = np.fmin(np.fmin(p_lo[:, :1], p_lo[:, 1:]), np.where(has, cum_lo[r, take], np.nan))
+        hi = np.fmax(np.fmax(p_hi[:, :1], p_hi[:, 1:]), np.where(has, cum_hi[r, take], np.nan))
+
+        # Last observed minute per channel in the longest window: tail, whole blocks, head.
+        p_last = np.where(seen_all, pmin[..., None], NONE).max(axis=2)  # [rows, 1 + W, ch]
+        blast = self.blast[s[:, None], slot_b].astype(np.int64)  # [rows, _MID, ch]
+        within = (np.arange(_MID)[None, :] < nmid[:, _W240, None])[:, :, None] & current
+        b_last = np.where(within & (blast >= 0), mid_b[:, :, None] * BLOCK + blast, NONE)
+        last = np.maximum(np.maximum(p_last[:, 0], p_last[:, 1 + _W240]), b_last.max(axis=1))
+        has_last = last != NONE
+        age = np.where(has_last, m[:, None] - last, -1)
+        at = np.where(has_last, last, 0) % self.R
+        value = self.ring[s[:, None], at, np.arange(last.shape[1])]
+        carried = has_last & (age <= CARRY_LIMITS[None, :])
+        latest = np.where(carried, value.astype(np.float64), np.nan)
+        age_f = age[:, : len(CHANNELS)].astype(np.float64)
+        age_f[~has_last[:, : len(CHANNELS)]] = np.nan
+
+        # Baseline: the whole first hours once they are over, else the window so far.
+        over = (m - self.first[s]) >= BASELINE_MINUTES - 1
+        base_n = np.where(over[:, None], self.base_n[s], totals[:, _W240, 0])
+        base_s = np.where(over[:, None], self.base_s[s], totals[:, _W240, 1])
+        return WindowStats(
+            n=totals[:, :, 0], s=totals[:, :, 1], s2=totals[:, :, 2], lo=lo, hi=hi,
+            st=totals[:, _SLOPE_K, 3], stt=totals[:, _SLOPE_K, 4], stq=totals[:, _SLOPE_K, 5],
+            age=age_f, latest=latest, base_n=base_n, base_s=base_s,
+        )  # fmt: skip
 
     def known(self, event_ids: list[str]) -> npt.NDArray[np.bool_]:
         """Which event ids the state has already taken (a resend brings nothing new)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from features.news2 import NEWS2_PARAMETERS
 
-FEATURE_SET_VERSION = "vitals-v1"
+FEATURE_SET_VERSION = "vitals-v2"  # v2: statistics over values on a 0.01 grid (exact sums)
 # Where this version's rows live (lake zones, PostgreSQL table): every reader and writer
 # takes the names from here, so a version bump moves them all.
 VERSION_SLUG = FEATURE_SET_VERSION.replace("-", "_")

@@ -1,12 +1,14 @@
 """The feature transform: one function, :func:`compute`, for the batch job and the scorer.
 
 Both paths hand :func:`compute` the same thing — for each (patient, as-of minute) the
-patient's last :data:`~features.spec.WINDOW_MINUTES` minutes of observed per-minute
-values, the carried values at the as-of minute, the first hours of the stay and the
-patient's admission facts — and get the same numbers back. How they build those arrays
-differs (the batch job slides over a patient's processed minutes, see
-:func:`features_for_patient`; the online state keeps a ring of minutes, see
-``features.online``); what is computed from them is this module alone.
+exact window sums of :class:`WindowStats`, the carried values at the as-of minute, the
+stay's age and the patient's admission facts — and get the same numbers back. How they
+get the sums differs: the batch job takes differences of prefix sums over a patient's
+processed minutes (:func:`dense_stats`, via :func:`features_for_patient`); the scorer
+adds up per-block totals kept as events arrive (``features.online``), so a vector costs
+the same whatever the window. Every minute value is first put on a 0.01 grid
+(:func:`quantize`): sums of integers are exact, so the two give the same bits, and a
+flat window has a standard deviation of exactly zero.
 
 Definitions (all over *observed* minutes, i.e. minutes with at least one plausible
 reading; carried values count only for ``*_last`` and what is derived from them):
@@ -27,6 +29,8 @@ reading; carried values count only for ``*_last`` and what is derived from them)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -46,141 +50,104 @@ from features.spec import (
 )
 
 F = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 W = WINDOW_MINUTES
+V = len(STAT_VITALS)
 _STAT_IDX = [CHANNELS.index(v) for v in STAT_VITALS]
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # Carry limits (minutes) per LATEST entry, the resampler's bounded forward-fill.
 CARRY_LIMITS = np.array(
     [FFILL_MINUTES["consciousness" if c == "avpu" else c] for c in LATEST], dtype=np.int64
 )
+SCALE = 100  # every minute value is put on a 0.01 grid before any statistic
 
 
-def last_observed(window: F) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Per channel of ``window`` ([n, W, C]): positions back from the end to the last
-    non-NaN value, and whether there is one at all."""
-    rev = ~np.isnan(window[:, ::-1, :])
-    back: npt.NDArray[np.int64] = rev.argmax(axis=1)
-    seen: npt.NDArray[np.bool_] = np.asarray(rev.any(axis=1))
-    return back, seen
+def quantize(values: F) -> F:
+    """Values on the 0.01 grid, as exact integers (in units of 0.01); NaN stays NaN.
+
+    The grid is what lets the online state keep *exact* running sums: window sums of
+    integers do not depend on the order they were added in, so the batch job's prefix
+    sums and the scorer's block sums give the same bits. 0.01 is finer than any bedside
+    reading (vitals are charted to 1 bpm, 1 mmHg, 1 %, 0.1 °C).
+    """
+    out: F = np.rint(np.asarray(values, dtype=np.float64) * SCALE)
+    return out
 
 
-def carry_forward(window: F, limits: npt.NDArray[np.int64]) -> F:
-    """Value at the last position of ``window`` ([n, W, C]) after a bounded forward-fill."""
-    age, any_ = last_observed(window)
-    n, w, c = window.shape
-    last = window[np.arange(n)[:, None], w - 1 - age, np.arange(c)[None, :]]
-    return np.where(any_ & (age <= limits[None, :]), last, np.nan)
+@dataclass(frozen=True)
+class WindowStats:
+    """What the transform needs for each (patient, as-of minute) row: exact window sums.
+
+    Sums run over a vital's *observed* minutes (``q`` = the quantised minute value, ``t``
+    = minute minus the as-of minute, so ``t <= 0``); ``[rows, window, vital]`` arrays
+    follow :data:`~features.spec.STAT_WINDOWS` (``st``/``stt``/``stq``:
+    :data:`~features.spec.SLOPE_WINDOWS`) and :data:`~features.spec.STAT_VITALS`.
+    Both paths build it: the batch job from prefix sums over the stay
+    (:func:`dense_stats`), the scorer from per-block totals of its ring
+    (``features.online``); :func:`compute` turns it into features.
+    """
+
+    n: I64  # observed minutes
+    s: I64  # Σ q
+    s2: I64  # Σ q²
+    lo: F  # min q (NaN when none)
+    hi: F  # max q (NaN when none)
+    st: I64  # Σ t
+    stt: I64  # Σ t²
+    stq: I64  # Σ t·q
+    age: F  # [rows, len(CHANNELS)]: minutes since last observed in the longest window, or NaN
+    latest: F  # [rows, len(LATEST)]: quantised carried value (bounded forward-fill), or NaN
+    base_n: I64  # [rows, vital]: observed minutes of the baseline (the stay's first hours
+    base_s: I64  # up to the as-of minute) and Σ q over them
 
 
-def compute(
-    obs: F,
-    latest: F,
-    stay_minutes: F,
-    baseline_obs: F,
-    static: F,
-) -> F:
-    """Feature matrix ``[n, len(FEATURE_NAMES)]``.
+def compute(stats: WindowStats, stay_minutes: F, static: F) -> F:
+    """Feature matrix ``[rows, len(FEATURE_NAMES)]``.
 
     Args:
-        obs: ``[n, WINDOW_MINUTES, len(CHANNELS)]`` observed minute values, oldest first;
-            the last row is the as-of minute; NaN where not observed.
-        latest: ``[n, len(LATEST)]`` carried values at the as-of minute.
-        stay_minutes: ``[n]`` as-of minute minus the stay's first usable minute.
-        baseline_obs: ``[n, BASELINE_MINUTES, len(STAT_VITALS)]`` observed values of the
-            stay's first minutes, from its first usable minute on.
-        static: ``[n, len(STATIC)]`` admission facts (NaN when unknown).
+        stats: the window sums of each row (:class:`WindowStats`).
+        stay_minutes: ``[rows]`` as-of minute minus the stay's first usable minute.
+        static: ``[rows, len(STATIC)]`` admission facts (NaN when unknown).
     """
-    n = obs.shape[0]
-    out = np.full((n, len(FEATURE_NAMES)), np.nan)
+    rows = len(stay_minutes)
+    out = np.full((rows, len(FEATURE_NAMES)), np.nan)
 
     def put(name: str, values: F) -> None:
         out[:, _COL[name]] = values
 
+    latest = stats.latest / SCALE
     for i, v in enumerate(LATEST):
         put(f"{v}_last", latest[:, i])
-
-    back, seen = last_observed(obs)
-    age = back.astype(np.float64)
-    age[~seen] = np.nan
     for i, v in enumerate(CHANNELS):
-        put(f"{v}_age_min", age[:, i])
-
-    # Window statistics. The windows nest (15 ⊂ 60 ⊂ 240 minutes back from the as-of
-    # minute), so each quantity is summed once per segment between window starts and the
-    # segments accumulated: every minute is touched once per quantity. Time runs along
-    # the last, contiguous axis. Squares are taken around the 240-minute mean, so the
-    # variance does not cancel catastrophically.
-    x = np.ascontiguousarray(obs[:, :, _STAT_IDX].transpose(0, 2, 1))  # [n, vitals, W]
-    p = ~np.isnan(x)
-    pf = p.astype(np.float64)
-    x0 = np.where(p, x, 0.0)
-    t = np.arange(W, dtype=np.float64)
-
-    def by_window(a: F, how: str = "sum") -> dict[int, F]:
-        out: dict[int, F] = {}
-        acc: F | None = None
-        end = W
-        for w in STAT_WINDOWS:
-            seg = a[..., W - w : end]
-            part = seg.sum(axis=-1) if how == "sum" else getattr(seg, how)(axis=-1)
-            if acc is None:
-                acc = part
-            elif how == "sum":
-                acc = acc + part
-            elif how == "min":
-                acc = np.minimum(acc, part)
-            else:
-                acc = np.maximum(acc, part)
-            out[w] = acc
-            end = W - w
-        return out
+        put(f"{v}_age_min", stats.age[:, i])
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        cnt_w = by_window(pf)
-        sum_w = by_window(x0)
-        longest = STAT_WINDOWS[-1]
-        shift = sum_w[longest] / cnt_w[longest]
-        shift = np.where(np.isnan(shift), 0.0, shift)
-        dev0 = np.where(p, x - shift[:, :, None], 0.0)
-        sq_w = by_window(dev0 * dev0)
-        lo_w = by_window(np.where(p, x, np.inf), "min")
-        hi_w = by_window(np.where(p, x, -np.inf), "max")
-        for w in STAT_WINDOWS:
-            cnt = cnt_w[w]
-            mean = sum_w[w] / cnt
-            dm = mean - shift
-            std = np.sqrt(np.maximum((sq_w[w] - cnt * dm * dm) / (cnt - 1), 0.0))
-            std[cnt < 2] = np.nan
-            lo, hi = lo_w[w].copy(), hi_w[w].copy()
-            none = cnt == 0
-            lo[none] = np.nan
-            hi[none] = np.nan
+        n = stats.n.astype(np.float64)
+        mean = stats.s / n / SCALE
+        # n·Σq² − (Σq)² is exact in integers: no cancellation, a constant window is 0.
+        var = (stats.n * stats.s2 - stats.s * stats.s).astype(np.float64) / (n * (n - 1))
+        std = np.sqrt(var) / SCALE
+        std[stats.n < 2] = np.nan
+        lo, hi = stats.lo / SCALE, stats.hi / SCALE
+        for k, w in enumerate(STAT_WINDOWS):
             for j, v in enumerate(STAT_VITALS):
-                put(f"{v}_mean_{w}m", mean[:, j])
-                put(f"{v}_std_{w}m", std[:, j])
-                put(f"{v}_min_{w}m", lo[:, j])
-                put(f"{v}_max_{w}m", hi[:, j])
-                put(f"{v}_n_{w}m", cnt[:, j])
-        tp = pf * t
-        st_w = by_window(tp)
-        stt_w = by_window(tp * t)
-        stx_w = by_window(dev0 * t)
-        for w in SLOPE_WINDOWS:
-            cnt = cnt_w[w]
-            tm = st_w[w] / cnt
-            xm = (sum_w[w] - cnt * shift) / cnt  # the window mean, around the shift
-            sxx = stt_w[w] - cnt * tm * tm
-            sxy = stx_w[w] - cnt * tm * xm
-            slope = sxy / sxx * 60.0
-            slope[(cnt < 2) | (sxx <= 1e-9)] = np.nan
+                put(f"{v}_mean_{w}m", mean[:, k, j])
+                put(f"{v}_std_{w}m", std[:, k, j])
+                put(f"{v}_min_{w}m", lo[:, k, j])
+                put(f"{v}_max_{w}m", hi[:, k, j])
+                put(f"{v}_n_{w}m", n[:, k, j])
+        for k, w in enumerate(SLOPE_WINDOWS):
+            cnt = stats.n[:, STAT_WINDOWS.index(w)]
+            s = stats.s[:, STAT_WINDOWS.index(w)]
+            sxy = cnt * stats.stq[:, k] - stats.st[:, k] * s  # n² × covariance, exact
+            sxx = cnt * stats.stt[:, k] - stats.st[:, k] * stats.st[:, k]
+            slope = sxy.astype(np.float64) / sxx.astype(np.float64) * (60.0 / SCALE)
+            slope[(cnt < 2) | (sxx <= 0)] = np.nan
             for j, v in enumerate(STAT_VITALS):
                 put(f"{v}_slope_{w}m", slope[:, j])
 
-        k = np.arange(BASELINE_MINUTES)[None, :, None]
-        bp = ~np.isnan(baseline_obs) & (k <= stay_minutes[:, None, None])
-        bcnt = bp.sum(axis=1).astype(np.float64)
-        bmean = np.where(bp, baseline_obs, 0.0).sum(axis=1) / bcnt
-        bmean[bcnt == 0] = np.nan
+        bmean = stats.base_s / stats.base_n.astype(np.float64) / SCALE
+        bmean[stats.base_n == 0] = np.nan
         for j, v in enumerate(STAT_VITALS):
             put(f"{v}_delta_baseline", latest[:, LATEST.index(v)] - bmean[:, j])
 
@@ -213,6 +180,74 @@ def compute(
     for i, name in enumerate(STATIC):
         put(name, static[:, i])
     return out
+
+
+def dense_stats(obs: F, carried: F, rows: I64) -> WindowStats:
+    """:class:`WindowStats` at positions ``rows`` of one patient's dense minute arrays.
+
+    Args:
+        obs: ``[length, len(CHANNELS)]`` observed minute values from the stay's first
+            usable minute on (NaN where not observed).
+        carried: ``[length, len(LATEST)]`` carried (bounded forward-filled) values.
+        rows: as-of positions (minutes since the stay's first usable minute).
+
+    Window sums are differences of exact integer prefix sums, so the cost is one pass over
+    the stay whatever the windows; min and max are taken over sliding views.
+    """
+    length = len(obs)
+    q = quantize(obs[:, _STAT_IDX])  # [length, V]
+    seen = ~np.isnan(q)
+    qi = np.where(seen, q, 0.0).astype(np.int64)
+    pi = seen.astype(np.int64)
+    t = np.arange(length, dtype=np.int64)[:, None]
+
+    def prefix(a: I64) -> I64:
+        out: I64 = np.concatenate([np.zeros((1, V), dtype=np.int64), np.cumsum(a, axis=0)])
+        return out
+
+    cum = {
+        "n": prefix(pi), "s": prefix(qi), "s2": prefix(qi * qi),
+        "st": prefix(t * pi), "stt": prefix(t * t * pi), "stq": prefix(t * qi),
+    }  # fmt: skip
+    end = rows + 1
+
+    def window(name: str, w: int) -> I64:
+        c = cum[name]
+        out: I64 = c[end] - c[np.maximum(end - w, 0)]
+        return out
+
+    r = rows[:, None]
+    n = np.stack([window("n", w) for w in STAT_WINDOWS], axis=1)
+    s = np.stack([window("s", w) for w in STAT_WINDOWS], axis=1)
+    s2 = np.stack([window("s2", w) for w in STAT_WINDOWS], axis=1)
+    # Time relative to the as-of minute: Σ(t−r)·… from the stay-relative sums, exactly.
+    st, stt, stq = [], [], []
+    for w in SLOPE_WINDOWS:
+        cnt, sq, t1 = window("n", w), window("s", w), window("st", w)
+        st.append(t1 - r * cnt)
+        stt.append(window("stt", w) - 2 * r * t1 + r * r * cnt)
+        stq.append(window("stq", w) - r * sq)
+
+    lo = np.empty((len(rows), len(STAT_WINDOWS), V))
+    hi = np.empty_like(lo)
+    padded = np.vstack([np.full((W - 1, V), np.nan), q])
+    for k, w in enumerate(STAT_WINDOWS):
+        views = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)[rows + W - w]
+        lo[:, k] = np.fmin.reduce(views, axis=-1)
+        hi[:, k] = np.fmax.reduce(views, axis=-1)
+
+    observed = ~np.isnan(obs)
+    last_seen = np.maximum.accumulate(np.where(observed, t, -1), axis=0)[rows]
+    age = (r - last_seen).astype(np.float64)
+    age[(last_seen < 0) | (age > W - 1)] = np.nan
+
+    upto = np.minimum(rows, BASELINE_MINUTES - 1) + 1
+    return WindowStats(
+        n=n, s=s, s2=s2, lo=lo, hi=hi,
+        st=np.stack(st, axis=1), stt=np.stack(stt, axis=1), stq=np.stack(stq, axis=1),
+        age=age, latest=quantize(carried[rows]),
+        base_n=cum["n"][upto], base_s=cum["s"][upto],
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- batch side
@@ -288,19 +323,10 @@ def features_for_patient(
     if len(rows) == 0:
         return _frame(pid, np.array([], dtype="datetime64[m]"), np.empty((0, len(FEATURE_NAMES))))
 
-    padded = np.vstack([np.full((W - 1, len(CHANNELS)), np.nan), obs])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, W, axis=0)  # [len, C, W]
-    win = np.ascontiguousarray(windows[rows].transpose(0, 2, 1))
-    base = obs[:BASELINE_MINUTES, _STAT_IDX]
-    if len(base) < BASELINE_MINUTES:
-        base = np.vstack([base, np.full((BASELINE_MINUTES - len(base), len(_STAT_IDX)), np.nan)])
-    n = len(rows)
     values = compute(
-        win,
-        carried[rows],
+        dense_stats(obs, carried, rows),
         rows.astype(np.float64),
-        np.broadcast_to(base, (n, *base.shape)),
-        np.broadcast_to(static, (n, len(STATIC))),
+        np.broadcast_to(static, (len(rows), len(STATIC))),
     )
     ts = mins[keep] + np.timedelta64(1, "m")
     return _frame(pid, ts, values)
