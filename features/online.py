@@ -76,8 +76,37 @@ assert all(w % BLOCK == 0 for w in STAT_WINDOWS)
 V = len(STAT_VITALS)
 _MID = WINDOW_MINUTES // BLOCK  # most whole blocks strictly inside a window
 _J = np.arange(BLOCK, dtype=np.int64)
+_POWERS = np.stack([np.ones(BLOCK), _J, _J * _J], axis=1).astype(np.float64)  # [BLOCK, 3]
 _SLOPE_K = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
 _W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
+
+
+def _block_sums(q: npt.NDArray[np.floating], seen: npt.NDArray[np.bool_]) -> F:
+    """``[k, 6, V]`` sums n, Σq, Σq², Σj, Σj², Σj·q over a block axis (axis 1, j = 0…14).
+
+    ``q`` holds quantised values (integers), so every sum is an exact float64 integer.
+    """
+    x = np.where(seen, q, 0.0).astype(np.float64)  # float32 would round q² (not exact)
+    p = seen.astype(np.float64)
+    stacked = np.concatenate([p, x, x * x], axis=-1)  # [k, BLOCK, 3V]
+    m = np.swapaxes(stacked, 1, 2) @ _POWERS  # [k, 3V, 3]: Σ·1, Σ·j, Σ·j²
+    v = q.shape[-1]
+    out: F = np.stack(
+        [m[:, :v, 0], m[:, v : 2 * v, 0], m[:, 2 * v :, 0], m[:, :v, 1], m[:, :v, 2],
+         m[:, v : 2 * v, 1]], axis=1,
+    )  # fmt: skip
+    return out
+
+
+def _shift(sums: F, c: I64) -> I64:
+    """Block sums with t = j (minute within the block) to t = j + c, exactly, as int64."""
+    s = sums.astype(np.int64)
+    c = c[:, None]
+    n, sq, t1 = s[:, 0], s[:, 1], s[:, 3]
+    out: I64 = np.stack(
+        [n, sq, s[:, 2], t1 + c * n, s[:, 4] + 2 * c * t1 + c * c * n, s[:, 5] + c * sq], axis=1
+    )
+    return out
 
 
 def _event_order(frame: pd.DataFrame) -> I64:
@@ -118,13 +147,15 @@ class OnlineFeatures:
         self.slots: dict[str, int] = {}
         # Quantised minute values (exact small integers, so float32 holds them exactly).
         self.ring = np.full((capacity, self.R, len(RING_CHANNELS)), np.nan, dtype=np.float32)
-        # Per block of BLOCK minutes, per stat vital: n, Σq, Σq², Σt, Σt², Σt·q with t the
-        # minute within the block — exact integers; min and max; last observed minute
-        # within the block per ring channel (-1: none).
-        self.blk = np.zeros((capacity, self.NB, 6, V), dtype=np.int64)
+        # Per block of BLOCK minutes (ring of NB blocks), per stat vital: the exact sums
+        # n, Σq, Σq², Σt, Σt², Σt·q over every block *before* it (t = minute - the
+        # patient's anchor minute), so whole blocks of a window are one difference; the
+        # block's own min and max; and the last observed minute before it per channel.
+        self.pre = np.zeros((capacity, self.NB, 6, V), dtype=np.int64)
         self.bmin = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
         self.bmax = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
-        self.blast = np.full((capacity, self.NB, len(RING_CHANNELS)), -1, dtype=np.int8)
+        self.plast = np.full((capacity, self.NB, len(RING_CHANNELS)), NONE, dtype=np.int64)
+        self.anchor = np.zeros(capacity, dtype=np.int64)
         # Baseline: observed minutes and Σq over the stay's first BASELINE_MINUTES.
         self.base_n = np.zeros((capacity, V), dtype=np.int64)
         self.base_s = np.zeros((capacity, V), dtype=np.int64)
@@ -158,10 +189,11 @@ class OnlineFeatures:
             return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
 
         self.ring = pad(self.ring, np.nan)
-        self.blk = pad(self.blk, 0)
+        self.pre = pad(self.pre, 0)
         self.bmin = pad(self.bmin, np.nan)
         self.bmax = pad(self.bmax, np.nan)
-        self.blast = pad(self.blast, -1)
+        self.plast = pad(self.plast, NONE)
+        self.anchor = pad(self.anchor, 0)
         self.base_n = pad(self.base_n, 0)
         self.base_s = pad(self.base_s, 0)
         self.first = pad(self.first, NONE)
@@ -186,7 +218,7 @@ class OnlineFeatures:
         """Bytes held by the state arrays and the retained events."""
         arrays = sum(
             a.nbytes
-            for a in (self.ring, self.blk, self.bmin, self.bmax, self.blast, self.base_n,
+            for a in (self.ring, self.pre, self.bmin, self.bmax, self.plast, self.base_n,
                       self.base_s, self.first, self.newest, self.ref_val, self.ref_ts)
         )  # fmt: skip
         return int(arrays + self.static.nbytes + self.events.memory_usage(deep=True).sum())
@@ -276,6 +308,8 @@ class OnlineFeatures:
         self._baseline_add(rep_slots[redone], clear_min[redone], sign=-1)
         self.ring[rep_slots, clear_min % self.R, :] = np.nan
         self.newest[t_slots] = new_newest
+        fresh_patient = old_newest == NONE
+        self.anchor[t_slots[fresh_patient]] = lo[fresh_patient] // BLOCK * BLOCK
 
         if len(usable):
             agg = aggregate_minutes(usable).reset_index()
@@ -286,7 +320,7 @@ class OnlineFeatures:
             moved = self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
             fresh = ~np.isin(a_slot, moved)  # a moved baseline was summed again whole
             self._baseline_add(a_slot[fresh], a_min[fresh], sign=1)
-        self._reblock(t_slots, lo, new_newest)
+        self._reblock(t_slots, lo, old_newest, new_newest)
 
         expired = self._expired(old_slot, old_min)
         if expired.any():
@@ -402,41 +436,49 @@ class OnlineFeatures:
         np.add.at(self.base_n, slots, sign * seen.astype(np.int64))
         np.add.at(self.base_s, slots, sign * np.where(seen, q, 0.0).astype(np.int64))
 
-    def _reblock(self, slots: I64, lo: I64, newest: I64) -> None:
-        """Recompute the block totals of every block that holds a minute in [lo, newest]."""
+    def _reblock(self, slots: I64, lo: I64, old_newest: I64, newest: I64) -> None:
+        """Recompute every block that holds a minute in [lo, newest], and the prefix sums
+        after each, block by block."""
         b0, b1 = lo // BLOCK, newest // BLOCK
         count = (b1 - b0 + 1).clip(min=0)
         rep = np.repeat(slots, count)
-        blocks = np.repeat(b0, count) + (
-            np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        )
         if len(rep) == 0:
             return
+        step = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        blocks = np.repeat(b0, count) + step
         minutes = blocks[:, None] * BLOCK + _J[None, :]  # [k, BLOCK]
         # Minutes past the newest, or older than the ring holds, are not this block's data.
         nw = self.newest[rep][:, None]
         valid = (minutes <= nw) & (minutes > nw - self.R)
         vals = self.ring[rep[:, None], minutes % self.R]  # [k, BLOCK, channels]
         seen_all = valid[:, :, None] & ~np.isnan(vals)
-        last = np.where(seen_all, _J[None, :, None], -1).max(axis=1)
-        q = vals[:, :, _STAT_IDX].astype(np.float64)
-        seen = seen_all[:, :, _STAT_IDX]
-        qi = np.where(seen, q, 0.0).astype(np.int64)
-        pi = seen.astype(np.int64)
-        t = _J[None, :, None]
+        last = np.where(seen_all, minutes[:, :, None], NONE).max(axis=1)  # [k, channels]
+        sums = _block_sums(vals[:, :, _STAT_IDX], seen_all[:, :, _STAT_IDX])  # [k, 6, V]
+        tot = _shift(sums, blocks * BLOCK - self.anchor[rep])  # t from the anchor
         slot_b = blocks % self.NB
-        tot = self.blk[rep, slot_b]
-        tot[:, 0] = pi.sum(axis=1)
-        tot[:, 1] = qi.sum(axis=1)
-        tot[:, 2] = (qi * qi).sum(axis=1)
-        tot[:, 3] = (t * pi).sum(axis=1)
-        tot[:, 4] = (t * t * pi).sum(axis=1)
-        tot[:, 5] = (t * qi).sum(axis=1)
-        self.blk[rep, slot_b] = tot
-        masked = np.where(seen, q, np.nan)
+        masked = np.where(seen_all[:, :, _STAT_IDX], vals[:, :, _STAT_IDX], np.nan)
         self.bmin[rep, slot_b] = np.fmin.reduce(masked, axis=1)
         self.bmax[rep, slot_b] = np.fmax.reduce(masked, axis=1)
-        self.blast[rep, slot_b] = last
+
+        # The running sums start from the block before b0 — or, after a gap, from the
+        # block after the old newest (the blocks between are empty).
+        known = np.where(old_newest == NONE, b0, np.minimum(b0, old_newest // BLOCK + 1))
+        pre = self.pre[slots, known % self.NB]
+        plast = self.plast[slots, known % self.NB]
+        fresh = old_newest == NONE
+        pre[fresh] = 0
+        plast[fresh] = NONE
+        self.pre[slots, b0 % self.NB] = pre
+        self.plast[slots, b0 % self.NB] = plast
+        start = np.cumsum(count) - count
+        for i in range(int(count.max())):
+            live = np.nonzero(count > i)[0]
+            k = start[live] + i
+            nxt = (blocks[k] + 1) % self.NB
+            pre[live] += tot[k]
+            plast[live] = np.maximum(plast[live], last[k])
+            self.pre[slots[live], nxt] = pre[live]
+            self.plast[slots[live], nxt] = plast[live]
 
     # ------------------------------------------------------------------ vectors
     def _vectors_for(self, new: pd.DataFrame) -> pd.DataFrame:
@@ -463,73 +505,81 @@ class OnlineFeatures:
         return out
 
     def _stats(self, s: I64, m: I64) -> WindowStats:
-        """Window sums for rows (slot, as-of minute) from block totals and two partials.
+        """Window sums for rows (slot, as-of minute) from block prefix sums and partials.
 
         A window of w minutes ending at ``m`` is: the tail of ``m``'s block up to ``m``,
-        the whole blocks before it, and the head — the part of the block where the window
-        starts that lies inside it. The whole blocks come from :attr:`blk`; the tail and
-        the heads (one per window) are summed from the ring.
+        the whole blocks before it (one difference of :attr:`pre`), and the head — the
+        part of the block where the window starts that lies inside it. The tail and the
+        heads (one per window) are summed from the ring.
         """
         rows = len(s)
+        r = np.arange(rows)[:, None]
         bm = m // BLOCK
         k = (m + 1) % BLOCK  # where each window starts within its block
         starts = np.stack([(m - w + 1) // BLOCK for w in STAT_WINDOWS], axis=1)  # [rows, W]
+        apart = starts < bm[:, None]  # False only for a window that is exactly m's block
+        # A query may be later than the patient's newest minute: the ring slots past it
+        # (and the block slots past its block) still hold older minutes.
+        newest = self.newest[s]
+        end_b = newest // BLOCK + 1  # blocks from here on are empty
+
         # Partial blocks: 0 = the tail, 1.. = the head of each window.
         pblock = np.concatenate([bm[:, None], starts], axis=1)  # [rows, 1 + W]
         pmin = pblock[:, :, None] * BLOCK + _J  # [rows, 1 + W, BLOCK]
         inside = np.empty(pmin.shape, dtype=bool)
         inside[:, 0] = _J[None, :] <= (m % BLOCK)[:, None]
-        inside[:, 1:] = (_J[None, None, :] >= k[:, None, None]) & (starts < bm[:, None])[:, :, None]
-        # A query may be later than the patient's newest minute: the ring slots past it
-        # (and the block slots past its block) still hold older minutes.
-        newest = self.newest[s]
+        inside[:, 1:] = (_J[None, None, :] >= k[:, None, None]) & apart[:, :, None]
         inside &= pmin <= newest[:, None, None]
         vals = self.ring[s[:, None, None], pmin % self.R]  # [rows, 1 + W, BLOCK, channels]
         seen_all = inside[..., None] & ~np.isnan(vals)
-        q = vals[..., _STAT_IDX].astype(np.float64)
+        q = vals[..., _STAT_IDX]
         seen = seen_all[..., _STAT_IDX]
-        qi = np.where(seen, q, 0.0).astype(np.int64)
-        pi = seen.astype(np.int64)
-        t = (pmin - m[:, None, None])[..., None]  # minute - as-of, <= 0
-        part = np.stack(
-            [pi.sum(2), qi.sum(2), (qi * qi).sum(2), (t * pi).sum(2), (t * t * pi).sum(2),
-             (t * qi).sum(2)], axis=2,
-        )  # fmt: skip  # [rows, 1 + W, 6, V]
+        parts = len(STAT_WINDOWS) + 1
+        flat = _block_sums(q.reshape(rows * parts, BLOCK, V), seen.reshape(rows * parts, BLOCK, V))
+        c = (pblock * BLOCK - m[:, None]).reshape(-1)  # block start - as-of
+        part = _shift(flat, c).reshape(rows, parts, 6, V)
         masked = np.where(seen, q, np.nan)
         p_lo, p_hi = np.fmin.reduce(masked, axis=2), np.fmax.reduce(masked, axis=2)
 
-        # Whole blocks bm-1, bm-2, … (most recent first), shifted to as-of time.
+        # Whole blocks: prefix at m's block minus prefix after the window's first block.
+        def prefix(block: I64) -> I64:
+            at = np.minimum(block, end_b[:, None]) % self.NB
+            out: I64 = self.pre[s[:, None], at]
+            return out
+
+        mid = prefix(bm[:, None]) - prefix(starts + 1)  # [rows, W, 6, V], t from the anchor
+        mid[~apart] = 0
+        d = (self.anchor[s] - m)[:, None, None]
+        n_a, s_a, t_a = mid[:, :, 0], mid[:, :, 1], mid[:, :, 3]
+        whole = np.stack(
+            [n_a, s_a, mid[:, :, 2], t_a + d * n_a, mid[:, :, 4] + 2 * d * t_a + d * d * n_a,
+             mid[:, :, 5] + d * s_a], axis=2,
+        )  # fmt: skip
+        totals = part[:, :1] + part[:, 1:] + whole
+
+        # Min and max over the whole blocks: the most recent first, accumulated.
         mid_b = bm[:, None] - 1 - np.arange(_MID)[None, :]  # [rows, _MID]
         slot_b = mid_b % self.NB
-        current = (mid_b <= (newest // BLOCK)[:, None])[:, :, None]
-        tot = np.where(current[..., None], self.blk[s[:, None], slot_b], 0)  # [rows, _MID, 6, V]
-        d = (mid_b * BLOCK - m[:, None])[:, :, None]  # block start - as-of
-        n_b, s_b, st_b = tot[:, :, 0], tot[:, :, 1], tot[:, :, 3]
-        shifted = np.stack(
-            [n_b, s_b, tot[:, :, 2], st_b + d * n_b, tot[:, :, 4] + 2 * d * st_b + d * d * n_b,
-             tot[:, :, 5] + d * s_b], axis=2,
-        )  # fmt: skip
-        cum = np.cumsum(shifted, axis=1)
+        current = (mid_b < end_b[:, None])[:, :, None]
         b_lo = np.where(current, self.bmin[s[:, None], slot_b], np.nan)
         b_hi = np.where(current, self.bmax[s[:, None], slot_b], np.nan)
-        cum_lo = np.fmin.accumulate(b_lo.astype(np.float64), axis=1)
-        cum_hi = np.fmax.accumulate(b_hi.astype(np.float64), axis=1)
+        cum_lo = np.fmin.accumulate(b_lo, axis=1)
+        cum_hi = np.fmax.accumulate(b_hi, axis=1)
         nmid = np.clip(bm[:, None] - 1 - starts, 0, _MID)  # whole blocks per window
         take = np.maximum(nmid - 1, 0)
-        r = np.arange(rows)[:, None]
         has = (nmid > 0)[:, :, None]
-        mid = np.where(has[:, :, :, None], cum[r, take], 0)  # [rows, W, 6, V]
-        totals = part[:, :1] + part[:, 1:] + mid
         lo = np.fmin(np.fmin(p_lo[:, :1], p_lo[:, 1:]), np.where(has, cum_lo[r, take], np.nan))
         hi = np.fmax(np.fmax(p_hi[:, :1], p_hi[:, 1:]), np.where(has, cum_hi[r, take], np.nan))
 
-        # Last observed minute per channel in the longest window: tail, whole blocks, head.
-        p_last = np.where(seen_all, pmin[..., None], NONE).max(axis=2)  # [rows, 1 + W, ch]
-        blast = self.blast[s[:, None], slot_b].astype(np.int64)  # [rows, _MID, ch]
-        within = (np.arange(_MID)[None, :] < nmid[:, _W240, None])[:, :, None] & current
-        b_last = np.where(within & (blast >= 0), mid_b[:, :, None] * BLOCK + blast, NONE)
-        last = np.maximum(np.maximum(p_last[:, 0], p_last[:, 1 + _W240]), b_last.max(axis=1))
-        has_last = last != NONE
+        # Last observed minute per channel: in the tail, else before m's block.
+        tail_seen = seen_all[:, 0, ::-1, :]  # [rows, BLOCK, channels], latest first
+        tail_last = np.where(
+            tail_seen.any(axis=1),
+            (bm * BLOCK + BLOCK - 1)[:, None] - tail_seen.argmax(axis=1),
+            NONE,
+        )
+        last = np.maximum(tail_last, self.plast[s, np.minimum(bm, end_b) % self.NB])
+        has_last = (last != NONE) & (last > (m - WINDOW_MINUTES)[:, None])
         age = np.where(has_last, m[:, None] - last, -1)
         at = np.where(has_last, last, 0) % self.R
         value = self.ring[s[:, None], at, np.arange(last.shape[1])]
@@ -543,7 +593,8 @@ class OnlineFeatures:
         base_n = np.where(over[:, None], self.base_n[s], totals[:, _W240, 0])
         base_s = np.where(over[:, None], self.base_s[s], totals[:, _W240, 1])
         return WindowStats(
-            n=totals[:, :, 0], s=totals[:, :, 1], s2=totals[:, :, 2], lo=lo, hi=hi,
+            n=totals[:, :, 0], s=totals[:, :, 1], s2=totals[:, :, 2],
+            lo=lo.astype(np.float64), hi=hi.astype(np.float64),
             st=totals[:, _SLOPE_K, 3], stt=totals[:, _SLOPE_K, 4], stq=totals[:, _SLOPE_K, 5],
             age=age_f, latest=latest, base_n=base_n, base_s=base_s,
         )  # fmt: skip
