@@ -81,18 +81,63 @@ class CleaningState:
     )
 
 
+_NO_TIME = np.iinfo(np.int64).min // 2  # "no previous reading" (ns): never recent
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Rows grouped by patient (contiguous runs): each row's run start and run ends."""
+
+    codes: np.ndarray  # run number per row
+    patients: pd.Index  # patient id per run
+    row_start: np.ndarray  # first row of each row's run
+    ends: np.ndarray  # last row of each run
+
+    @classmethod
+    def of(cls, pid: pd.Series) -> _Groups:
+        codes, patients = pd.factorize(pid, sort=False)
+        n = len(codes)
+        first = np.ones(n, dtype=bool)
+        first[1:] = codes[1:] != codes[:-1]
+        starts = np.flatnonzero(first)
+        if len(starts) != len(patients):
+            raise ValueError(
+                "clean_events needs its rows ordered by patient, then time "
+                f"({len(patients)} patients are spread over {len(starts)} runs)"
+            )
+        row_start = np.repeat(starts, np.diff(np.append(starts, n)))
+        ends = np.append(starts[1:], n) - 1
+        return cls(codes=codes, patients=pd.Index(patients), row_start=row_start, ends=ends)
+
+
 def _previous(
-    values: pd.Series, ts: pd.Series, pid: pd.Series, prior: pd.Series, prior_ts: pd.Series
-) -> tuple[pd.Series, pd.Series]:
-    """Last non-null ``values`` strictly before each row, per patient, with its time."""
-    prev = values.groupby(pid, sort=False).shift(1)
-    prev_ts = ts.where(values.notna()).groupby(pid, sort=False).shift(1)
-    prev = prev.groupby(pid, sort=False).ffill()
-    prev_ts = prev_ts.groupby(pid, sort=False).ffill()
+    values: np.ndarray, ts_ns: np.ndarray, groups: _Groups, prior: pd.Series, prior_ts: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """Last non-null ``values`` strictly before each row, per patient, with its time (ns);
+    before a patient's first one in the batch, the carried ``prior``."""
+    n = len(values)
+    upto = np.maximum.accumulate(np.where(np.isnan(values), -1, np.arange(n)))
+    before = np.empty(n, dtype=np.int64)
+    before[:1] = -1
+    before[1:] = upto[:-1]
+    inside = before >= groups.row_start
+    at = np.maximum(before, 0)
+    prev = np.where(inside, values[at], np.nan)
+    prev_ts = np.where(inside, ts_ns[at], _NO_TIME)
     if len(prior):
-        prev = prev.fillna(pid.map(prior))
-        prev_ts = prev_ts.fillna(pid.map(prior_ts))
+        carried = prior.reindex(groups.patients).to_numpy(dtype=np.float64)[groups.codes]
+        when = _ns(prior_ts.reindex(groups.patients))[groups.codes]
+        use = ~inside & ~np.isnan(carried)
+        prev = np.where(use, carried, prev)
+        prev_ts = np.where(use, when, prev_ts)
     return prev, prev_ts
+
+
+def _ns(ts: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch; NaT as :data:`_NO_TIME`."""
+    out: np.ndarray = ts.to_numpy("datetime64[ns]").view(np.int64).copy()
+    out[ts.isna().to_numpy()] = _NO_TIME
+    return out
 
 
 def reference_readings(heart_rate: pd.Series, spo2: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -142,11 +187,14 @@ def clean_events(
     # 3a. artifacts need the plausible readings before each event (judged before limits
     # remove anything, so that context never depends on this event's own fate).
     hr_ref, spo2_ref = reference_readings(vals["heart_rate"], vals["spo2"])
+    groups = _Groups.of(pid)
+    ts_ns = _ns(ts)
+    hr_refs, spo2_refs = hr_ref.to_numpy(dtype=np.float64), spo2_ref.to_numpy(dtype=np.float64)
     prev_hr, prev_hr_ts = _previous(
-        hr_ref, ts, pid, state.last["heart_rate"], state.last["heart_rate_ts"]
+        hr_refs, ts_ns, groups, state.last["heart_rate"], state.last["heart_rate_ts"]
     )
     prev_spo2, prev_spo2_ts = _previous(
-        spo2_ref, ts, pid, state.last["spo2"], state.last["spo2_ts"]
+        spo2_refs, ts_ns, groups, state.last["spo2"], state.last["spo2_ts"]
     )
 
     # 2. impossible values
@@ -162,7 +210,7 @@ def clean_events(
 
     # 3b. artifacts
     hr_ok = vals["heart_rate"].isna() | vals["heart_rate"].between(*HR_NOT_ABNORMAL)
-    recent_normal = (prev_spo2 >= SPO2_NORMAL_BEFORE) & ((ts - prev_spo2_ts) <= SPO2_CONTEXT)
+    recent_normal = (prev_spo2 >= SPO2_NORMAL_BEFORE) & (ts_ns - prev_spo2_ts <= SPO2_CONTEXT.value)
     s = vals["spo2"]
     spo2_art = hr_ok & (
         (s < SPO2_ARTIFACT_ALWAYS) | ((s < SPO2_ARTIFACT_AFTER_NORMAL) & recent_normal)
@@ -170,7 +218,7 @@ def clean_events(
     vals["spo2"] = s.mask(spo2_art)
     note(rejections, spo2_art, "artifact:spo2")
     h = vals["heart_rate"]
-    recent_hr = (ts - prev_hr_ts) <= HR_CONTEXT
+    recent_hr = (ts_ns - prev_hr_ts) <= HR_CONTEXT.value
     hr_art = (h > HR_SPIKE_ABOVE) & recent_hr & ((h - prev_hr) > HR_SPIKE_JUMP)
     vals["heart_rate"] = h.mask(hr_art)
     note(rejections, hr_art, "artifact:heart_rate")
@@ -183,23 +231,29 @@ def clean_events(
     out["corrections"] = corrections
     out["rejections"] = rejections
 
-    return out, _next_state(state, pid, ts, hr_ref, spo2_ref)
+    return out, _next_state(state, groups, ts_ns, hr_refs, spo2_refs)
 
 
 def _next_state(
-    state: CleaningState, pid: pd.Series, ts: pd.Series, hr_ref: pd.Series, spo2_ref: pd.Series
+    state: CleaningState,
+    groups: _Groups,
+    ts_ns: np.ndarray,
+    hr_ref: np.ndarray,
+    spo2_ref: np.ndarray,
 ) -> CleaningState:
     """The state after these events: each patient's latest plausible SpO2 and heart rate."""
-    last = state.last.copy()
+    before = state.last.reindex(groups.patients)
+    cols: dict[str, object] = {}
     for name, ref in (("heart_rate", hr_ref), ("spo2", spo2_ref)):
-        seen = (
-            pd.DataFrame({"patient_id": pid, "ts": ts, "v": ref})
-            .dropna(subset=["v"])
-            .groupby("patient_id", sort=False)
-            .last()
-        )
-        if len(seen):
-            last = last.reindex(last.index.union(seen.index))
-            last.loc[seen.index, name] = seen["v"]
-            last.loc[seen.index, f"{name}_ts"] = seen["ts"]
-    return CleaningState(last=last)
+        upto = np.maximum.accumulate(np.where(np.isnan(ref), -1, np.arange(len(ref))))
+        at = upto[groups.ends]
+        has = at >= groups.row_start[groups.ends]
+        at = np.maximum(at, 0)
+        cols[name] = np.where(has, ref[at], before[name].to_numpy(dtype=np.float64))
+        when = np.where(has, ts_ns[at], _ns(before[f"{name}_ts"]))
+        when[when == _NO_TIME] = np.iinfo(np.int64).min  # NaT
+        cols[f"{name}_ts"] = pd.DatetimeIndex(when.view("datetime64[ns]")).tz_localize("UTC")
+    now = pd.DataFrame(cols, index=groups.patients.rename("patient_id"))[list(state.last.columns)]
+    now = now.astype(dict.fromkeys(("heart_rate_ts", "spo2_ts"), "datetime64[us, UTC]"))
+    others = state.last[~state.last.index.isin(groups.patients)]
+    return CleaningState(last=pd.concat([others, now]) if len(others) else now)

@@ -66,9 +66,11 @@ from features.transform import (
 F = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 NONE = np.iinfo(np.int64).min // 2  # "no minute yet"
-RING_CHANNELS = (*CHANNELS, "on_oxygen")
-_AGG_COLS = [*[c for c in CHANNELS if c != "avpu"], "avpu_rank", "o2"]  # RING_CHANNELS order
-_STAT_IDX = [CHANNELS.index(v) for v in STAT_VITALS]
+# The ring's channels: the stat vitals first (a contiguous slice), then the rest.
+RING_CHANNELS = (*STAT_VITALS, *[c for c in LATEST if c not in STAT_VITALS])
+_AGG_NAMES = {"avpu": "avpu_rank", "on_oxygen": "o2"}  # aggregate_minutes' column names
+_AGG_COLS = [_AGG_NAMES.get(c, c) for c in RING_CHANNELS]
+_LATEST_IDX = [RING_CHANNELS.index(c) for c in LATEST]  # ring order -> LATEST order
 CONTEXT_MINUTES = int(max(HR_CONTEXT, SPO2_CONTEXT) / pd.Timedelta(minutes=1))
 EVENT_COLUMNS = ["event_id", "patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]
 BLOCK = 15  # minutes per block: every window is a whole number of blocks
@@ -81,20 +83,31 @@ _SLOPE_K = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
 _W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
 
 
-def _block_sums(q: npt.NDArray[np.floating], seen: npt.NDArray[np.bool_]) -> F:
-    """``[k, 6, V]`` sums n, Σq, Σq², Σj, Σj², Σj·q over a block axis (axis 1, j = 0…14).
+def _block_sums(q: npt.NDArray[np.float32], inside: npt.NDArray[np.bool_], t: F) -> F:
+    """``[k, 6, V]`` sums n, Σq, Σq², Σt, Σt², Σt·q over the minutes of a block.
 
-    ``q`` holds quantised values (integers), so every sum is an exact float64 integer.
+    Args:
+        q: ``[k, V, BLOCK]`` quantised minute values (NaN: not observed).
+        inside: ``[k, BLOCK]`` which minutes count.
+        t: ``[k, BLOCK]`` each minute's time (small integers).
+
+    Values and times are integers, so every sum is an exact float64 integer.
     """
-    x = np.where(seen, q, 0.0).astype(np.float64)  # float32 would round q² (not exact)
+    seen = inside[:, None, :] & ~np.isnan(q)
     p = seen.astype(np.float64)
-    stacked = np.concatenate([p, x, x * x], axis=-1)  # [k, BLOCK, 3V]
-    m = np.swapaxes(stacked, 1, 2) @ _POWERS  # [k, 3V, 3]: Σ·1, Σ·j, Σ·j²
-    v = q.shape[-1]
+    x = np.where(seen, q, np.float32(0)).astype(np.float64)
+    tt = t * t
     out: F = np.stack(
-        [m[:, :v, 0], m[:, v : 2 * v, 0], m[:, 2 * v :, 0], m[:, :v, 1], m[:, :v, 2],
-         m[:, v : 2 * v, 1]], axis=1,
-    )  # fmt: skip
+        [
+            p.sum(axis=2),
+            x.sum(axis=2),
+            np.einsum("kvj,kvj->kv", x, x),
+            np.einsum("kvj,kj->kv", p, t),
+            np.einsum("kvj,kj->kv", p, tt),
+            np.einsum("kvj,kj->kv", x, t),
+        ],
+        axis=1,
+    )
     return out
 
 
@@ -146,7 +159,11 @@ class OnlineFeatures:
         self.NB = self.R // BLOCK + 2  # block slots: every block a window can reach
         self.slots: dict[str, int] = {}
         # Quantised minute values (exact small integers, so float32 holds them exactly).
-        self.ring = np.full((capacity, self.R, len(RING_CHANNELS)), np.nan, dtype=np.float32)
+        # Stored by block ([patient, block slot, channel, minute in block]) so that a
+        # block is one contiguous read; it holds every minute of the last R.
+        self.ring = np.full(
+            (capacity, self.NB, len(RING_CHANNELS), BLOCK), np.nan, dtype=np.float32
+        )
         # Per block of BLOCK minutes (ring of NB blocks), per stat vital: the exact sums
         # n, Σq, Σq², Σt, Σt², Σt·q over every block *before* it (t = minute - the
         # patient's anchor minute), so whole blocks of a window are one difference; the
@@ -164,6 +181,7 @@ class OnlineFeatures:
         self.static = np.tile(static_vector(None), (capacity, 1))
         self.events = pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in _RETAINED})
         self._ids: set[str] = set()
+        self._expire_at = 0
         self._name_array: npt.NDArray[np.object_] = np.array([], dtype=object)
         # The artifact rules' context per patient: last plausible HR / SpO2 and their times
         # (ns since epoch), as of the newest event; rebuilt from ``events`` after late ones.
@@ -306,7 +324,8 @@ class OnlineFeatures:
         # Minutes that held data of their own (up to the old newest) leave the baseline.
         redone = clear_min <= np.repeat(old_newest, lengths)
         self._baseline_add(rep_slots[redone], clear_min[redone], sign=-1)
-        self.ring[rep_slots, clear_min % self.R, :] = np.nan
+        b, j = self._at(clear_min)
+        self.ring[rep_slots, b, :, j] = np.nan
         self.newest[t_slots] = new_newest
         fresh_patient = old_newest == NONE
         self.anchor[t_slots[fresh_patient]] = lo[fresh_patient] // BLOCK * BLOCK
@@ -315,17 +334,23 @@ class OnlineFeatures:
             agg = aggregate_minutes(usable).reset_index()
             a_slot = agg["patient_id"].map(self.slots).to_numpy(dtype=np.int64)
             a_min = _epoch_minutes(agg["minute"])
-            self.ring[a_slot, a_min % self.R, :] = quantize(agg[_AGG_COLS].to_numpy())
+            b, j = self._at(a_min)
+            self.ring[a_slot, b, :, j] = quantize(agg[_AGG_COLS].to_numpy())
             first_new = pd.Series(a_min).groupby(a_slot).min()
             moved = self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
             fresh = ~np.isin(a_slot, moved)  # a moved baseline was summed again whole
             self._baseline_add(a_slot[fresh], a_min[fresh], sign=1)
         self._reblock(t_slots, lo, old_newest, new_newest)
 
-        expired = self._expired(old_slot, old_min)
-        if expired.any():
-            self._ids.difference_update(old.loc[expired, "event_id"].tolist())
-        kept = old[~expired]
+        # Expiry scans every retained event, so it runs when the retained set has grown
+        # by a quarter since the last one (a few batches), not on every batch.
+        kept = old
+        if len(old) + len(new) > self._expire_at:
+            expired = self._expired(old_slot, old_min)
+            if expired.any():
+                self._ids.difference_update(old.loc[expired, "event_id"].tolist())
+                kept = old[~expired]
+            self._expire_at = max(int(1.25 * (len(kept) + len(new))), 1024)
         self._ids.update(new["event_id"].tolist())
         self.events = (
             pd.concat([kept, new[_RETAINED]], ignore_index=True)
@@ -379,6 +404,10 @@ class OnlineFeatures:
         last = pd.DataFrame(cols, index=index)
         return CleaningState(last=last)
 
+    def _at(self, minutes: I64) -> tuple[I64, I64]:
+        """Where a minute lives in :attr:`ring`: block slot and minute within the block."""
+        return (minutes // BLOCK) % self.NB, minutes % BLOCK
+
     def _names(self) -> npt.NDArray[np.object_]:
         if len(self._name_array) != len(self.slots):
             self._name_array = np.array(list(self.slots), dtype=object)
@@ -394,7 +423,7 @@ class OnlineFeatures:
             v = last[name].to_numpy(dtype=np.float64)
             ts = last[f"{name}_ts"]
             has = ~np.isnan(v) & ts.notna().to_numpy()
-            ns = pd.to_datetime(ts).to_numpy("datetime64[ns]").astype(np.int64)
+            ns = ts.to_numpy("datetime64[ns]").view(np.int64)
             self.ref_val[slots, k] = np.where(has, v, np.nan)
             self.ref_ts[slots, k] = np.where(has, ns, NONE)
 
@@ -431,7 +460,8 @@ class OnlineFeatures:
         slots, minutes = slots[keep], minutes[keep]
         if len(slots) == 0:
             return
-        q = self.ring[slots, minutes % self.R][:, _STAT_IDX].astype(np.float64)
+        b, j = self._at(minutes)
+        q = self.ring[slots, b, :V, j].astype(np.float64)
         seen = ~np.isnan(q)
         np.add.at(self.base_n, slots, sign * seen.astype(np.int64))
         np.add.at(self.base_s, slots, sign * np.where(seen, q, 0.0).astype(np.int64))
@@ -450,15 +480,16 @@ class OnlineFeatures:
         # Minutes past the newest, or older than the ring holds, are not this block's data.
         nw = self.newest[rep][:, None]
         valid = (minutes <= nw) & (minutes > nw - self.R)
-        vals = self.ring[rep[:, None], minutes % self.R]  # [k, BLOCK, channels]
-        seen_all = valid[:, :, None] & ~np.isnan(vals)
-        last = np.where(seen_all, minutes[:, :, None], NONE).max(axis=1)  # [k, channels]
-        sums = _block_sums(vals[:, :, _STAT_IDX], seen_all[:, :, _STAT_IDX])  # [k, 6, V]
+        vals = self.ring[rep, blocks % self.NB]  # [k, channels, BLOCK]
+        seen_all = valid[:, None, :] & ~np.isnan(vals)
+        last = np.where(seen_all, minutes[:, None, :], NONE).max(axis=2)  # [k, channels]
+        t = np.broadcast_to(_J, valid.shape).astype(np.float64)
+        sums = _block_sums(vals[:, :V], valid, t)  # [k, 6, V]
         tot = _shift(sums, blocks * BLOCK - self.anchor[rep])  # t from the anchor
         slot_b = blocks % self.NB
-        masked = np.where(seen_all[:, :, _STAT_IDX], vals[:, :, _STAT_IDX], np.nan)
-        self.bmin[rep, slot_b] = np.fmin.reduce(masked, axis=1)
-        self.bmax[rep, slot_b] = np.fmax.reduce(masked, axis=1)
+        masked = np.where(seen_all[:, :V], vals[:, :V], np.nan)
+        self.bmin[rep, slot_b] = np.fmin.reduce(masked, axis=2)
+        self.bmax[rep, slot_b] = np.fmax.reduce(masked, axis=2)
 
         # The running sums start from the block before b0 — or, after a gap, from the
         # block after the old newest (the blocks between are empty).
@@ -486,13 +517,17 @@ class OnlineFeatures:
         uniq = keys.drop_duplicates().reset_index(drop=True)
         values = self.vectors(uniq["slot"].to_numpy(), uniq["minute"].to_numpy())
         pos = keys.merge(uniq.reset_index(), on=["slot", "minute"], how="left")["index"]
-        out = pd.DataFrame(values[pos.to_numpy()], columns=list(FEATURE_NAMES))
         as_of = (new["_minute"].to_numpy() + 1).astype("datetime64[m]")
-        out.insert(0, "as_of", pd.DatetimeIndex(as_of).tz_localize("UTC").as_unit("us"))
-        out.insert(0, "ts", new["ts"].to_numpy())
-        out.insert(0, "patient_id", new["patient_id"].to_numpy())
-        out.insert(0, "event_id", new["event_id"].to_numpy())
-        return out
+        keys_out = pd.DataFrame(
+            {
+                "event_id": new["event_id"].to_numpy(),
+                "patient_id": new["patient_id"].to_numpy(),
+                "ts": new["ts"].to_numpy(),
+                "as_of": pd.DatetimeIndex(as_of).tz_localize("UTC").as_unit("us"),
+            }
+        )
+        vectors = pd.DataFrame(values[pos.to_numpy()], columns=list(FEATURE_NAMES))
+        return pd.concat([keys_out, vectors], axis=1)
 
     def vectors(self, slots: I64, minutes: I64, chunk: int = 4096) -> F:
         """Feature matrix for (patient slot, as-of epoch minute) pairs, from the state."""
@@ -530,16 +565,17 @@ class OnlineFeatures:
         inside[:, 0] = _J[None, :] <= (m % BLOCK)[:, None]
         inside[:, 1:] = (_J[None, None, :] >= k[:, None, None]) & apart[:, :, None]
         inside &= pmin <= newest[:, None, None]
-        vals = self.ring[s[:, None, None], pmin % self.R]  # [rows, 1 + W, BLOCK, channels]
-        seen_all = inside[..., None] & ~np.isnan(vals)
-        q = vals[..., _STAT_IDX]
-        seen = seen_all[..., _STAT_IDX]
+        vals = self.ring[s[:, None], pblock % self.NB]  # [rows, 1 + W, channels, BLOCK]
+        q = vals[:, :, :V]
         parts = len(STAT_WINDOWS) + 1
-        flat = _block_sums(q.reshape(rows * parts, BLOCK, V), seen.reshape(rows * parts, BLOCK, V))
-        c = (pblock * BLOCK - m[:, None]).reshape(-1)  # block start - as-of
-        part = _shift(flat, c).reshape(rows, parts, 6, V)
-        masked = np.where(seen, q, np.nan)
-        p_lo, p_hi = np.fmin.reduce(masked, axis=2), np.fmax.reduce(masked, axis=2)
+        t = (pmin - m[:, None, None]).astype(np.float64)  # minute - as-of, <= 0
+        part = _block_sums(
+            q.reshape(rows * parts, V, BLOCK),
+            inside.reshape(rows * parts, BLOCK),
+            t.reshape(rows * parts, BLOCK),
+        ).reshape(rows, parts, 6, V)
+        masked = np.where(inside[:, :, None, :], q, np.nan)
+        p_lo, p_hi = np.fmin.reduce(masked, axis=3), np.fmax.reduce(masked, axis=3)
 
         # Whole blocks: prefix at m's block minus prefix after the window's first block.
         def prefix(block: I64) -> I64:
@@ -555,7 +591,7 @@ class OnlineFeatures:
             [n_a, s_a, mid[:, :, 2], t_a + d * n_a, mid[:, :, 4] + 2 * d * t_a + d * d * n_a,
              mid[:, :, 5] + d * s_a], axis=2,
         )  # fmt: skip
-        totals = part[:, :1] + part[:, 1:] + whole
+        totals = (part[:, :1] + part[:, 1:]).astype(np.int64) + whole
 
         # Min and max over the whole blocks: the most recent first, accumulated.
         mid_b = bm[:, None] - 1 - np.arange(_MID)[None, :]  # [rows, _MID]
@@ -572,17 +608,18 @@ class OnlineFeatures:
         hi = np.fmax(np.fmax(p_hi[:, :1], p_hi[:, 1:]), np.where(has, cum_hi[r, take], np.nan))
 
         # Last observed minute per channel: in the tail, else before m's block.
-        tail_seen = seen_all[:, 0, ::-1, :]  # [rows, BLOCK, channels], latest first
+        tail_seen = (inside[:, 0, None, :] & ~np.isnan(vals[:, 0]))[:, :, ::-1]  # latest first
         tail_last = np.where(
-            tail_seen.any(axis=1),
-            (bm * BLOCK + BLOCK - 1)[:, None] - tail_seen.argmax(axis=1),
+            tail_seen.any(axis=2),
+            (bm * BLOCK + BLOCK - 1)[:, None] - tail_seen.argmax(axis=2),
             NONE,
         )
-        last = np.maximum(tail_last, self.plast[s, np.minimum(bm, end_b) % self.NB])
+        ring_last = np.maximum(tail_last, self.plast[s, np.minimum(bm, end_b) % self.NB])
+        at_block, at_minute = self._at(np.maximum(ring_last, 0))
+        ring_value = self.ring[s[:, None], at_block, np.arange(len(RING_CHANNELS)), at_minute]
+        last, value = ring_last[:, _LATEST_IDX], ring_value[:, _LATEST_IDX]  # LATEST order
         has_last = (last != NONE) & (last > (m - WINDOW_MINUTES)[:, None])
         age = np.where(has_last, m[:, None] - last, -1)
-        at = np.where(has_last, last, 0) % self.R
-        value = self.ring[s[:, None], at, np.arange(last.shape[1])]
         carried = has_last & (age <= CARRY_LIMITS[None, :])
         latest = np.where(carried, value.astype(np.float64), np.nan)
         age_f = age[:, : len(CHANNELS)].astype(np.float64)
