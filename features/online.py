@@ -96,19 +96,48 @@ def _block_sums(q: npt.NDArray[np.float32], inside: npt.NDArray[np.bool_], t: F)
     seen = inside[:, None, :] & ~np.isnan(q)
     p = seen.astype(np.float64)
     x = np.where(seen, q, np.float32(0)).astype(np.float64)
-    tt = t * t
-    out: F = np.stack(
-        [
-            p.sum(axis=2),
-            x.sum(axis=2),
-            np.einsum("kvj,kvj->kv", x, x),
-            np.einsum("kvj,kj->kv", p, t),
-            np.einsum("kvj,kj->kv", p, tt),
-            np.einsum("kvj,kj->kv", x, t),
-        ],
-        axis=1,
-    )
+    out: F = np.empty((len(q), 6, q.shape[1]))
+    np.einsum("kvj->kv", p, out=out[:, 0])
+    np.einsum("kvj->kv", x, out=out[:, 1])
+    np.einsum("kvj,kvj->kv", x, x, out=out[:, 2])
+    np.einsum("kvj,kj->kv", p, t, out=out[:, 3])
+    np.einsum("kvj,kj->kv", p, t * t, out=out[:, 4])
+    np.einsum("kvj,kj->kv", x, t, out=out[:, 5])
     return out
+
+
+def _fold(a: npt.NDArray[np.float32], how: np.ufunc) -> npt.NDArray[np.float32]:
+    """Reduce the last axis with ``how`` (``np.minimum``/``np.maximum``) by halving it —
+    a few whole-array operations instead of one small reduction per row."""
+    while a.shape[-1] > 1:
+        n = a.shape[-1]
+        h = (n + 1) // 2
+        a = how(a[..., :h], a[..., n - h :])  # the halves overlap when n is odd: harmless
+    return a[..., 0]
+
+
+def _min_max_blocks(
+    lo: npt.NDArray[np.float32], hi: npt.NDArray[np.float32], count: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Min of block minima and max of block maxima over axis 1 (NaN where none)."""
+    low = _fold(
+        np.moveaxis(np.where(count & ~np.isnan(lo), lo, np.float32(np.inf)), 1, -1), np.minimum
+    )
+    high = _fold(
+        np.moveaxis(np.where(count & ~np.isnan(hi), hi, np.float32(-np.inf)), 1, -1), np.maximum
+    )
+    low[np.isinf(low)] = np.nan
+    high[np.isinf(high)] = np.nan
+    return low, high
+
+
+def _min_max(
+    q: npt.NDArray[np.float32], count: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Min and max over the last axis of the values that count and are observed (NaN
+    where none)."""
+    masked = np.where(count, q, np.float32(np.nan))
+    return _fold(masked, np.fmin), _fold(masked, np.fmax)
 
 
 def _shift(sums: F, c: I64) -> I64:
@@ -331,8 +360,8 @@ class OnlineFeatures:
         self.anchor[t_slots[fresh_patient]] = lo[fresh_patient] // BLOCK * BLOCK
 
         if len(usable):
-            agg = aggregate_minutes(usable).reset_index()
-            a_slot = agg["patient_id"].map(self.slots).to_numpy(dtype=np.int64)
+            agg = aggregate_minutes(usable, key="_slot").reset_index()
+            a_slot = agg["_slot"].to_numpy(dtype=np.int64)
             a_min = _epoch_minutes(agg["minute"])
             b, j = self._at(a_min)
             self.ring[a_slot, b, :, j] = quantize(agg[_AGG_COLS].to_numpy())
@@ -487,9 +516,7 @@ class OnlineFeatures:
         sums = _block_sums(vals[:, :V], valid, t)  # [k, 6, V]
         tot = _shift(sums, blocks * BLOCK - self.anchor[rep])  # t from the anchor
         slot_b = blocks % self.NB
-        masked = np.where(seen_all[:, :V], vals[:, :V], np.nan)
-        self.bmin[rep, slot_b] = np.fmin.reduce(masked, axis=2)
-        self.bmax[rep, slot_b] = np.fmax.reduce(masked, axis=2)
+        self.bmin[rep, slot_b], self.bmax[rep, slot_b] = _min_max(vals[:, :V], valid[:, None, :])
 
         # The running sums start from the block before b0 — or, after a gap, from the
         # block after the old newest (the blocks between are empty).
@@ -513,21 +540,20 @@ class OnlineFeatures:
 
     # ------------------------------------------------------------------ vectors
     def _vectors_for(self, new: pd.DataFrame) -> pd.DataFrame:
-        keys = pd.DataFrame({"slot": new["_slot"].to_numpy(), "minute": new["_minute"].to_numpy()})
-        uniq = keys.drop_duplicates().reset_index(drop=True)
-        values = self.vectors(uniq["slot"].to_numpy(), uniq["minute"].to_numpy())
-        pos = keys.merge(uniq.reset_index(), on=["slot", "minute"], how="left")["index"]
+        # One vector per event (events sharing a patient-minute are rare, and recomputing
+        # them is cheaper than matching them up).
+        values = self.vectors(new["_slot"].to_numpy(), new["_minute"].to_numpy())
         as_of = (new["_minute"].to_numpy() + 1).astype("datetime64[m]")
         keys_out = pd.DataFrame(
             {
                 "event_id": new["event_id"].to_numpy(),
                 "patient_id": new["patient_id"].to_numpy(),
-                "ts": new["ts"].to_numpy(),
+                "ts": new["ts"].reset_index(drop=True),  # to_numpy() would box each time
                 "as_of": pd.DatetimeIndex(as_of).tz_localize("UTC").as_unit("us"),
             }
         )
-        vectors = pd.DataFrame(values[pos.to_numpy()], columns=list(FEATURE_NAMES))
-        return pd.concat([keys_out, vectors], axis=1)
+        vectors = pd.DataFrame(values, columns=list(FEATURE_NAMES), copy=False)
+        return pd.concat([keys_out, vectors], axis=1, copy=False)
 
     def vectors(self, slots: I64, minutes: I64, chunk: int = 4096) -> F:
         """Feature matrix for (patient slot, as-of epoch minute) pairs, from the state."""
@@ -548,7 +574,6 @@ class OnlineFeatures:
         heads (one per window) are summed from the ring.
         """
         rows = len(s)
-        r = np.arange(rows)[:, None]
         bm = m // BLOCK
         k = (m + 1) % BLOCK  # where each window starts within its block
         starts = np.stack([(m - w + 1) // BLOCK for w in STAT_WINDOWS], axis=1)  # [rows, W]
@@ -574,8 +599,7 @@ class OnlineFeatures:
             inside.reshape(rows * parts, BLOCK),
             t.reshape(rows * parts, BLOCK),
         ).reshape(rows, parts, 6, V)
-        masked = np.where(inside[:, :, None, :], q, np.nan)
-        p_lo, p_hi = np.fmin.reduce(masked, axis=3), np.fmax.reduce(masked, axis=3)
+        p_lo, p_hi = _min_max(q, inside[:, :, None, :])
 
         # Whole blocks: prefix at m's block minus prefix after the window's first block.
         def prefix(block: I64) -> I64:
@@ -593,19 +617,21 @@ class OnlineFeatures:
         )  # fmt: skip
         totals = (part[:, :1] + part[:, 1:]).astype(np.int64) + whole
 
-        # Min and max over the whole blocks: the most recent first, accumulated.
-        mid_b = bm[:, None] - 1 - np.arange(_MID)[None, :]  # [rows, _MID]
-        slot_b = mid_b % self.NB
-        current = (mid_b < end_b[:, None])[:, :, None]
-        b_lo = np.where(current, self.bmin[s[:, None], slot_b], np.nan)
-        b_hi = np.where(current, self.bmax[s[:, None], slot_b], np.nan)
-        cum_lo = np.fmin.accumulate(b_lo, axis=1)
-        cum_hi = np.fmax.accumulate(b_hi, axis=1)
+        # Min and max over the whole blocks (most recent first) of each window.
         nmid = np.clip(bm[:, None] - 1 - starts, 0, _MID)  # whole blocks per window
-        take = np.maximum(nmid - 1, 0)
-        has = (nmid > 0)[:, :, None]
-        lo = np.fmin(np.fmin(p_lo[:, :1], p_lo[:, 1:]), np.where(has, cum_lo[r, take], np.nan))
-        hi = np.fmax(np.fmax(p_hi[:, :1], p_hi[:, 1:]), np.where(has, cum_hi[r, take], np.nan))
+        lo = np.fmin(p_lo[:, :1], p_lo[:, 1:])  # [rows, W, V]
+        hi = np.fmax(p_hi[:, :1], p_hi[:, 1:])
+        for wi in range(len(STAT_WINDOWS)):
+            most = int(nmid[:, wi].max()) if rows else 0
+            if most == 0:
+                continue
+            mid_b = bm[:, None] - 1 - np.arange(most)[None, :]  # [rows, most]
+            count = (mid_b < end_b[:, None]) & (np.arange(most)[None, :] < nmid[:, wi, None])
+            slot_b = mid_b % self.NB
+            b_lo, b_hi = self.bmin[s[:, None], slot_b], self.bmax[s[:, None], slot_b]
+            m_lo, m_hi = _min_max_blocks(b_lo, b_hi, count[:, :, None])
+            lo[:, wi] = np.fmin(lo[:, wi], m_lo)
+            hi[:, wi] = np.fmax(hi[:, wi], m_hi)
 
         # Last observed minute per channel: in the tail, else before m's block.
         tail_seen = (inside[:, 0, None, :] & ~np.isnan(vals[:, 0]))[:, :, ::-1]  # latest first

@@ -38,18 +38,19 @@ MINUTE_COLUMNS = (
 )  # fmt: skip
 
 
-def aggregate_minutes(events: pd.DataFrame) -> pd.DataFrame:
+def aggregate_minutes(events: pd.DataFrame, key: str = "patient_id") -> pd.DataFrame:
     """The within-minute aggregation alone (no grid, no fill), shared with the online path.
 
-    Returns one row per observed (``patient_id``, ``minute``) with the vital medians,
+    Returns one row per observed (``key``, ``minute``) with the vital medians,
     ``avpu_rank`` (worst, as 0-4), ``o2`` (1.0 / 0.0 / NaN), ``n_*`` and ``n_events``.
+    ``key`` names the patient column (the online state groups by its integer slot).
     """
-    df = events[["patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]].copy()
+    df = events[[key, "ts", *VITALS, "consciousness", "on_oxygen"]].copy()
     df["minute"] = df["ts"].dt.floor("min")
     rank = pd.Categorical(df["consciousness"], categories=AVPU, ordered=True).codes
     df["avpu_rank"] = np.where(rank < 0, np.nan, rank)
     df["o2"] = df["on_oxygen"].astype("float64")  # NaN when unknown
-    g = df.groupby(["patient_id", "minute"], sort=True)
+    g = df.groupby([key, "minute"], sort=True)
     agg = g[list(VITALS)].median()
     counts = g[[*VITALS, "avpu_rank"]].count()
     agg["avpu_rank"] = g["avpu_rank"].max()

