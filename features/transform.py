@@ -182,6 +182,25 @@ def compute(stats: WindowStats, stay_minutes: F, static: F) -> F:
     return out
 
 
+def _sliding(x: F, w: int, rows: I64, how: np.ufunc) -> F:
+    """``how`` (``np.fmin``/``np.fmax``: NaN ignored) over ``x[r-w+1 .. r]`` for each row.
+
+    Blocks of ``w`` rows, each with its running value from the start and from the end:
+    a window meets at most two blocks, the end of one and the start of the next, so each
+    row is two lookups (van Herk / Gil-Werman) — linear in the stay, whatever ``w``.
+    """
+    n, v = x.shape
+    total = -(-(n + w - 1) // w) * w
+    padded = np.full((total, v), np.nan)
+    padded[w - 1 : w - 1 + n] = x  # padded index of x[i] is i + w - 1
+    blocks = padded.reshape(-1, w, v)
+    forward = how.accumulate(blocks, axis=1).reshape(total, v)
+    backward = how.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].reshape(total, v)
+    start, end = rows, rows + w - 1  # the window of row r, in padded indices
+    out: F = np.where((start % w == 0)[:, None], forward[end], how(backward[start], forward[end]))
+    return out
+
+
 def dense_stats(obs: F, carried: F, rows: I64) -> WindowStats:
     """:class:`WindowStats` at positions ``rows`` of one patient's dense minute arrays.
 
@@ -230,11 +249,9 @@ def dense_stats(obs: F, carried: F, rows: I64) -> WindowStats:
 
     lo = np.empty((len(rows), len(STAT_WINDOWS), V))
     hi = np.empty_like(lo)
-    padded = np.vstack([np.full((W - 1, V), np.nan), q])
     for k, w in enumerate(STAT_WINDOWS):
-        views = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)[rows + W - w]
-        lo[:, k] = np.fmin.reduce(views, axis=-1)
-        hi[:, k] = np.fmax.reduce(views, axis=-1)
+        lo[:, k] = _sliding(q, w, rows, np.fmin)
+        hi[:, k] = _sliding(q, w, rows, np.fmax)
 
     observed = ~np.isnan(obs)
     last_seen = np.maximum.accumulate(np.where(observed, t, -1), axis=0)[rows]
@@ -311,8 +328,9 @@ def features_for_patient(
             value, count = m[c].to_numpy(dtype=np.float64), m[f"n_{c}"].to_numpy()
         obs[pos, i] = np.where(count > 0, value, np.nan)
         carried[pos, i] = value
-    carried[pos, LATEST.index("on_oxygen")] = (
-        m["on_oxygen"].map({True: 1.0, False: 0.0}).astype("float64").to_numpy()
+    o2 = m["on_oxygen"].to_numpy()  # True / False / None (unknown)
+    carried[pos, LATEST.index("on_oxygen")] = np.where(
+        np.equal(o2, True), 1.0, np.where(np.equal(o2, False), 0.0, np.nan)
     )
 
     keep = is_cadence_minute(epoch, cadence_minutes)
@@ -333,7 +351,11 @@ def features_for_patient(
 
 
 def _frame(pid: str, ts: npt.NDArray[np.datetime64], values: F) -> pd.DataFrame:
-    out = pd.DataFrame(values, columns=list(FEATURE_NAMES))
-    out.insert(0, "ts", pd.DatetimeIndex(ts).tz_localize("UTC").astype("datetime64[us, UTC]"))
-    out.insert(0, "patient_id", pd.Series([pid] * len(out), dtype="object"))
-    return out
+    keys = pd.DataFrame(
+        {
+            "patient_id": pd.Series([pid] * len(ts), dtype="object"),
+            "ts": pd.DatetimeIndex(ts).tz_localize("UTC").astype("datetime64[us, UTC]"),
+        }
+    )
+    values_frame = pd.DataFrame(values, columns=list(FEATURE_NAMES), copy=False)
+    return pd.concat([keys, values_frame], axis=1, copy=False)

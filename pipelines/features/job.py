@@ -122,8 +122,9 @@ def _features_partition(
             if not out:
                 continue
             rows = pd.concat(out, ignore_index=True)
-            as_of = rows["ts"] - pd.Timedelta(minutes=1)
-            rows["partition"] = as_of.dt.strftime("date=%Y-%m-%d/hour=%H")
+            hour = (rows["ts"] - pd.Timedelta(minutes=1)).dt.floor("h")
+            names = {h: h.strftime("date=%Y-%m-%d/hour=%H") for h in hour.unique()}
+            rows["partition"] = hour.map(names)
             yield rows[cols]
 
     return body
