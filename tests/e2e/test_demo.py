@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from demo.run import run_demo
+from features.spec import FEATURE_SET_VERSION
 from pipelines.eda.report import SECTIONS, run_eda
 from pipelines.produce import with_simulator
 from serving.server import ServingProcess
@@ -63,7 +64,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     # ~60 patients × 8 h at one row per 5 minutes, less the admission spread.
     assert 60 * 8 * 12 * 0.6 < feats["feature_rows"] < 60 * 8 * 12 * 1.05
     assert sum(v for k, v in feats["labels"].items() if k != "positive") == feats["feature_rows"]
-    assert "features vitals-v1" in text
+    assert f"features {FEATURE_SET_VERSION}" in text
     # Training registered a challenger; the gate judged it and said why.
     trained = result["training"]
     assert "skipped" not in trained, trained
