@@ -78,7 +78,6 @@ assert all(w % BLOCK == 0 for w in STAT_WINDOWS)
 V = len(STAT_VITALS)
 _MID = WINDOW_MINUTES // BLOCK  # most whole blocks strictly inside a window
 _J = np.arange(BLOCK, dtype=np.int64)
-_POWERS = np.stack([np.ones(BLOCK), _J, _J * _J], axis=1).astype(np.float64)  # [BLOCK, 3]
 _SLOPE_K = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
 _W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
 
@@ -116,38 +115,23 @@ def _fold(a: npt.NDArray[np.float32], how: np.ufunc) -> npt.NDArray[np.float32]:
     return a[..., 0]
 
 
-def _min_max_blocks(
-    lo: npt.NDArray[np.float32], hi: npt.NDArray[np.float32], count: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Min of block minima and max of block maxima over axis 1 (NaN where none)."""
-    low = _fold(
-        np.moveaxis(np.where(count & ~np.isnan(lo), lo, np.float32(np.inf)), 1, -1), np.minimum
-    )
-    high = _fold(
-        np.moveaxis(np.where(count & ~np.isnan(hi), hi, np.float32(-np.inf)), 1, -1), np.maximum
-    )
-    low[np.isinf(low)] = np.nan
-    high[np.isinf(high)] = np.nan
-    return low, high
+def _masked(
+    x: npt.NDArray[np.float32], count: npt.NDArray[np.bool_], how: np.ufunc
+) -> npt.NDArray[np.float32]:
+    """``how`` (``np.fmin``/``np.fmax``) over the last axis of the values that count and
+    are observed (NaN where none)."""
+    return _fold(np.where(count, x, np.float32(np.nan)), how)
 
 
-def _min_max(
-    q: npt.NDArray[np.float32], count: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Min and max over the last axis of the values that count and are observed (NaN
-    where none)."""
-    masked = np.where(count, q, np.float32(np.nan))
-    return _fold(masked, np.fmin), _fold(masked, np.fmax)
-
-
-def _shift(sums: F, c: I64) -> I64:
-    """Block sums with t = j (minute within the block) to t = j + c, exactly, as int64."""
-    s = sums.astype(np.int64)
-    c = c[:, None]
-    n, sq, t1 = s[:, 0], s[:, 1], s[:, 3]
+def _shift(s: I64, c: I64) -> I64:
+    """Sums ``[..., 6, V]`` (n, Σq, Σq², Σt, Σt², Σt·q) with every t moved to t + c
+    (``c`` shaped like the leading axes), exactly."""
+    c = c[..., None]
+    n, sq, t1 = s[..., 0, :], s[..., 1, :], s[..., 3, :]
     out: I64 = np.stack(
-        [n, sq, s[:, 2], t1 + c * n, s[:, 4] + 2 * c * t1 + c * c * n, s[:, 5] + c * sq], axis=1
-    )
+        [n, sq, s[..., 2, :], t1 + c * n, s[..., 4, :] + 2 * c * t1 + c * c * n,
+         s[..., 5, :] + c * sq], axis=-2,
+    )  # fmt: skip
     return out
 
 
@@ -514,9 +498,10 @@ class OnlineFeatures:
         last = np.where(seen_all, minutes[:, None, :], NONE).max(axis=2)  # [k, channels]
         t = np.broadcast_to(_J, valid.shape).astype(np.float64)
         sums = _block_sums(vals[:, :V], valid, t)  # [k, 6, V]
-        tot = _shift(sums, blocks * BLOCK - self.anchor[rep])  # t from the anchor
+        tot = _shift(sums.astype(np.int64), blocks * BLOCK - self.anchor[rep])  # t from anchor
         slot_b = blocks % self.NB
-        self.bmin[rep, slot_b], self.bmax[rep, slot_b] = _min_max(vals[:, :V], valid[:, None, :])
+        self.bmin[rep, slot_b] = _masked(vals[:, :V], valid[:, None, :], np.fmin)
+        self.bmax[rep, slot_b] = _masked(vals[:, :V], valid[:, None, :], np.fmax)
 
         # The running sums start from the block before b0 — or, after a gap, from the
         # block after the old newest (the blocks between are empty).
@@ -599,7 +584,8 @@ class OnlineFeatures:
             inside.reshape(rows * parts, BLOCK),
             t.reshape(rows * parts, BLOCK),
         ).reshape(rows, parts, 6, V)
-        p_lo, p_hi = _min_max(q, inside[:, :, None, :])
+        p_lo = _masked(q, inside[:, :, None, :], np.fmin)
+        p_hi = _masked(q, inside[:, :, None, :], np.fmax)
 
         # Whole blocks: prefix at m's block minus prefix after the window's first block.
         def prefix(block: I64) -> I64:
@@ -609,12 +595,7 @@ class OnlineFeatures:
 
         mid = prefix(bm[:, None]) - prefix(starts + 1)  # [rows, W, 6, V], t from the anchor
         mid[~apart] = 0
-        d = (self.anchor[s] - m)[:, None, None]
-        n_a, s_a, t_a = mid[:, :, 0], mid[:, :, 1], mid[:, :, 3]
-        whole = np.stack(
-            [n_a, s_a, mid[:, :, 2], t_a + d * n_a, mid[:, :, 4] + 2 * d * t_a + d * d * n_a,
-             mid[:, :, 5] + d * s_a], axis=2,
-        )  # fmt: skip
+        whole = _shift(mid, np.broadcast_to((self.anchor[s] - m)[:, None], mid.shape[:2]))
         totals = (part[:, :1] + part[:, 1:]).astype(np.int64) + whole
 
         # Min and max over the whole blocks (most recent first) of each window.
@@ -629,7 +610,9 @@ class OnlineFeatures:
             count = (mid_b < end_b[:, None]) & (np.arange(most)[None, :] < nmid[:, wi, None])
             slot_b = mid_b % self.NB
             b_lo, b_hi = self.bmin[s[:, None], slot_b], self.bmax[s[:, None], slot_b]
-            m_lo, m_hi = _min_max_blocks(b_lo, b_hi, count[:, :, None])
+            c = count[:, None, :]  # blocks on the last axis
+            m_lo = _masked(np.moveaxis(b_lo, 1, -1), c, np.fmin)
+            m_hi = _masked(np.moveaxis(b_hi, 1, -1), c, np.fmax)
             lo[:, wi] = np.fmin(lo[:, wi], m_lo)
             hi[:, wi] = np.fmax(hi[:, wi], m_hi)
 
