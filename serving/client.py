@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -39,7 +40,7 @@ class ServiceClient:
             r = self._http.post(f"{self.url}{path}", content=body)
         except httpx.HTTPError as exc:  # connect errors, timeouts, broken connections
             raise ServiceUnavailableError(f"{self.url}{path}: {exc!r}") from exc
-        if r.status_code == 409 and path == "/predict_shadow":
+        if r.status_code == 409:  # the only conflict: a shadow asked for, none served
             raise NoShadowModelError(r.text)
         if r.status_code >= 500:
             raise ServiceUnavailableError(f"{self.url}{path}: HTTP {r.status_code} {r.text[:200]}")
@@ -59,6 +60,29 @@ class ServiceClient:
             "/predict_shadow" if shadow else "/predict", self._rows(x)
         )
         return out
+
+    def predict_columns(self, x: pd.DataFrame, *, shadow: bool = False) -> pd.DataFrame:
+        """``predict`` sent column by column: a frame of risk, alert, threshold, model_name,
+        model_version and role, one row per row of ``x`` (the scorer's path)."""
+        values = np.ascontiguousarray(x[list(FEATURE_NAMES)].to_numpy(dtype=float).T)
+        body = orjson.dumps(  # NaN is written as null: not observed
+            {"columns": dict(zip(FEATURE_NAMES, values, strict=True)), "shadow": shadow},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        out = self._post("/predict_columns", body)
+        n = len(out["risk"])
+        if n != len(x):
+            raise RuntimeError(f"{self.url}: {n} predictions for {len(x)} rows")
+        return pd.DataFrame(
+            {
+                "risk": np.asarray(out["risk"], dtype=float),
+                "alert": np.asarray(out["alert"], dtype=bool),
+                "threshold": np.full(n, out["threshold"], dtype=float),
+                "model_name": np.full(n, out["model_name"], dtype=object),
+                "model_version": np.full(n, str(out["model_version"]), dtype=object),
+                "role": np.full(n, out["role"], dtype=object),
+            }
+        )
 
     def explain(self, x: pd.DataFrame) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self._post("/explain", self._rows(x))

@@ -8,8 +8,9 @@ Each poll batch of ``vitals.raw``:
    aggregation, the batch path's own transform), which yields one feature vector per
    accepted event; events beyond the lateness bound or from the future are stored with
    that status instead of a risk;
-3. is scored by the service in micro-batches (``/predict``, and ``/predict_shadow`` when
-   a ``@challenger`` exists: stored with role ``shadow``, never alerting);
+3. is scored by the service in micro-batches sent column by column (``/predict_columns``;
+   also with ``shadow`` when a ``@challenger`` exists: stored with role ``shadow``, never
+   alerting);
 4. passes the alert policy (``serving.alerts``); alerts are explained (``/explain``);
 5. is stored — predictions and alerts keyed by ``event_id``, inserted with ``ON CONFLICT
    DO NOTHING`` — and published to ``predictions`` and ``alerts``; then, and only then,
@@ -205,14 +206,16 @@ class Scorer:
                     raise
                 delay = min(delay * 2, self.cfg.backoff_max_s)
 
-    def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> list[dict[str, Any]]:
+    def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> pd.DataFrame:
         """The champion's predictions, in micro-batches, retried while the service is away."""
-        out: list[dict[str, Any]] = []
         n = self.cfg.micro_batch_rows
-        for a in range(0, len(x), n):
-            part = x.iloc[a : a + n]
-            out += self._call("predict", lambda p=part: self.service.predict(p), summary)
-        return out
+        parts = [
+            self._call(
+                "predict", lambda p=x.iloc[a : a + n]: self.service.predict_columns(p), summary
+            )
+            for a in range(0, len(x), n)
+        ]
+        return pd.concat(parts, ignore_index=True) if parts else _NO_PREDICTIONS
 
     def _shadow_due(self) -> bool:
         # After a 409 (no challenger), look again only every reload interval.
@@ -256,30 +259,30 @@ class Scorer:
 
         kts = fresh.set_index("event_id")["_kafka_ts"]
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).to_numpy())
-        preds = self._score(vec, summary) if len(vec) else []
-        shadow: list[dict[str, Any]] = []
+        preds = self._score(vec, summary) if len(vec) else _NO_PREDICTIONS
+        shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
             # The shadow never holds up the champion: one attempt, skipped on any failure.
+            n = self.cfg.micro_batch_rows
             try:
-                shadow = [
-                    p
-                    for a in range(0, len(vec), self.cfg.micro_batch_rows)
-                    for p in self.service.predict(
-                        vec.iloc[a : a + self.cfg.micro_batch_rows], shadow=True
-                    )
-                ]
+                shadow = pd.concat(
+                    [
+                        self.service.predict_columns(vec.iloc[a : a + n], shadow=True)
+                        for a in range(0, len(vec), n)
+                    ],
+                    ignore_index=True,
+                )
             except NoShadowModelError:
                 self._shadow, self._shadow_checked = False, time.monotonic()
             except (ServiceUnavailableError, ServiceRejectedError) as exc:
                 log.warning("shadow scoring skipped for this batch: %s", exc)
                 self._shadow, self._shadow_checked = False, time.monotonic()
-                shadow = []
         summary.scored += len(preds)
         summary.status["scored"] += len(preds)
 
         champion = _prediction_frame(vec, preds, "champion", scored_at)
         rows = [champion, _status_frame(status_rows, scored_at)]
-        if shadow:
+        if len(shadow):
             rows.append(_prediction_frame(vec, shadow, "shadow", scored_at))
         table = (
             pd.concat([r for r in rows if len(r)], ignore_index=True)
@@ -323,7 +326,7 @@ class Scorer:
         latency_s: np.ndarray,
         champion: pd.DataFrame,
         status_rows: pd.DataFrame,
-        shadow: list[dict[str, Any]],
+        shadow: pd.DataFrame,
         alerts: int,
         repeat: np.ndarray,
         raised: pd.DataFrame,
@@ -455,12 +458,17 @@ class Scorer:
 
 
 # --------------------------------------------------------------------------- frames
+_NO_PREDICTIONS = pd.DataFrame(
+    {"risk": [], "alert": [], "threshold": [], "model_name": [], "model_version": [], "role": []}
+)
+
+
 def _prediction_frame(
-    vec: pd.DataFrame, preds: list[dict[str, Any]], role: str, scored_at: datetime
+    vec: pd.DataFrame, p: pd.DataFrame, role: str, scored_at: datetime
 ) -> pd.DataFrame:
-    if not preds:
+    """Stored rows of the predictions ``p`` (from ``ServiceClient.predict_columns``)."""
+    if p.empty:
         return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
-    p = pd.DataFrame(preds)
     return pd.DataFrame(
         {
             "event_id": vec["event_id"].to_numpy(),

@@ -8,6 +8,11 @@
   unknown or missing field, a wrong type or more than ``MAX_ROWS`` rows is a 400 that
   names the field. Adaptive batching merges concurrent requests.
 - ``POST /predict_shadow``: the same for the ``@challenger`` (409 when there is none).
+- ``POST /predict_columns``: the same rows sent column by column,
+  ``{"columns": {<every feature>: [number | null, ...]}, "shadow": false}`` →
+  ``{"risk": [...], "alert": [...], "threshold", "model_name", "model_version", "role"}``.
+  The scorer's path: no per-row objects on either side, about 6x less work per row than
+  ``/predict`` (it is not adaptively batched: its callers send large batches already).
 - ``POST /explain``: the same rows → each row's top contributing features.
 - ``POST /score_vitals``: raw vital-sign events of one or more patients (the
   ``vitals.raw`` contract) → features computed by the *same* cleaning and feature code as
@@ -29,12 +34,12 @@ import operator
 import threading
 import time
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import bentoml
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from features.online import OnlineFeatures
 from features.spec import FEATURE_NAMES
@@ -50,19 +55,61 @@ SETTINGS = load_settings()  # the service module is an entry point: it reads its
 CFG = SETTINGS.serving
 MAX_ROWS = 10_000  # rows per request; larger batches should be split by the client
 MAX_EVENTS = 50_000  # raw events per /score_vitals request
+# No feature comes near this magnitude (the largest are minute counts of a stay); a value
+# beyond it is garbage, and 1e308 would overflow the model's scaling into a 500.
+MAX_MAGNITUDE = 1e9
+Value = Annotated[float, Field(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)] | None
 
 # --------------------------------------------------------------------------- schemas
 FeatureRow = create_model(  # type: ignore[call-overload]
     "FeatureRow",
     __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
-    **{name: (float | None, Field(...)) for name in FEATURE_NAMES},
+    **{name: (Value, Field(...)) for name in FEATURE_NAMES},
 )
 FeatureRow.__doc__ = "One feature vector of the declared feature set; null = not observed."
+
+
+class _SameLength(BaseModel):
+    """Feature columns of one request: all of the same length (one value per row)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Self:
+        lengths = {name: len(getattr(self, name)) for name in FEATURE_NAMES}
+        rows = max(set(lengths.values()), key=list(lengths.values()).count)
+        odd = [name for name, n in lengths.items() if n != rows]
+        if odd:
+            raise ValueError(
+                f"every column needs one value per row: {len(odd)} column(s) differ from the "
+                f"{rows} rows of the others, first {odd[0]!r} with {lengths[odd[0]]}"
+            )
+        return self
+
+
+Column = Annotated[list[Value], Field(min_length=1, max_length=MAX_ROWS)]
+FeatureColumns = create_model(  # type: ignore[call-overload]
+    "FeatureColumns",
+    __base__=_SameLength,
+    **{name: (Column, Field(...)) for name in FEATURE_NAMES},
+)
+FeatureColumns.__doc__ = "Feature rows column by column: every feature, one value per row."
 
 
 class Prediction(BaseModel):
     risk: float = Field(description="probability of deterioration within the horizon")
     alert: bool = Field(description="risk >= the model's operating threshold")
+    threshold: float
+    model_name: str
+    model_version: str
+    role: str = Field(description="champion, or shadow for the challenger")
+
+
+class PredictionColumns(BaseModel):
+    """Predictions of a column request, column by column (one model scored them all)."""
+
+    risk: list[float] = Field(description="probability of deterioration within the horizon")
+    alert: list[bool] = Field(description="risk >= the model's operating threshold")
     threshold: float
     model_name: str
     model_version: str
@@ -142,11 +189,22 @@ def _frame(rows: list[Any]) -> pd.DataFrame:
     return pd.DataFrame(np.array(values, dtype=float).reshape(len(rows), -1), columns=_FEATURES)
 
 
-def _predict(m: LoadedModel, x: pd.DataFrame, role: str) -> list[Prediction]:
+def _columns_frame(columns: BaseModel) -> pd.DataFrame:
+    """Validated columns → a float frame (``None`` → NaN)."""
+    values = np.array([getattr(columns, n) for n in _FEATURES], dtype=float)
+    return pd.DataFrame(values.T, columns=_FEATURES)
+
+
+def _risk(m: LoadedModel, x: pd.DataFrame, role: str) -> tuple[np.ndarray, np.ndarray]:
     risk = m.risk(x)
     alert = risk >= m.threshold
     PREDICTIONS.labels(role=role, alert="true").inc(int(alert.sum()))
     PREDICTIONS.labels(role=role, alert="false").inc(int((~alert).sum()))
+    return risk, alert
+
+
+def _predict(m: LoadedModel, x: pd.DataFrame, role: str) -> list[Prediction]:
+    risk, alert = _risk(m, x, role)
     return [
         Prediction(
             risk=float(r), alert=bool(a), threshold=m.threshold, model_name=m.name,
@@ -218,6 +276,20 @@ class Vigil:
         if m is None:
             raise NoShadowModel(f"no shadow model: the registry has no @{CFG.shadow_alias}")
         return _predict(m, _frame(rows), "shadow")
+
+    @bentoml.api(route="/predict_columns")
+    def predict_columns(self, columns: FeatureColumns, shadow: bool = False) -> PredictionColumns:
+        """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns."""
+        slot = self.shadow if shadow else self.champion
+        m = slot.current if slot is not None else None
+        if m is None:
+            raise NoShadowModel(f"no shadow model: the registry has no @{CFG.shadow_alias}")
+        role = "shadow" if shadow else "champion"
+        risk, alert = _risk(m, _columns_frame(columns), role)
+        return PredictionColumns(
+            risk=risk.tolist(), alert=alert.tolist(), threshold=m.threshold,
+            model_name=m.name, model_version=m.version, role=role,
+        )  # fmt: skip
 
     @bentoml.api
     def explain(self, rows: Rows) -> list[Explanation]:
@@ -295,4 +367,7 @@ class Vigil:
 
 Vigil.add_asgi_middleware(Guard, api_key=CFG.api_key, max_bytes=CFG.max_request_bytes)  # type: ignore[attr-defined]
 # Admissions are part of the contract module; re-exported for clients' convenience.
-__all__ = ["Admission", "AdmissionEvent", "FeatureRow", "PatientWindow", "Prediction", "Vigil"]
+__all__ = [
+    "Admission", "AdmissionEvent", "FeatureColumns", "FeatureRow", "PatientWindow", "Prediction",
+    "PredictionColumns", "Vigil",
+]  # fmt: skip

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURE_NAMES
 from pipelines.produce import simulate_to_kafka, with_simulator
+from serving.client import ServiceClient
 from serving.model import ModelSlot, ModelUnavailableError, tracking_uri
 from serving.scorer import Scorer
 from serving.server import ServingProcess
@@ -334,6 +335,44 @@ def test_a_model_of_another_feature_set_is_refused(served: dict[str, Any]) -> No
         ModelSlot(alien, CHAMPION, required=True)
 
 
+def test_columns_score_as_rows_do_and_bad_columns_are_400s_naming_the_column(
+    served: dict[str, Any], cohort_rows: pd.DataFrame
+) -> None:
+    url = served["url"]
+    x = cohort_rows[list(FEATURE_NAMES)].iloc[:50]
+    client = ServiceClient(url)
+    try:
+        by_rows = pd.DataFrame(client.predict(x))
+        by_columns = client.predict_columns(x)
+        shadow = client.predict_columns(x, shadow=True)
+    finally:
+        client.close()
+    assert by_columns["risk"].to_numpy() == pytest.approx(by_rows["risk"].to_numpy(), abs=1e-12)
+    assert (by_columns["alert"].to_numpy() == by_rows["alert"].to_numpy()).all()
+    assert set(by_columns["model_version"]) == {served["champion"]}
+    assert set(shadow["model_version"]) == {served["challenger"]}
+    assert set(shadow["role"]) == {"shadow"}
+
+    cols = {n: [0.5, None] for n in FEATURE_NAMES}
+    name = FEATURE_NAMES[7]
+    cases = {
+        "ragged": ({**cols, name: [0.5]}, name),
+        "missing": ({k: v for k, v in cols.items() if k != name}, name),
+        "unknown": ({**cols, "heart_rate_typo": [1.0, 2.0]}, "heart_rate_typo"),
+        "wrong type": ({**cols, name: [0.5, "high"]}, name),
+        "empty": ({k: [] for k in cols}, FEATURE_NAMES[0]),
+        "huge": ({**cols, name: [1e308, 0.5]}, name),  # would overflow the model's scaling
+    }
+    for case, (body, named) in cases.items():
+        r = httpx.post(f"{url}/predict_columns", json={"columns": body})
+        assert r.status_code == 400, (case, r.status_code, r.text[:300])
+        assert named in r.text, (case, r.text[:300])
+    row = {**dict.fromkeys(FEATURE_NAMES, 0.5), name: -1e308}
+    r = httpx.post(f"{url}/predict", json={"rows": [row]})
+    assert r.status_code == 400, r.text[:300]
+    assert name in r.text
+
+
 # --------------------------------------------------------------------------- fuzzing
 _scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
 _json = st.recursive(
@@ -363,6 +402,29 @@ def _rows_payload(draw: Any) -> Any:
     return draw(st.sampled_from([{"rows": rows}, rows, {"rows": rows, "x": 1}]))
 
 
+@st.composite
+def _columns_payload(draw: Any) -> Any:
+    """Feature columns, valid or broken in one way (ragged, dropped, added, wrong type)."""
+    n = draw(st.integers(0, 3))
+    cols: dict[str, Any] = {
+        name: [draw(st.none() | st.floats(-1e6, 1e6)) for _ in range(n)] for name in FEATURE_NAMES
+    }
+    how = draw(st.sampled_from(["ok", "ragged", "drop", "add", "type", "scalar"]))
+    name = draw(st.sampled_from(FEATURE_NAMES))
+    if how == "ragged":
+        cols[name] = [*cols[name], 1.0]
+    elif how == "drop":
+        cols.pop(name)
+    elif how == "add":
+        cols[draw(st.text(min_size=1, max_size=6))] = [draw(_value)] * n
+    elif how == "type":
+        cols[name] = [draw(_value)] * max(n, 1)
+    elif how == "scalar":
+        cols[name] = draw(_value)
+    shadow = draw(st.sampled_from([False, True, "yes", None]))
+    return draw(st.sampled_from([{"columns": cols}, {"columns": cols, "shadow": shadow}, cols]))
+
+
 @hsettings(
     max_examples=60,
     deadline=None,
@@ -370,8 +432,10 @@ def _rows_payload(draw: Any) -> Any:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    path=st.sampled_from(["/predict", "/predict_shadow", "/explain", "/score_vitals", "/model"]),
-    body=_json | _rows_payload(),
+    path=st.sampled_from(
+        ["/predict", "/predict_shadow", "/predict_columns", "/explain", "/score_vitals", "/model"]
+    ),
+    body=_json | _rows_payload() | _columns_payload(),
 )
 def test_no_input_gets_a_5xx(served: dict[str, Any], path: str, body: Any) -> None:
     r = httpx.post(f"{served['url']}{path}", content=json.dumps(body), timeout=30)
@@ -382,7 +446,8 @@ def test_no_input_gets_a_5xx(served: dict[str, Any], path: str, body: Any) -> No
 
 def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
     doc = httpx.get(f"{served['url']}/docs.json").json()
-    for path in ("/predict", "/predict_shadow", "/explain", "/score_vitals", "/readyz", "/metrics"):
+    for path in ("/predict", "/predict_shadow", "/predict_columns", "/explain", "/score_vitals",
+                 "/readyz", "/metrics"):  # fmt: skip
         assert path in doc["paths"]
     metrics = httpx.get(f"{served['url']}/metrics").text
     assert (
