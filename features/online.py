@@ -29,6 +29,7 @@ Each call vectorises across the whole batch: no per-event Python loop.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -192,7 +193,7 @@ class OnlineFeatures:
         self.first = np.full(capacity, NONE, dtype=np.int64)
         self.newest = np.full(capacity, NONE, dtype=np.int64)
         self.static = np.tile(static_vector(None), (capacity, 1))
-        self.events = pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in _RETAINED})
+        self.events = _Retained()
         self._ids: set[str] = set()
         self._expire_at = 0
         self._name_array: npt.NDArray[np.object_] = np.array([], dtype=object)
@@ -252,7 +253,7 @@ class OnlineFeatures:
             for a in (self.ring, self.pre, self.bmin, self.bmax, self.plast, self.base_n,
                       self.base_s, self.first, self.newest, self.ref_val, self.ref_ts)
         )  # fmt: skip
-        return int(arrays + self.static.nbytes + self.events.memory_usage(deep=True).sum())
+        return int(arrays + self.static.nbytes + self.events.nbytes())
 
     # ------------------------------------------------------------------ update
     def update(self, events: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -314,12 +315,10 @@ class OnlineFeatures:
         t0_arr = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
         t0_arr[t_slots] = t0.to_numpy()
         old = self.events
-        old_slot = old["_slot"].to_numpy()
-        old_min = old["_minute"].to_numpy()
-        redo_old = old_min >= t0_arr[old_slot]
-        frame = pd.concat([old[redo_old], new[_RETAINED]], ignore_index=True)
+        redo = old.where(lambda slot, m: m >= t0_arr[slot], since=int(t0.min()))
+        frame = pd.concat([redo, new[_RETAINED]], ignore_index=True)
         frame = frame.iloc[_event_order(frame)].reset_index(drop=True)
-        prior = self._prior(t_slots, t0.to_numpy(), old, old_slot, old_min)
+        prior = self._prior(t_slots, t0.to_numpy(), old)
         cleaned, after = clean_events(frame, prior)
         self._keep_refs(after)
         usable = cleaned[(cleaned["status"] == STATUS_OK).to_numpy()]
@@ -357,23 +356,14 @@ class OnlineFeatures:
 
         # Expiry scans every retained event, so it runs when the retained set has grown
         # by a quarter since the last one (a few batches), not on every batch.
-        kept = old
-        if len(old) + len(new) > self._expire_at:
-            expired = self._expired(old_slot, old_min)
-            if expired.any():
-                self._ids.difference_update(old.loc[expired, "event_id"].tolist())
-                kept = old[~expired]
-            self._expire_at = max(int(1.25 * (len(kept) + len(new))), 1024)
+        if old.rows + len(new) > self._expire_at:
+            gone = old.expire(self._expired)
+            self._ids.difference_update(gone)
+            self._expire_at = max(int(1.25 * (old.rows + len(new))), 1024)
         self._ids.update(new["event_id"].tolist())
-        self.events = (
-            pd.concat([kept, new[_RETAINED]], ignore_index=True)
-            if len(kept)
-            else new[_RETAINED].reset_index(drop=True)
-        )
+        old.append(new[_RETAINED])
 
-    def _prior(
-        self, t_slots: I64, t0: I64, old: pd.DataFrame, old_slot: I64, old_min: I64
-    ) -> CleaningState:
+    def _prior(self, t_slots: I64, t0: I64, old: _Retained) -> CleaningState:
         """The artifact rules' context just before each touched patient's ``t0``.
 
         In order, that is the carried last reference readings; for a patient with a late
@@ -387,8 +377,10 @@ class OnlineFeatures:
             s_slots = t_slots[stale]
             lo = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
             lo[s_slots] = t0[stale]
-            m = (old_min < lo[old_slot]) & (old_min >= lo[old_slot] - CONTEXT_MINUTES)
-            ctx = old[m]
+            ctx = old.where(
+                lambda slot, m: (m < lo[slot]) & (m >= lo[slot] - CONTEXT_MINUTES),
+                since=int(t0[stale].min()) - CONTEXT_MINUTES,
+            )
             ctx = ctx.iloc[_event_order(ctx)]
             pos = {slot: i for i, slot in enumerate(t_slots.tolist())}
             rows = np.array([pos[x] for x in s_slots.tolist()], dtype=np.int64)
@@ -701,4 +693,69 @@ _DTYPES = {
 _DTYPES["_slot"] = "int64"
 _DTYPES["_minute"] = "int64"
 _RETAINED = [*EVENT_COLUMNS, "_slot", "_minute"]
+
+
+class _Retained:
+    """The retained events, in arrival order, as append-only chunks (one per batch).
+
+    A batch appends its events without copying the rest, and a lookup skips the chunks
+    whose newest minute is before the minutes it asks for, so a small poll costs in
+    proportion to itself, not to the hundreds of thousands of events held for lateness.
+    Expiry, a few batches apart, merges the chunks into one.
+    """
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.chunks: list[pd.DataFrame] = []
+        self.slots: list[I64] = []
+        self.minutes: list[I64] = []
+        self.newest: list[int] = []  # the newest minute of each chunk
+        self.rows = 0
+
+    def append(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            frame = frame.reset_index(drop=True)
+            self.chunks.append(frame)
+            self.slots.append(frame["_slot"].to_numpy(dtype=np.int64))
+            self.minutes.append(frame["_minute"].to_numpy(dtype=np.int64))
+            self.newest.append(int(self.minutes[-1].max()))
+            self.rows += len(frame)
+
+    def where(self, keep: Callable[[I64, I64], npt.NDArray[np.bool_]], since: int) -> pd.DataFrame:
+        """The events (in arrival order) for which ``keep(slot, minute)`` holds; only chunks
+        holding a minute at or after ``since`` are looked at (``keep`` must be false below)."""
+        parts = []
+        for chunk, slot, minute, newest in zip(
+            self.chunks, self.slots, self.minutes, self.newest, strict=True
+        ):
+            if newest >= since:
+                mask = keep(slot, minute)
+                if mask.any():
+                    parts.append(chunk[mask])
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in _RETAINED})
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def expire(self, expired: Callable[[I64, I64], npt.NDArray[np.bool_]]) -> list[str]:
+        """Merge the chunks, dropping the events ``expired(slot, minute)`` names; their ids."""
+        if not self.chunks:
+            return []
+        whole = (
+            pd.concat(self.chunks, ignore_index=True) if len(self.chunks) > 1 else self.chunks[0]
+        )
+        gone = expired(np.concatenate(self.slots), np.concatenate(self.minutes))
+        ids: list[str] = whole.loc[gone, "event_id"].tolist()
+        self._clear()
+        self.append(whole[~gone])
+        return ids
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def nbytes(self) -> int:
+        return int(sum(c.memory_usage(deep=True).sum() for c in self.chunks))
+
+
 __all__ = ["EVENT_COLUMNS", "LATEST", "STATIC", "OnlineFeatures"]

@@ -39,6 +39,9 @@ class ScorerMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.batch = Histogram("vigil_scorer_batch_seconds",
                                "Wall time to process one poll batch", registry=r)  # fmt: skip
+        self.step = Histogram("vigil_scorer_step_seconds",
+                              "Wall time of each step of a batch (validate, features, score, "
+                              "alerts, store, publish)", ["step"], registry=r)  # fmt: skip
         self.lag = Gauge("vigil_scorer_consumer_lag",
                          "Events on the topic not yet committed by the scorer's group",
                          ["topic", "partition"], registry=r)  # fmt: skip

@@ -32,7 +32,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import typer
 
@@ -97,6 +98,9 @@ class ScoreSummary:
     # grow with it); the full distribution is the Prometheus histogram's.
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     versions: Counter[str] = field(default_factory=Counter)
+    # Wall seconds per step of the loop (poll, validate, features, score, ...): where a
+    # batch's time goes; also the ``vigil_scorer_step_seconds`` histogram.
+    step_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float("nan")
@@ -106,10 +110,25 @@ class ScoreSummary:
         out["invalid"] = dict(self.invalid)
         out["status"] = dict(self.status)
         out["versions"] = dict(self.versions)
+        out["step_seconds"] = {k: round(v, 3) for k, v in self.step_seconds.items()}
         out["latency_p50_ms"] = self.percentile(50)
         out["latency_p99_ms"] = self.percentile(99)
         out["events_per_s"] = self.scored / self.seconds if self.seconds else 0.0
         return out
+
+
+class _Laps:
+    """Times consecutive steps of the loop into the summary and the step histogram."""
+
+    def __init__(self, summary: ScoreSummary, metrics: ScorerMetrics) -> None:
+        self.summary, self.metrics = summary, metrics
+        self.t = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.summary.step_seconds[step] += now - self.t
+        self.metrics.step.labels(step=step).observe(now - self.t)
+        self.t = now
 
 
 class Scorer:
@@ -140,6 +159,7 @@ class Scorer:
         self.ready = threading.Event()  # set once the consumer holds its partitions
         self._shadow_checked = 0.0
         self._shadow = True
+        self._conn: psycopg.Connection[Any] | None = None
 
     # ------------------------------------------------------------------ startup
     def _seed_alert_policy(self) -> None:
@@ -228,6 +248,7 @@ class Scorer:
     # ------------------------------------------------------------------ one batch
     def process(self, recs: list[Record], producer: Producer, summary: ScoreSummary) -> None:
         """Validate, featurise, score, alert and store one poll batch (not the commit)."""
+        laps = _Laps(summary, self.metrics)
         now = pd.Timestamp.now(tz="UTC")
         scored_at = datetime.now(UTC)
         summary.records += len(recs)
@@ -243,6 +264,7 @@ class Scorer:
             [recs[i].timestamp_ms for i in valid["_index"].tolist()], unit="ms", utc=True
         )
         valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
+        laps.lap("validate")
 
         repeat = (
             self.online.known(valid["event_id"].tolist())
@@ -259,6 +281,7 @@ class Scorer:
 
         kts = fresh.set_index("event_id")["_kafka_ts"]
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).to_numpy())
+        laps.lap("features")
         preds = self._score(vec, summary) if len(vec) else _NO_PREDICTIONS
         shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
@@ -279,6 +302,7 @@ class Scorer:
                 self._shadow, self._shadow_checked = False, time.monotonic()
         summary.scored += len(preds)
         summary.status["scored"] += len(preds)
+        laps.lap("score")
 
         champion = _prediction_frame(vec, preds, "champion", scored_at)
         rows = [champion, _status_frame(status_rows, scored_at)]
@@ -302,8 +326,10 @@ class Scorer:
                 zip(vec.loc[idx, "event_id"], (w["top_features"] for w in why), strict=True)
             )
             raised = raised.assign(top_features=raised["event_id"].map(tops))
+        laps.lap("alerts")
 
         new_alerts = self._store(table, raised, dead, scored_at)
+        laps.lap("store")
         topic = self.topics.predictions
         for key, message in zip(
             champion["patient_id"].tolist(), _prediction_messages(champion), strict=True
@@ -312,6 +338,7 @@ class Scorer:
         for _, a in raised[raised["event_id"].isin(new_alerts)].iterrows():
             producer.send(self.topics.alerts, _alert_message(a), key=a["patient_id"].encode())
         producer.flush()
+        laps.lap("publish")
         summary.alerts += len(new_alerts)
         summary.stored += int((table["role"] == "champion").sum()) if len(table) else 0
         summary.shadow_stored += int((table["role"] == "shadow").sum()) if len(table) else 0
@@ -356,51 +383,70 @@ class Scorer:
         seen_at: datetime,
     ) -> set[str]:
         """Insert predictions, alerts and dead letters idempotently; returns new alert ids."""
-        with connect(self.settings) as conn, conn.transaction():
-            if len(table):
-                conn.execute(
-                    "CREATE TEMP TABLE _p (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP"
-                )
-                copy_table(conn, "_p", _arrow_predictions(table))
-                conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
-            new: set[str] = set()
-            if len(raised):
-                with conn.cursor() as cur:
-                    for _, a in raised.iterrows():
-                        cur.execute(
-                            "INSERT INTO alerts (event_id, patient_id, ts, risk, threshold, "
-                            "reason, model_name, model_version, top_features, raised_at) VALUES "
-                            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                            "ON CONFLICT DO NOTHING RETURNING event_id",
-                            (
-                                a["event_id"], a["patient_id"], a["ts"], float(a["risk"]),
-                                float(a["threshold"]), a["reason"], a["model_name"],
-                                a["model_version"], json.dumps(a["top_features"]), seen_at,
-                            ),
-                        )  # fmt: skip
-                        row = cur.fetchone()
-                        if row is not None:
-                            new.add(row[0])
-            if dead:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO scoring_dead_letters VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING",
-                        [
-                            (
-                                r.topic,
-                                r.partition,
-                                r.offset,
-                                reason,
-                                detail,
-                                r.key,
-                                r.value,
-                                seen_at,
-                            )
-                            for r, reason, detail in dead
-                        ],
-                    )
+        conn = self._db()
+        try:
+            with conn.transaction():
+                if len(table):
+                    copy_table(conn, "_p", _arrow_predictions(table))
+                    conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
+                new: set[str] = set()
+                if len(raised):
+                    with conn.cursor() as cur:
+                        for _, a in raised.iterrows():
+                            cur.execute(
+                                "INSERT INTO alerts (event_id, patient_id, ts, risk, threshold, "
+                                "reason, model_name, model_version, top_features, raised_at) "
+                                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                                "ON CONFLICT DO NOTHING RETURNING event_id",
+                                (
+                                    a["event_id"], a["patient_id"], a["ts"], float(a["risk"]),
+                                    float(a["threshold"]), a["reason"], a["model_name"],
+                                    a["model_version"], json.dumps(a["top_features"]), seen_at,
+                                ),
+                            )  # fmt: skip
+                            row = cur.fetchone()
+                            if row is not None:
+                                new.add(row[0])
+                if dead:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            "INSERT INTO scoring_dead_letters "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            [
+                                (
+                                    r.topic,
+                                    r.partition,
+                                    r.offset,
+                                    reason,
+                                    detail,
+                                    r.key,
+                                    r.value,
+                                    seen_at,
+                                )
+                                for r, reason, detail in dead
+                            ],
+                        )
+        except psycopg.Error:
+            self._close_db()  # reconnect on the next batch (after the restart, if it dies)
+            raise
         return new
+
+    def _db(self) -> psycopg.Connection[Any]:
+        """The scorer's database connection, kept open across batches (with ``_p``, the
+        staging table of each batch's predictions, emptied at every commit)."""
+        if self._conn is None or self._conn.closed:
+            conn = connect(self.settings)
+            conn.execute(
+                "CREATE TEMP TABLE _p (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def _close_db(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # ------------------------------------------------------------------ the loop
     def run(self, *, bounded: bool = False, max_seconds: float | None = None) -> ScoreSummary:
@@ -424,6 +470,7 @@ class Scorer:
             while not self.stop.is_set():
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
+                t_poll = time.perf_counter()
                 self._admissions(adm)
                 recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
                 recs = [r for r in recs if r.topic == self.topics.vitals]
@@ -436,12 +483,15 @@ class Scorer:
                         break
                     continue
                 self._admissions(adm)  # admissions that raced ahead of these vitals
+                summary.step_seconds["poll"] += time.perf_counter() - t_poll
                 try:
                     with self.metrics.batch.time():
                         self.process(recs, producer, summary)
                 except ServiceUnavailableError:
                     break  # stopped while waiting for the service: nothing committed
+                t_commit = time.perf_counter()
                 consumer.commit(_next_offsets(recs))
+                summary.step_seconds["commit"] += time.perf_counter() - t_commit
                 idle_since = time.monotonic()
                 if time.monotonic() - lag_at > LAG_EVERY_S:
                     self._record_lag(consumer)
@@ -452,6 +502,7 @@ class Scorer:
             consumer.close()
             adm.close()
             self.service.close()
+            self._close_db()
             self.metrics.close()
         log.info("scorer stopped", extra={"summary": summary.to_dict()})
         return summary
