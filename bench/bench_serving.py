@@ -215,7 +215,8 @@ def _paced_latency(settings: Settings, rate: float, seconds: float, tmp: Path) -
     offered = n / (time.perf_counter() - t0)
     t.join()
     return {"offered_per_s": offered, "p50_ms": result["latency_p50_ms"],
-            "p99_ms": result["latency_p99_ms"], "scored": result["scored"]}  # fmt: skip
+            "p99_ms": result["latency_p99_ms"], "scored": result["scored"],
+            "batches": result["batches"], "step_seconds": result["step_seconds"]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- main
@@ -323,6 +324,7 @@ def main(
                     "scored": sc["scored"],
                     "peak_rss_mb": sc["peak_rss_mb"],
                     "latency_p50_ms_backlog": sc["latency_p50_ms"],
+                    "step_seconds": sc["step_seconds"],
                 }
                 typer.echo(f"{kclient}: {stream[kclient]}")
             stream["events"] = sent.stats.valid_events

@@ -260,3 +260,38 @@ def test_online_state_is_bounded_by_the_longest_window() -> None:
     assert sizes[-1] < len(events) / 5
     assert online.memory_bytes() < 50 * 2**20
     assert orjson.dumps(dict(online.counts))  # counters are plain data for metrics
+
+
+def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> None:
+    from features.online import _Retained
+
+    def chunk(slots: list[int], minutes: list[int], tag: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"event_id": [f"{tag}{i}" for i in range(len(slots))], "_slot": slots,
+             "_minute": minutes}
+        )  # fmt: skip
+
+    r = _Retained()
+    r.append(chunk([0, 1], [10, 11], "a"))
+    r.append(chunk([1, 0], [20, 21], "b"))
+    r.append(chunk([], [], "empty"))  # an empty poll adds no chunk
+    r.append(chunk([0], [15], "c"))  # a late event arrives last
+    assert len(r) == 5
+    assert len(r.chunks) == 3
+    got = r.where(lambda slot, m: (slot == 0) & (m >= 12), since=12)
+    assert got["event_id"].tolist() == ["b1", "c0"]  # arrival order, not time order
+    # The chunk with nothing at or after `since` is not even looked at.
+    seen: list[int] = []
+
+    def recent(slot: np.ndarray, m: np.ndarray) -> np.ndarray:
+        seen.append(len(m))
+        return m >= 18
+
+    r.where(recent, since=18)
+    assert seen == [2]
+    assert r.where(lambda slot, m: m > 99, since=0).empty
+    gone = r.expire(lambda slot, m: m < 16)
+    assert sorted(gone) == ["a0", "a1", "c0"]
+    assert len(r) == 2
+    assert len(r.chunks) == 1
+    assert r.where(lambda slot, m: m >= 0, since=0)["event_id"].tolist() == ["b0", "b1"]

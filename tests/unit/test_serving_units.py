@@ -143,3 +143,25 @@ def test_scorer_summary_keeps_recent_latencies_only() -> None:
     s.latency_ms.extend([10.0] * LATENCY_WINDOW)  # ...then weeks of fast scoring
     assert len(s.latency_ms) == LATENCY_WINDOW
     assert s.to_dict()["latency_p99_ms"] == 10.0
+
+
+def test_laps_time_each_step_into_the_summary_and_the_histogram() -> None:
+    import time
+
+    from serving.metrics import ScorerMetrics
+    from serving.scorer import ScoreSummary, _Laps
+
+    summary, metrics = ScoreSummary(), ScorerMetrics()
+    laps = _Laps(summary, metrics)
+    time.sleep(0.02)
+    laps.lap("features")
+    laps.lap("score")
+    time.sleep(0.01)
+    laps.lap("features")
+    assert summary.step_seconds["features"] >= 0.03
+    assert summary.step_seconds["score"] < 0.01
+    count = metrics.registry.get_sample_value(
+        "vigil_scorer_step_seconds_count", {"step": "features"}
+    )
+    assert count == 2
+    assert summary.to_dict()["step_seconds"]["features"] >= 0.03
