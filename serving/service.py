@@ -11,8 +11,9 @@
 - ``POST /predict_columns``: the same rows sent column by column,
   ``{"columns": {<every feature>: [number | null, ...]}, "shadow": false}`` →
   ``{"risk": [...], "alert": [...], "threshold", "model_name", "model_version", "role"}``.
-  The scorer's path: no per-row objects on either side, about 6x less work per row than
-  ``/predict`` (it is not adaptively batched: its callers send large batches already).
+  The scorer's path: no per-row objects on either side (for 1,000 rows the body is built
+  ~4x and validated ~3x faster than ``/predict``'s); not adaptively batched, since its
+  callers send large batches already.
 - ``POST /explain``: the same rows → each row's top contributing features.
 - ``POST /score_vitals``: raw vital-sign events of one or more patients (the
   ``vitals.raw`` contract) → features computed by the *same* cleaning and feature code as
