@@ -33,6 +33,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,13 +229,16 @@ class Scorer:
 
     def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> pd.DataFrame:
         """The champion's predictions, in micro-batches, retried while the service is away."""
+        return self._in_micro_batches(
+            x, lambda p: self._call("predict", lambda: self.service.predict_columns(p), summary)
+        )
+
+    def _in_micro_batches(
+        self, x: pd.DataFrame, score: Callable[[pd.DataFrame], pd.DataFrame]
+    ) -> pd.DataFrame:
+        """``score`` over ``x`` in slices of ``scorer.micro_batch_rows``, concatenated."""
         n = self.cfg.micro_batch_rows
-        parts = [
-            self._call(
-                "predict", lambda p=x.iloc[a : a + n]: self.service.predict_columns(p), summary
-            )
-            for a in range(0, len(x), n)
-        ]
+        parts = [score(x.iloc[a : a + n]) for a in range(0, len(x), n)]
         return pd.concat(parts, ignore_index=True) if parts else _NO_PREDICTIONS
 
     def _shadow_due(self) -> bool:
@@ -286,14 +290,9 @@ class Scorer:
         shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
             # The shadow never holds up the champion: one attempt, skipped on any failure.
-            n = self.cfg.micro_batch_rows
             try:
-                shadow = pd.concat(
-                    [
-                        self.service.predict_columns(vec.iloc[a : a + n], shadow=True)
-                        for a in range(0, len(vec), n)
-                    ],
-                    ignore_index=True,
+                shadow = self._in_micro_batches(
+                    vec, lambda p: self.service.predict_columns(p, shadow=True)
                 )
             except NoShadowModelError:
                 self._shadow, self._shadow_checked = False, time.monotonic()

@@ -270,21 +270,22 @@ class Vigil:
         assert m is not None  # required slot: never empty after start
         return _predict(m, _frame(rows), "champion")
 
-    @bentoml.api
-    def predict_shadow(self, rows: Rows) -> list[Prediction]:
-        """The same rows scored by the challenger (role ``shadow``; never alerts upstream)."""
+    def _shadow_model(self) -> LoadedModel:
         m = self.shadow.current if self.shadow is not None else None
         if m is None:
             raise NoShadowModel(f"no shadow model: the registry has no @{CFG.shadow_alias}")
-        return _predict(m, _frame(rows), "shadow")
+        return m
+
+    @bentoml.api
+    def predict_shadow(self, rows: Rows) -> list[Prediction]:
+        """The same rows scored by the challenger (role ``shadow``; never alerts upstream)."""
+        return _predict(self._shadow_model(), _frame(rows), "shadow")
 
     @bentoml.api(route="/predict_columns")
     def predict_columns(self, columns: FeatureColumns, shadow: bool = False) -> PredictionColumns:
         """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns."""
-        slot = self.shadow if shadow else self.champion
-        m = slot.current if slot is not None else None
-        if m is None:
-            raise NoShadowModel(f"no shadow model: the registry has no @{CFG.shadow_alias}")
+        m = self._shadow_model() if shadow else self.champion.current
+        assert m is not None  # required slot: never empty after start
         role = "shadow" if shadow else "champion"
         risk, alert = _risk(m, _columns_frame(columns), role)
         return PredictionColumns(
