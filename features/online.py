@@ -2,7 +2,7 @@
 
 For the scorer. Each poll batch of raw, contract-valid events goes through exactly what
 the batch path runs — :func:`features.cleaning.clean_events`, the within-minute
-aggregation of :func:`features.resample.aggregate_minutes`, and
+aggregation of :func:`features.resample.aggregate_minute_arrays`, and
 :func:`features.transform.compute` — so a vector here equals the batch job's vector for
 the same patient and minute (``tests/unit/test_online_parity.py`` and the Spark parity
 test prove it, faults, gaps and out-of-order arrivals included).
@@ -44,7 +44,7 @@ from features.cleaning import (
     clean_events,
     reference_readings,
 )
-from features.resample import aggregate_minutes
+from features.resample import AGG_COLUMNS, aggregate_minute_arrays
 from features.spec import (
     BASELINE_MINUTES,
     CHANNELS,
@@ -69,8 +69,8 @@ I64 = npt.NDArray[np.int64]
 NONE = np.iinfo(np.int64).min // 2  # "no minute yet"
 # The ring's channels: the stat vitals first (a contiguous slice), then the rest.
 RING_CHANNELS = (*STAT_VITALS, *[c for c in LATEST if c not in STAT_VITALS])
-_AGG_NAMES = {"avpu": "avpu_rank", "on_oxygen": "o2"}  # aggregate_minutes' column names
-_AGG_COLS = [_AGG_NAMES.get(c, c) for c in RING_CHANNELS]
+_AGG_NAMES = {"avpu": "avpu_rank", "on_oxygen": "o2"}  # names in AGG_COLUMNS
+_AGG_IDX = [AGG_COLUMNS.index(_AGG_NAMES.get(c, c)) for c in RING_CHANNELS]
 _LATEST_IDX = [RING_CHANNELS.index(c) for c in LATEST]  # ring order -> LATEST order
 CONTEXT_MINUTES = int(max(HR_CONTEXT, SPO2_CONTEXT) / pd.Timedelta(minutes=1))
 EVENT_COLUMNS = ["event_id", "patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]
@@ -343,11 +343,10 @@ class OnlineFeatures:
         self.anchor[t_slots[fresh_patient]] = lo[fresh_patient] // BLOCK * BLOCK
 
         if len(usable):
-            agg = aggregate_minutes(usable, key="_slot").reset_index()
-            a_slot = agg["_slot"].to_numpy(dtype=np.int64)
-            a_min = _epoch_minutes(agg["minute"])
+            agg = aggregate_minute_arrays(usable["_slot"].to_numpy(dtype=np.int64), usable)
+            a_slot, a_min = agg.key, agg.minute
             b, j = self._at(a_min)
-            self.ring[a_slot, b, :, j] = quantize(agg[_AGG_COLS].to_numpy())
+            self.ring[a_slot, b, :, j] = quantize(agg.values[:, _AGG_IDX])
             first_new = pd.Series(a_min).groupby(a_slot).min()
             moved = self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
             fresh = ~np.isin(a_slot, moved)  # a moved baseline was summed again whole

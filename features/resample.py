@@ -16,7 +16,10 @@ that the value is missing, as it is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from features.cleaning import VITALS
@@ -38,28 +41,92 @@ MINUTE_COLUMNS = (
 )  # fmt: skip
 
 
+AGG_COLUMNS = (*VITALS, "avpu_rank", "o2", *COUNT_COLUMNS, "n_events")
+_NS_PER_MINUTE = 60_000_000_000
+
+
+@dataclass(frozen=True)
+class MinuteAggregate:
+    """The within-minute aggregation as arrays, one row per observed (key, minute).
+
+    Rows are ordered by key, then minute. ``values`` holds :data:`AGG_COLUMNS` in order:
+    the vital medians, ``avpu_rank`` (worst, 0-4), ``o2`` (1.0 / 0.0 / NaN), the ``n_*``
+    counts and ``n_events``.
+    """
+
+    key: npt.NDArray[np.int64]
+    minute: npt.NDArray[np.int64]  # minutes since the epoch (UTC)
+    values: npt.NDArray[np.float64]
+
+
+def aggregate_minute_arrays(key: npt.NDArray[np.int64], events: pd.DataFrame) -> MinuteAggregate:
+    """The within-minute aggregation of ``events`` grouped by integer ``key`` (numpy).
+
+    One sort by (key, minute) forms the groups; a median is the middle of its group's
+    readings sorted by value, the mean of the two middle ones for an even count, as
+    pandas computes it, so both spellings give the same numbers.
+    """
+    ns = events["ts"].to_numpy("datetime64[ns]").astype(np.int64)
+    minute = ns // _NS_PER_MINUTE
+    n = len(minute)
+    ordered = np.all((key[1:] > key[:-1]) | ((key[1:] == key[:-1]) & (minute[1:] >= minute[:-1])))
+    order = np.arange(n) if ordered else np.lexsort((minute, key))  # the ETL's come sorted
+    key, minute = key[order], minute[order]
+    change = np.empty(n, dtype=bool)
+    change[:1] = True
+    change[1:] = (key[1:] != key[:-1]) | (minute[1:] != minute[:-1])
+    starts = np.flatnonzero(change)
+    sizes = np.diff(np.append(starts, n))
+    group = np.cumsum(change) - 1
+
+    vitals = events[list(VITALS)].to_numpy(dtype=np.float64)[order]
+    rank = pd.Categorical(events["consciousness"], categories=AVPU, ordered=True).codes
+    avpu = np.where(rank < 0, np.nan, rank).astype(np.float64)[order]
+    o2 = events["on_oxygen"].astype("float64").to_numpy()[order]  # NaN when unknown
+
+    out = np.empty((len(starts), len(AGG_COLUMNS)), dtype=np.float64)
+    seen = ~np.isnan(vitals)
+    counts = np.add.reduceat(seen, starts, axis=0) if n else np.zeros((0, len(VITALS)), int)
+    # Most minutes hold one reading, its own median; only the others need sorting.
+    out[:, : len(VITALS)] = vitals[starts]
+    multi = np.flatnonzero(sizes > 1)
+    rows = np.flatnonzero(sizes[group] > 1)  # grouped, in group order
+    sub_starts = np.cumsum(sizes[multi]) - sizes[multi]
+    for k in range(len(VITALS)):
+        # Within each group, readings ascending and NaN last (NaN sorts after numbers).
+        x = vitals[rows, k][np.lexsort((vitals[rows, k], group[rows]))]
+        c = counts[multi, k]
+        lo = sub_starts + np.maximum(c - 1, 0) // 2
+        hi = sub_starts + c // 2
+        out[multi, k] = np.where(c > 0, (x[hi] + x[lo]) / 2, np.nan)
+    v = len(VITALS)
+    out[:, v] = np.fmax.reduceat(avpu, starts) if n else avpu[:0]
+    out[:, v + 1] = np.fmax.reduceat(o2, starts) if n else o2[:0]
+    out[:, v + 2 : 2 * v + 2] = counts
+    out[:, 2 * v + 2] = np.add.reduceat(~np.isnan(avpu), starts) if n else 0
+    out[:, 2 * v + 3] = sizes
+    return MinuteAggregate(key[starts], minute[starts], out)
+
+
 def aggregate_minutes(events: pd.DataFrame, key: str = "patient_id") -> pd.DataFrame:
     """The within-minute aggregation alone (no grid, no fill), shared with the online path.
 
     Returns one row per observed (``key``, ``minute``) with the vital medians,
     ``avpu_rank`` (worst, as 0-4), ``o2`` (1.0 / 0.0 / NaN), ``n_*`` and ``n_events``.
-    ``key`` names the patient column (the online state groups by its integer slot).
+    ``key`` names the patient column (the online state uses
+    :func:`aggregate_minute_arrays` on its integer slots directly).
     """
-    df = events[[key, "ts", *VITALS, "consciousness", "on_oxygen"]].copy()
-    df["minute"] = df["ts"].dt.floor("min")
-    rank = pd.Categorical(df["consciousness"], categories=AVPU, ordered=True).codes
-    df["avpu_rank"] = np.where(rank < 0, np.nan, rank)
-    df["o2"] = df["on_oxygen"].astype("float64")  # NaN when unknown
-    g = df.groupby([key, "minute"], sort=True)
-    agg = g[list(VITALS)].median()
-    counts = g[[*VITALS, "avpu_rank"]].count()
-    agg["avpu_rank"] = g["avpu_rank"].max()
-    agg["o2"] = g["o2"].max()
-    for v in VITALS:
-        agg[f"n_{v}"] = counts[v]
-    agg["n_consciousness"] = counts["avpu_rank"]
-    agg["n_events"] = g.size()
-    return agg
+    codes, uniques = pd.factorize(events[key], sort=True)
+    agg = aggregate_minute_arrays(codes.astype(np.int64), events)
+    index = pd.MultiIndex.from_arrays(
+        [
+            pd.Index(uniques.take(agg.key), name=key),
+            pd.DatetimeIndex(agg.minute * _NS_PER_MINUTE, tz="UTC", name="minute"),
+        ]
+    )
+    frame = pd.DataFrame(agg.values, index=index, columns=list(AGG_COLUMNS))
+    counts = [*COUNT_COLUMNS, "n_events"]
+    return frame.astype(dict.fromkeys(counts, np.int64))
 
 
 def to_minutes(events: pd.DataFrame) -> pd.DataFrame:

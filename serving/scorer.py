@@ -284,7 +284,7 @@ class Scorer:
         summary.status.update(status_rows["status"].tolist())
 
         kts = fresh.set_index("event_id")["_kafka_ts"]
-        vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).to_numpy())
+        vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).array)
         laps.lap("features")
         preds = self._score(vec, summary) if len(vec) else _NO_PREDICTIONS
         shadow = _NO_PREDICTIONS
@@ -342,7 +342,8 @@ class Scorer:
         summary.stored += int((table["role"] == "champion").sum()) if len(table) else 0
         summary.shadow_stored += int((table["role"] == "shadow").sum()) if len(table) else 0
         done = time.time()
-        latency_s = done - champion["kafka_ts"].astype("int64").to_numpy() / 1e9
+        sent = champion["kafka_ts"].to_numpy("datetime64[ns]").astype(np.int64)
+        latency_s = done - sent / 1e9
         summary.latency_ms.extend((latency_s * 1000).tolist())
         summary.batches += 1
         self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, raised)
@@ -513,6 +514,9 @@ _NO_PREDICTIONS = pd.DataFrame(
 )
 
 
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+
+
 def _prediction_frame(
     vec: pd.DataFrame, p: pd.DataFrame, role: str, scored_at: datetime
 ) -> pd.DataFrame:
@@ -524,15 +528,15 @@ def _prediction_frame(
             "event_id": vec["event_id"].to_numpy(),
             "role": role,
             "patient_id": vec["patient_id"].to_numpy(),
-            "ts": vec["ts"].to_numpy(),
-            "as_of": vec["as_of"].to_numpy(),
+            "ts": vec["ts"].array,  # .array keeps the time zone; .to_numpy() boxes each time
+            "as_of": vec["as_of"].array,
             "status": "scored",
             "risk": p["risk"].to_numpy(dtype=float),
             "alert": p["alert"].to_numpy(dtype=bool),
             "threshold": p["threshold"].to_numpy(dtype=float),
             "model_name": p["model_name"].to_numpy(),
             "model_version": p["model_version"].astype(str).to_numpy(),
-            "kafka_ts": vec["_kafka_ts"].to_numpy(),
+            "kafka_ts": vec["_kafka_ts"].array,
             "scored_at": scored_at,
         }
     )
@@ -546,15 +550,15 @@ def _status_frame(rows: pd.DataFrame, scored_at: datetime) -> pd.DataFrame:
             "event_id": rows["event_id"].to_numpy(),
             "role": "champion",
             "patient_id": rows["patient_id"].to_numpy(),
-            "ts": rows["ts"].to_numpy(),
-            "as_of": pd.NaT,
+            "ts": rows["ts"].array,
+            "as_of": pd.array([pd.NaT] * len(rows), dtype=_UTC_NS),
             "status": rows["status"].to_numpy(),
             "risk": np.nan,
-            "alert": None,
+            "alert": pd.array([None] * len(rows), dtype="boolean"),
             "threshold": np.nan,
             "model_name": None,
             "model_version": None,
-            "kafka_ts": rows["_kafka_ts"].to_numpy(),
+            "kafka_ts": rows["_kafka_ts"].array,
             "scored_at": scored_at,
         }
     )
@@ -572,30 +576,38 @@ _ARROW = pa.schema(
 
 
 def _arrow_predictions(table: pd.DataFrame) -> pa.Table:
-    t = table[list(PREDICTION_COLUMNS)].copy()
-    for c in ("ts", "as_of", "kafka_ts", "scored_at"):
-        t[c] = pd.to_datetime(t[c], utc=True)
-    t["alert"] = t["alert"].astype("boolean")
-    return pa.Table.from_pandas(t, schema=_ARROW, preserve_index=False)
+    """The stored columns, typed by :data:`_ARROW` (NaN, NaT and None become nulls)."""
+    return pa.table(
+        {f.name: pa.array(table[f.name], type=f.type, from_pandas=True) for f in _ARROW},
+        schema=_ARROW,
+    )
 
 
-_MESSAGE_COLUMNS = [
+_MESSAGE_COLUMNS = (
     "event_id", "patient_id", "ts", "as_of", "risk", "alert", "threshold", "model_name",
     "model_version", "role",
-]  # fmt: skip
+)  # fmt: skip
+
+
+def _iso_ms(col: pd.Series) -> list[str | None]:
+    """Times as ISO-8601 UTC text to the millisecond (``2026-11-29T05:00:00.000Z``)."""
+    if not isinstance(col.dtype, pd.DatetimeTZDtype):
+        col = pd.to_datetime(col, utc=True)
+    text = np.datetime_as_string(col.to_numpy("datetime64[ms]"), unit="ms").tolist()
+    return [None if t == "NaT" else t + "Z" for t in text]
 
 
 def _prediction_messages(frame: pd.DataFrame) -> list[bytes]:
-    """One JSON message per prediction row (vectorised: pandas writes the JSON lines)."""
+    """One JSON message per prediction row (built from columns, no per-row pandas)."""
     if frame.empty:
         return []
-    part = frame[_MESSAGE_COLUMNS].copy()
-    for c in ("ts", "as_of"):
-        part[c] = pd.to_datetime(part[c], utc=True)
-    text = part.to_json(
-        orient="records", lines=True, date_format="iso", date_unit="ms", double_precision=15
-    )
-    return [line.encode() for line in text.splitlines()]
+    cols = [
+        _iso_ms(frame[c]) if c in ("ts", "as_of") else frame[c].tolist() for c in _MESSAGE_COLUMNS
+    ]
+    return [
+        orjson.dumps(dict(zip(_MESSAGE_COLUMNS, row, strict=True)))
+        for row in zip(*cols, strict=True)
+    ]
 
 
 def _alert_message(a: pd.Series) -> bytes:
