@@ -64,24 +64,39 @@ STATUS_OK = "ok"
 STATUS_QUARANTINED = "quarantined"
 
 
-@dataclass
-class CleaningState:
-    """Per patient: the last plausible SpO2 and heart rate, and when they were read."""
+_NO_TIME = np.iinfo(np.int64).min // 2  # "no previous reading" (ns): never recent
+NO_TIME = _NO_TIME
+REF_VITALS = ("heart_rate", "spo2")  # the readings the artifact rules look back on
 
-    last: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(
-            {
-                "spo2": pd.Series(dtype="float64"),
-                "spo2_ts": pd.Series(dtype="datetime64[us, UTC]"),
-                "heart_rate": pd.Series(dtype="float64"),
-                "heart_rate_ts": pd.Series(dtype="datetime64[us, UTC]"),
-            },
-            index=pd.Index([], name="patient_id", dtype="object"),
-        )
+
+def _no_patients() -> pd.Index:
+    return pd.Index([], name="patient_id", dtype="object")
+
+
+@dataclass(frozen=True)
+class CleaningState:
+    """Per patient: the last plausible heart rate and SpO2 and when they were read.
+
+    ``values`` has a row per patient and a column per :data:`REF_VITALS` (NaN: none yet);
+    ``ts_ns`` the times in nanoseconds since the epoch (:data:`NO_TIME`: none yet).
+    """
+
+    patients: pd.Index = field(default_factory=_no_patients)
+    values: np.ndarray = field(default_factory=lambda: np.empty((0, len(REF_VITALS))))
+    ts_ns: np.ndarray = field(
+        default_factory=lambda: np.empty((0, len(REF_VITALS)), dtype=np.int64)
     )
 
-
-_NO_TIME = np.iinfo(np.int64).min // 2  # "no previous reading" (ns): never recent
+    def of(self, patients: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+        """Values and times for ``patients`` (none for a patient not held here)."""
+        vals = np.full((len(patients), len(REF_VITALS)), np.nan)
+        tss = np.full((len(patients), len(REF_VITALS)), _NO_TIME, dtype=np.int64)
+        if len(self.patients):
+            at = self.patients.get_indexer(patients)
+            known = at >= 0
+            vals[known] = self.values[at[known]]
+            tss[known] = self.ts_ns[at[known]]
+        return vals, tss
 
 
 @dataclass(frozen=True)
@@ -111,10 +126,14 @@ class _Groups:
 
 
 def _previous(
-    values: np.ndarray, ts_ns: np.ndarray, groups: _Groups, prior: pd.Series, prior_ts: pd.Series
+    values: np.ndarray,
+    ts_ns: np.ndarray,
+    groups: _Groups,
+    carried: np.ndarray,
+    carried_ts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Last non-null ``values`` strictly before each row, per patient, with its time (ns);
-    before a patient's first one in the batch, the carried ``prior``."""
+    before a patient's first one in the batch, the ``carried`` one (per run of rows)."""
     n = len(values)
     upto = np.maximum.accumulate(np.where(np.isnan(values), -1, np.arange(n)))
     before = np.empty(n, dtype=np.int64)
@@ -124,12 +143,9 @@ def _previous(
     at = np.maximum(before, 0)
     prev = np.where(inside, values[at], np.nan)
     prev_ts = np.where(inside, ts_ns[at], _NO_TIME)
-    if len(prior):
-        carried = prior.reindex(groups.patients).to_numpy(dtype=np.float64)[groups.codes]
-        when = _ns(prior_ts.reindex(groups.patients))[groups.codes]
-        use = ~inside & ~np.isnan(carried)
-        prev = np.where(use, carried, prev)
-        prev_ts = np.where(use, when, prev_ts)
+    use = ~inside & ~np.isnan(carried[groups.codes])
+    prev = np.where(use, carried[groups.codes], prev)
+    prev_ts = np.where(use, carried_ts[groups.codes], prev_ts)
     return prev, prev_ts
 
 
@@ -145,24 +161,16 @@ def _between(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (x >= lo) & (x <= hi)
 
 
-def _references(heart_rate: np.ndarray, spo2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    hr_ok = _between(heart_rate, HARD_LIMITS["heart_rate"][0], HR_SPIKE_ABOVE)
-    spo2_ok = _between(spo2, SPO2_ARTIFACT_AFTER_NORMAL, HARD_LIMITS["spo2"][1])
-    return np.where(hr_ok, heart_rate, np.nan), np.where(spo2_ok, spo2, np.nan)
-
-
-def reference_readings(heart_rate: pd.Series, spo2: pd.Series) -> tuple[pd.Series, pd.Series]:
+def reference_readings(heart_rate: np.ndarray, spo2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The readings that count as "previous plausible" context for the artifact rules.
 
     A pure function of each event's own values, so the context an event gives later events
     never depends on how the event itself was judged (and a carried state can be rebuilt
-    from raw events alone).
+    from raw events alone). NaN where a reading does not count.
     """
-    hr, sp = _references(
-        heart_rate.to_numpy(dtype=np.float64, na_value=np.nan),
-        spo2.to_numpy(dtype=np.float64, na_value=np.nan),
-    )
-    return pd.Series(hr, index=heart_rate.index), pd.Series(sp, index=spo2.index)
+    hr_ok = _between(heart_rate, HARD_LIMITS["heart_rate"][0], HR_SPIKE_ABOVE)
+    spo2_ok = _between(spo2, SPO2_ARTIFACT_AFTER_NORMAL, HARD_LIMITS["spo2"][1])
+    return np.where(hr_ok, heart_rate, np.nan), np.where(spo2_ok, spo2, np.nan)
 
 
 def clean_events(
@@ -199,15 +207,12 @@ def clean_events(
 
     # 3a. artifacts need the plausible readings before each event (judged before limits
     # remove anything, so that context never depends on this event's own fate).
-    hr_refs, spo2_refs = _references(vals["heart_rate"], vals["spo2"])
+    hr_refs, spo2_refs = reference_readings(vals["heart_rate"], vals["spo2"])
     groups = _Groups.of(out["patient_id"])
     ts_ns = _ns(out["ts"])
-    prev_hr, prev_hr_ts = _previous(
-        hr_refs, ts_ns, groups, state.last["heart_rate"], state.last["heart_rate_ts"]
-    )
-    prev_spo2, prev_spo2_ts = _previous(
-        spo2_refs, ts_ns, groups, state.last["spo2"], state.last["spo2_ts"]
-    )
+    carried, carried_ts = state.of(groups.patients)
+    prev_hr, prev_hr_ts = _previous(hr_refs, ts_ns, groups, carried[:, 0], carried_ts[:, 0])
+    prev_spo2, prev_spo2_ts = _previous(spo2_refs, ts_ns, groups, carried[:, 1], carried_ts[:, 1])
 
     # 2. impossible values
     for v in VITALS:
@@ -255,18 +260,20 @@ def _next_state(
     spo2_ref: np.ndarray,
 ) -> CleaningState:
     """The state after these events: each patient's latest plausible SpO2 and heart rate."""
-    before = state.last.reindex(groups.patients)
-    cols: dict[str, object] = {}
-    for name, ref in (("heart_rate", hr_ref), ("spo2", spo2_ref)):
+    vals, tss = state.of(groups.patients)
+    for k, ref in enumerate((hr_ref, spo2_ref)):
         upto = np.maximum.accumulate(np.where(np.isnan(ref), -1, np.arange(len(ref))))
         at = upto[groups.ends]
         has = at >= groups.row_start[groups.ends]
         at = np.maximum(at, 0)
-        cols[name] = np.where(has, ref[at], before[name].to_numpy(dtype=np.float64))
-        when = np.where(has, ts_ns[at], _ns(before[f"{name}_ts"]))
-        when[when == _NO_TIME] = np.iinfo(np.int64).min  # NaT
-        cols[f"{name}_ts"] = pd.DatetimeIndex(when.view("datetime64[ns]")).tz_localize("UTC")
-    now = pd.DataFrame(cols, index=groups.patients.rename("patient_id"))[list(state.last.columns)]
-    now = now.astype(dict.fromkeys(("heart_rate_ts", "spo2_ts"), "datetime64[us, UTC]"))
-    others = state.last[~state.last.index.isin(groups.patients)]
-    return CleaningState(last=pd.concat([others, now]) if len(others) else now)
+        vals[:, k] = np.where(has, ref[at], vals[:, k])
+        tss[:, k] = np.where(has, ts_ns[at], tss[:, k])
+    patients = groups.patients.rename("patient_id")
+    others = ~state.patients.isin(patients)
+    if not others.any():
+        return CleaningState(patients, vals, tss)
+    return CleaningState(
+        state.patients[others].append(patients),
+        np.concatenate([state.values[others], vals]),
+        np.concatenate([state.ts_ns[others], tss]),
+    )

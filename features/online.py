@@ -37,6 +37,7 @@ import pandas as pd
 
 from features.cleaning import (
     HR_CONTEXT,
+    NO_TIME,
     SPO2_CONTEXT,
     STATUS_OK,
     VITALS,
@@ -381,32 +382,29 @@ class OnlineFeatures:
                 since=int(t0[stale].min()) - CONTEXT_MINUTES,
             )
             ctx = ctx.iloc[_event_order(ctx)]
-            pos = {slot: i for i, slot in enumerate(t_slots.tolist())}
-            rows = np.array([pos[x] for x in s_slots.tolist()], dtype=np.int64)
-            vals[rows] = np.nan
-            tss[rows] = NONE
+            pos = np.full(len(self.first), -1, dtype=np.int64)
+            pos[t_slots] = np.arange(len(t_slots))
+            vals[pos[s_slots]] = np.nan
+            tss[pos[s_slots]] = NONE
             refs = reference_readings(
-                ctx["heart_rate"].astype("float64"), ctx["spo2"].astype("float64")
+                ctx["heart_rate"].to_numpy(dtype=np.float64, na_value=np.nan),
+                ctx["spo2"].to_numpy(dtype=np.float64, na_value=np.nan),
             )
             ns = ctx["ts"].to_numpy("datetime64[ns]").astype(np.int64)
+            ctx_slot = ctx["_slot"].to_numpy(dtype=np.int64)
             for k, ref in enumerate(refs):
-                seen = pd.DataFrame(
-                    {"slot": ctx["_slot"].to_numpy(), "v": ref.to_numpy(), "ts": ns}
-                ).dropna(subset=["v"])
-                last = seen.groupby("slot").last()
-                idx = np.array([pos[x] for x in last.index.tolist()], dtype=np.int64)
-                if len(idx):
-                    vals[idx, k] = last["v"].to_numpy()
-                    tss[idx, k] = last["ts"].to_numpy()
-        index = pd.Index(self._names()[t_slots], name="patient_id", dtype="object")
-        cols: dict[str, pd.Series] = {}
-        for k, name in ((1, "spo2"), (0, "heart_rate")):
-            has = ~np.isnan(vals[:, k]) & (tss[:, k] != NONE)
-            when = pd.Series(pd.to_datetime(np.where(has, tss[:, k], 0), utc=True), index=index)
-            cols[name] = pd.Series(np.where(has, vals[:, k], np.nan), index=index)
-            cols[f"{name}_ts"] = when.astype("datetime64[us, UTC]").where(has)
-        last = pd.DataFrame(cols, index=index)
-        return CleaningState(last=last)
+                seen = np.flatnonzero(~np.isnan(ref))
+                # Each patient's last reading in event order: its first in reverse.
+                slots, first_back = np.unique(ctx_slot[seen][::-1], return_index=True)
+                last = seen[len(seen) - 1 - first_back]
+                vals[pos[slots], k] = ref[last]
+                tss[pos[slots], k] = ns[last]
+        has = ~np.isnan(vals) & (tss != NONE)
+        return CleaningState(
+            pd.Index(self._names()[t_slots], name="patient_id", dtype="object"),
+            np.where(has, vals, np.nan),
+            np.where(has, tss, NO_TIME),
+        )
 
     def _at(self, minutes: I64) -> tuple[I64, I64]:
         """Where a minute lives in :attr:`ring`: block slot and minute within the block."""
@@ -419,17 +417,12 @@ class OnlineFeatures:
 
     def _keep_refs(self, state: CleaningState) -> None:
         """Carry the references after this batch (the prior's, updated by its events)."""
-        last = state.last
-        if last.empty:
+        if len(state.patients) == 0:
             return
-        slots = np.array([self.slots[p] for p in last.index.tolist()], dtype=np.int64)
-        for k, name in enumerate(("heart_rate", "spo2")):
-            v = last[name].to_numpy(dtype=np.float64)
-            ts = last[f"{name}_ts"]
-            has = ~np.isnan(v) & ts.notna().to_numpy()
-            ns = ts.to_numpy("datetime64[ns]").view(np.int64)
-            self.ref_val[slots, k] = np.where(has, v, np.nan)
-            self.ref_ts[slots, k] = np.where(has, ns, NONE)
+        slots = np.array([self.slots[p] for p in state.patients.tolist()], dtype=np.int64)
+        has = ~np.isnan(state.values) & (state.ts_ns != NO_TIME)
+        self.ref_val[slots] = np.where(has, state.values, np.nan)
+        self.ref_ts[slots] = np.where(has, state.ts_ns, NONE)
 
     def _expired(self, slots: I64, minutes: I64) -> npt.NDArray[np.bool_]:
         return minutes < self.newest[slots] - self.lateness - CONTEXT_MINUTES - 1
