@@ -156,8 +156,7 @@ def _scorer_subprocess(settings: Settings, tmp: Path, tag: str) -> dict[str, Any
     cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     out = tmp / f"scorer-{tag}.json"
     env = dict(os.environ, VIGIL_CONFIG=str(cfg))
-    pre = ["/tmp/tools/v/bin/py-spy", "record", "-r", "200", "-f", "raw", "-o", f"/tmp/lp/spy-{tag}.txt", "--"] if os.environ.get("PROF") else []
-    proc = psutil.Popen([*pre, sys.executable, "-m", "serving", "score", "--bounded",
+    proc = psutil.Popen([sys.executable, "-m", "serving", "score", "--bounded",
                          "--summary-json", str(out)], env=env)  # fmt: skip
     peak = 0.0
     while proc.poll() is None:
