@@ -154,6 +154,31 @@ def _epoch_minutes(ts: pd.Series) -> I64:
     return minutes
 
 
+def _group_min_max(codes: npt.NDArray[np.intp], values: I64) -> tuple[I64, I64]:
+    """Per group ``0..codes.max()``: the min and the max of ``values``."""
+    k = int(codes.max()) + 1 if len(codes) else 0
+    lo = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, codes, values)
+    np.maximum.at(hi, codes, values)
+    return lo, hi
+
+
+def _group_cummax(groups: I64, values: I64) -> I64:
+    """Running max of ``values`` within each group, in the given (arrival) order."""
+    order = np.argsort(groups, kind="stable")
+    g, v = groups[order], values[order]
+    start = np.ones(len(g), dtype=bool)
+    start[1:] = g[1:] != g[:-1]
+    run = np.cumsum(start) - 1
+    # Offsetting each run above the last lets one accumulate serve them all.
+    span = int(v.max() - v.min()) + 1 if len(v) else 1
+    acc = np.maximum.accumulate(run * span + (v - (v.min() if len(v) else 0)))
+    out = np.empty_like(values)
+    out[order] = acc - run * span + (v.min() if len(v) else 0)
+    return out
+
+
 class OnlineFeatures:
     """Per-patient feature state; :meth:`update` takes a poll batch and returns vectors.
 
@@ -274,52 +299,52 @@ class OnlineFeatures:
             # A poll that carries one patient further than the lateness bound (catching up
             # after downtime) is folded in pieces, so that every event's minute is still
             # held when its vector is computed and no minute overwrites one a ring apart.
-            by = pd.Series(_epoch_minutes(events["ts"])).groupby(events["patient_id"].to_numpy())
-            if (by.max() - by.min()).max() > self.lateness:
+            codes = pd.factorize(events["patient_id"])[0]
+            lo, hi = _group_min_max(codes, _epoch_minutes(events["ts"]))
+            if (hi - lo).max() > self.lateness:
                 half = len(events) // 2
                 parts = [self.update(events.iloc[:half], now), self.update(events.iloc[half:], now)]
                 return pd.concat(parts, ignore_index=True)
-        new = events[EVENT_COLUMNS].drop_duplicates("event_id")
-        self.counts["duplicates"] += len(events) - len(new)
+        event_ids = events["event_id"]
+        again = event_ids.duplicated().to_numpy()
+        self.counts["duplicates"] += int(again.sum())
         ids = self._ids
-        seen = pd.Series([e in ids for e in new["event_id"].tolist()], index=new.index, dtype=bool)
+        seen = np.array([e in ids for e in event_ids.tolist()], dtype=bool) & ~again
         self.counts["duplicates"] += int(seen.sum())
-        new = new[~seen]
-        future = new["ts"] > now + self.max_future
+        future = (events["ts"] > now + self.max_future).to_numpy() & ~again & ~seen
         self.counts["future"] += int(future.sum())
-        new = new[~future]
-        if new.empty:
+        keep = ~(again | seen | future)
+        if not keep.any():
             return self._empty_result()
+        new = events.loc[keep, EVENT_COLUMNS] if not keep.all() else events[EVENT_COLUMNS]
 
         slots = self._slot_of(new["patient_id"].to_numpy(dtype=object))
         minute = _epoch_minutes(new["ts"])
         # Lateness against the newest minute that arrived before the event (arrival order).
-        newest = pd.Series(minute).groupby(slots).cummax().to_numpy()
-        newest = np.maximum(newest, self.newest[slots])
+        newest = np.maximum(_group_cummax(slots, minute), self.newest[slots])
         late = minute < newest - self.lateness
         self.counts["too_late"] += int(late.sum())
-        new, slots, minute = new[~late], slots[~late], minute[~late]
+        if late.any():
+            new, slots, minute = new[~late], slots[~late], minute[~late]
         if new.empty:
             return self._empty_result()
         self.counts["accepted"] += len(new)
         new = new.assign(_slot=slots, _minute=minute)
 
-        touched = pd.DataFrame({"slot": slots, "minute": minute}).groupby("slot")["minute"]
-        t0 = touched.min()  # earliest minute touched per patient
-        batch_max = touched.max()
-        self._refold(new, t0, batch_max)
+        t_slots, inverse = np.unique(slots, return_inverse=True)
+        t0, batch_max = _group_min_max(inverse, minute)  # minutes touched per patient
+        self._refold(new, t_slots, t0, batch_max)
         return self._vectors_for(new)
 
-    def _refold(self, new: pd.DataFrame, t0: pd.Series, batch_max: pd.Series) -> None:
+    def _refold(self, new: pd.DataFrame, t_slots: I64, t0: I64, batch_max: I64) -> None:
         """Re-clean and re-aggregate every minute from each patient's ``t0`` on."""
-        t_slots = t0.index.to_numpy(dtype=np.int64)
         t0_arr = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
-        t0_arr[t_slots] = t0.to_numpy()
+        t0_arr[t_slots] = t0
         old = self.events
         redo = old.where(lambda slot, m: m >= t0_arr[slot], since=int(t0.min()))
         frame = pd.concat([redo, new[_RETAINED]], ignore_index=True)
         frame = frame.iloc[_event_order(frame)].reset_index(drop=True)
-        prior = self._prior(t_slots, t0.to_numpy(), old)
+        prior = self._prior(t_slots, t0, old)
         cleaned, after = clean_events(frame, prior)
         self._keep_refs(after)
         usable = cleaned[(cleaned["status"] == STATUS_OK).to_numpy()]
@@ -327,8 +352,8 @@ class OnlineFeatures:
         # Clear each touched patient's minutes from t0 (or the old newest + 1, if later
         # minutes were skipped) to the new newest, then write the re-aggregated minutes.
         old_newest = self.newest[t_slots]
-        new_newest = np.maximum(old_newest, batch_max.to_numpy())
-        lo = np.where(old_newest == NONE, t0.to_numpy(), np.minimum(t0.to_numpy(), old_newest + 1))
+        new_newest = np.maximum(old_newest, batch_max)
+        lo = np.where(old_newest == NONE, t0, np.minimum(t0, old_newest + 1))
         lo = np.maximum(lo, new_newest - self.R + 1)
         lengths = (new_newest - lo + 1).clip(min=0)
         rep_slots = np.repeat(t_slots, lengths)
@@ -348,8 +373,9 @@ class OnlineFeatures:
             a_slot, a_min = agg.key, agg.minute
             b, j = self._at(a_min)
             self.ring[a_slot, b, :, j] = quantize(agg.values[:, _AGG_IDX])
-            first_new = pd.Series(a_min).groupby(a_slot).min()
-            moved = self._move_first(first_new.index.to_numpy(), first_new.to_numpy())
+            # Rows come by slot, then minute: a slot's first row has its earliest minute.
+            f_slot, f_row = np.unique(a_slot, return_index=True)
+            moved = self._move_first(f_slot, a_min[f_row])
             fresh = ~np.isin(a_slot, moved)  # a moved baseline was summed again whole
             self._baseline_add(a_slot[fresh], a_min[fresh], sign=1)
         self._reblock(t_slots, lo, old_newest, new_newest)

@@ -471,7 +471,6 @@ class Scorer:
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
                 t_poll = time.perf_counter()
-                self._admissions(adm)
                 recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
                 recs = [r for r in recs if r.topic == self.topics.vitals]
                 if not self.ready.is_set() and consumer.assignment():
@@ -482,7 +481,7 @@ class Scorer:
                     elif bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
                         break
                     continue
-                self._admissions(adm)  # admissions that raced ahead of these vitals
+                self._admissions(adm)  # the admissions up to these vitals (or raced ahead)
                 summary.step_seconds["poll"] += time.perf_counter() - t_poll
                 try:
                     with self.metrics.batch.time():

@@ -295,3 +295,24 @@ def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> No
     assert len(r) == 2
     assert len(r.chunks) == 1
     assert r.where(lambda slot, m: m >= 0, since=0)["event_id"].tolist() == ["b0", "b1"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.integers(-(10**7), 10**7)), min_size=0, max_size=60
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_group_helpers_match_pandas_groupby(rows: list[tuple[int, int]]) -> None:
+    from features.online import _group_cummax, _group_min_max
+
+    groups = np.array([g for g, _ in rows], dtype=np.int64)
+    values = np.array([v for _, v in rows], dtype=np.int64)
+    expected = pd.Series(values).groupby(groups).cummax().to_numpy()
+    assert np.array_equal(_group_cummax(groups, values), expected)
+    if len(rows):
+        lo, hi = _group_min_max(groups, values)
+        by = pd.Series(values).groupby(groups)
+        present = np.unique(groups)
+        assert np.array_equal(lo[present], by.min().to_numpy())
+        assert np.array_equal(hi[present], by.max().to_numpy())
