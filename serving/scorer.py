@@ -95,6 +95,8 @@ class ScoreSummary:
     batches: int = 0
     retries: int = 0
     seconds: float = 0.0
+    first_record_s: float | None = None  # from the start (migrations, group join) to data
+    last_batch_s: float | None = None  # from the start to the end of the last batch
     # The most recent events' latencies (a scorer runs for weeks: the summary must not
     # grow with it); the full distribution is the Prometheus histogram's.
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -102,6 +104,15 @@ class ScoreSummary:
     # Wall seconds per step of the loop (poll, validate, features, score, ...): where a
     # batch's time goes; also the ``vigil_scorer_step_seconds`` histogram.
     step_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def drain_rate(self) -> float:
+        """Events scored per second from the first record to the end of the last batch:
+        the sustained rate, without startup (joining the group) and the idle tail."""
+        if self.first_record_s is None or self.last_batch_s is None:
+            return 0.0
+        busy = self.last_batch_s - self.first_record_s
+        return self.scored / busy if busy > 0 else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float("nan")
@@ -115,6 +126,7 @@ class ScoreSummary:
         out["latency_p50_ms"] = self.percentile(50)
         out["latency_p99_ms"] = self.percentile(99)
         out["events_per_s"] = self.scored / self.seconds if self.seconds else 0.0
+        out["drain_events_per_s"] = self.drain_rate
         return out
 
 
@@ -481,6 +493,8 @@ class Scorer:
                     elif bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
                         break
                     continue
+                if summary.first_record_s is None:
+                    summary.first_record_s = time.monotonic() - t0
                 self._admissions(adm)  # the admissions up to these vitals (or raced ahead)
                 summary.step_seconds["poll"] += time.perf_counter() - t_poll
                 try:
@@ -491,6 +505,7 @@ class Scorer:
                 t_commit = time.perf_counter()
                 consumer.commit(_next_offsets(recs))
                 summary.step_seconds["commit"] += time.perf_counter() - t_commit
+                summary.last_batch_s = time.monotonic() - t0
                 idle_since = time.monotonic()
                 if time.monotonic() - lag_at > LAG_EVERY_S:
                     self._record_lag(consumer)

@@ -165,3 +165,13 @@ def test_laps_time_each_step_into_the_summary_and_the_histogram() -> None:
     )
     assert count == 2
     assert summary.to_dict()["step_seconds"]["features"] >= 0.03
+
+
+def test_scorer_summary_drain_rate_leaves_out_startup_and_the_idle_tail() -> None:
+    from serving.scorer import ScoreSummary
+
+    s = ScoreSummary(scored=10_000, seconds=30.0)
+    assert s.to_dict()["drain_events_per_s"] == 0.0  # no data seen: no rate
+    s.first_record_s, s.last_batch_s = 4.0, 24.0  # joined the group at 4 s, idle after 24 s
+    assert s.drain_rate == 500.0
+    assert s.to_dict()["events_per_s"] == 10_000 / 30.0
