@@ -11,7 +11,9 @@ Each poll batch of ``vitals.raw``:
 3. is scored by the service in micro-batches sent column by column (``/predict_columns``;
    also with ``shadow`` when a ``@challenger`` exists: stored with role ``shadow``, never
    alerting);
-4. passes the alert policy (``serving.alerts``); alerts are explained (``/explain``);
+4. passes the alert policy (``serving.alerts``), events scored for the first time only (a
+   redelivered event's alert was decided and stored with its first prediction); alerts
+   are explained (``/explain``);
 5. is stored — predictions and alerts keyed by ``event_id``, inserted with ``ON CONFLICT
    DO NOTHING`` — and published to ``predictions`` and ``alerts``; then, and only then,
    the consumer's offsets are committed.
@@ -92,6 +94,7 @@ class ScoreSummary:
     shadow_stored: int = 0
     alerts: int = 0
     suppressed: int = 0
+    replayed_alerts: int = 0  # crossed the threshold again on redelivery: decided before
     batches: int = 0
     retries: int = 0
     seconds: float = 0.0
@@ -326,10 +329,19 @@ class Scorer:
         )
         summary.versions.update(champion["model_version"].tolist())
 
-        # Alerts: the policy decides, the service explains.
-        reasons = self.policy.decide(champion[["patient_id", "ts", "risk", "alert"]])
-        raised = champion[reasons.notna().to_numpy()].assign(reason=reasons.dropna().to_numpy())
-        summary.suppressed += int(champion["alert"].sum()) - len(raised)
+        # Alerts: the policy decides, the service explains. Only for events scored for the
+        # first time: a redelivered event's decision was made, and its alert stored, in the
+        # same transaction as its first prediction. Deciding again after a restart, with
+        # the policy seeded from the stored alerts instead of the history it had then,
+        # could raise a second alert in an episode (a late event may have alerted since).
+        crossed = champion["alert"].to_numpy(dtype=bool)
+        stored = self._already_stored(champion.loc[crossed, "event_id"].tolist())
+        fresh = champion[~champion["event_id"].isin(stored).to_numpy()]
+        reasons = self.policy.decide(fresh[["patient_id", "ts", "risk", "alert"]])
+        raised = fresh[reasons.notna().to_numpy()].assign(reason=reasons.dropna().to_numpy())
+        suppressed = int(fresh["alert"].to_numpy(dtype=bool).sum()) - len(raised)
+        summary.suppressed += suppressed
+        summary.replayed_alerts += len(stored)
         if len(raised):
             idx = vec.index[vec["event_id"].isin(set(raised["event_id"]))]
             why = self._call("explain", lambda: self.service.explain(vec.loc[idx]), summary)
@@ -358,7 +370,7 @@ class Scorer:
         latency_s = done - sent / 1e9
         summary.latency_ms.extend((latency_s * 1000).tolist())
         summary.batches += 1
-        self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, raised)
+        self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, suppressed)
 
     def _observe(
         self,
@@ -368,7 +380,7 @@ class Scorer:
         shadow: pd.DataFrame,
         alerts: int,
         repeat: np.ndarray,
-        raised: pd.DataFrame,
+        suppressed: int,
     ) -> None:
         m = self.metrics
         for value in latency_s:
@@ -380,12 +392,29 @@ class Scorer:
         m.predictions.labels(role="champion").inc(len(champion))
         m.predictions.labels(role="shadow").inc(len(shadow))
         m.alerts.inc(alerts)
-        m.suppressed.inc(int(champion["alert"].sum()) - len(raised) if len(champion) else 0)
+        m.suppressed.inc(suppressed)
         if len(champion):
             m.model.clear()
             last = champion.iloc[-1]
             m.model.labels(last["model_name"], last["model_version"]).set(1)
         m.last_batch.set(time.time())
+
+    def _already_stored(self, event_ids: list[str]) -> set[str]:
+        """Of these events, those whose champion prediction an earlier delivery stored."""
+        if not event_ids:
+            return set()
+        conn = self._db()
+        try:
+            with conn.transaction():
+                rows = conn.execute(
+                    "SELECT event_id FROM predictions "
+                    "WHERE role = 'champion' AND event_id = ANY(%s)",
+                    (event_ids,),
+                ).fetchall()
+        except psycopg.Error:
+            self._close_db()
+            raise
+        return {r[0] for r in rows}
 
     def _store(
         self,

@@ -212,6 +212,20 @@ def test_every_valid_event_is_stored_once_invalid_ones_are_dead_letters(
     assert _query(s, "SELECT count(*) FROM predictions WHERE role = 'champion'") == [(total,)]
     assert _query(s, "SELECT count(*) FROM alerts") == [(len(alerts),)]
     assert second.alerts == 0
+    assert second.replayed_alerts >= len(alerts)
+    # Whatever the policy's state, a redelivered event is not decided again: even with no
+    # quiet period (a policy that alerts on every crossing) a replay raises nothing.
+    eager = s.model_copy(
+        update={
+            "scorer": s.scorer.model_copy(
+                update={"group_id": s.scorer.group_id + "-3", "quiet_period_minutes": 0.0}
+            )
+        }
+    )
+    third = Scorer(eager).run(bounded=True)
+    assert third.alerts == 0
+    assert third.replayed_alerts == second.replayed_alerts
+    assert _query(s, "SELECT count(*) FROM alerts") == [(len(alerts),)]
     assert len(_topic_messages(s, s.kafka.topics.alerts)) == len(alerts)  # no repeats
 
 
