@@ -298,9 +298,7 @@ def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> No
 
 
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 4), st.integers(-(10**7), 10**7)), min_size=0, max_size=60
-    )
+    st.lists(st.tuples(st.integers(0, 4), st.integers(-(10**7), 10**7)), min_size=0, max_size=60)
 )
 @settings(max_examples=200, deadline=None)
 def test_group_helpers_match_pandas_groupby(rows: list[tuple[int, int]]) -> None:
