@@ -157,9 +157,26 @@ def run_demo(settings: Settings, console: Console, live_seconds: float = 60.0) -
     )
     console.print(f"PostgreSQL    {ep.database_url}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")
-    live = _live(settings, console, live_seconds) if gate is not None and live_seconds > 0 else None
+    live = None
+    if gate is not None and live_seconds > 0:
+        serve = settings
+        if not gate.promoted and gate.champion_before is None:
+            # A first model that the gate held back (on a demo-sized ward its intervals are
+            # wide): show the serving path with it, saying plainly what it is.
+            console.print(
+                f"[yellow]no model has passed the gate, so there is no @champion: the live part "
+                f"serves @challenger v{gate.challenger}, which `make serve` would refuse[/]"
+            )
+            serve = settings.model_copy(
+                update={
+                    "serving": settings.serving.model_copy(
+                        update={"model_alias": "challenger", "shadow_alias": None}
+                    )
+                }
+            )
+        live = _live(serve, console, live_seconds)
     if live is None and live_seconds > 0:
-        console.print("[yellow]live scoring skipped: no @champion (see the gate above)[/]")
+        console.print("[yellow]live scoring skipped (see above)[/]")
     console.print(f"done in {time.monotonic() - t0:.0f}s; `make down` stops the stack.")
     if not rec["ok"]:
         console.print(rec)
@@ -183,10 +200,12 @@ def run_demo(settings: Settings, console: Console, live_seconds: float = 60.0) -
 
 
 def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any] | None:
-    """Serve @champion, score a live ward for ``seconds`` and print alerts as they happen."""
+    """Serve the model (@champion, or the alias configured), score a live ward for
+    ``seconds`` and print alerts as they happen."""
     reg_name = settings.training.registered_model
     proc = ServingProcess(settings)
-    with console.status(f"starting the BentoML service for {reg_name}@champion…"):
+    alias = settings.serving.model_alias
+    with console.status(f"starting the BentoML service for {reg_name}@{alias}…"):
         try:
             proc.start_or_explain()
         except Exception as exc:
