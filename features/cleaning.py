@@ -64,8 +64,7 @@ STATUS_OK = "ok"
 STATUS_QUARANTINED = "quarantined"
 
 
-_NO_TIME = np.iinfo(np.int64).min // 2  # "no previous reading" (ns): never recent
-NO_TIME = _NO_TIME
+NO_TIME = np.iinfo(np.int64).min // 2  # "no previous reading" (ns): never recent
 REF_VITALS = ("heart_rate", "spo2")  # the readings the artifact rules look back on
 
 
@@ -90,7 +89,7 @@ class CleaningState:
     def of(self, patients: pd.Index) -> tuple[np.ndarray, np.ndarray]:
         """Values and times for ``patients`` (none for a patient not held here)."""
         vals = np.full((len(patients), len(REF_VITALS)), np.nan)
-        tss = np.full((len(patients), len(REF_VITALS)), _NO_TIME, dtype=np.int64)
+        tss = np.full((len(patients), len(REF_VITALS)), NO_TIME, dtype=np.int64)
         if len(self.patients):
             at = self.patients.get_indexer(patients)
             known = at >= 0
@@ -142,7 +141,7 @@ def _previous(
     inside = before >= groups.row_start
     at = np.maximum(before, 0)
     prev = np.where(inside, values[at], np.nan)
-    prev_ts = np.where(inside, ts_ns[at], _NO_TIME)
+    prev_ts = np.where(inside, ts_ns[at], NO_TIME)
     use = ~inside & ~np.isnan(carried[groups.codes])
     prev = np.where(use, carried[groups.codes], prev)
     prev_ts = np.where(use, carried_ts[groups.codes], prev_ts)
@@ -150,9 +149,9 @@ def _previous(
 
 
 def _ns(ts: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch; NaT as :data:`_NO_TIME`."""
+    """Nanoseconds since the epoch; NaT as :data:`NO_TIME`."""
     out: np.ndarray = ts.to_numpy("datetime64[ns]").view(np.int64).copy()
-    out[ts.isna().to_numpy()] = _NO_TIME
+    out[ts.isna().to_numpy()] = NO_TIME
     return out
 
 

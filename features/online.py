@@ -67,7 +67,7 @@ from features.transform import (
 
 F = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-NONE = np.iinfo(np.int64).min // 2  # "no minute yet"
+NONE = NO_TIME  # "no minute yet" (and "no reading yet" in ref_ts): one sentinel
 # The ring's channels: the stat vitals first (a contiguous slice), then the rest.
 RING_CHANNELS = (*STAT_VITALS, *[c for c in LATEST if c not in STAT_VITALS])
 _AGG_NAMES = {"avpu": "avpu_rank", "on_oxygen": "o2"}  # names in AGG_COLUMNS
@@ -166,16 +166,17 @@ def _group_min_max(codes: npt.NDArray[np.intp], values: I64) -> tuple[I64, I64]:
 
 def _group_cummax(groups: I64, values: I64) -> I64:
     """Running max of ``values`` within each group, in the given (arrival) order."""
+    if len(values) == 0:
+        return values.copy()
     order = np.argsort(groups, kind="stable")
-    g, v = groups[order], values[order]
+    g, v = groups[order], values[order] - values.min()
     start = np.ones(len(g), dtype=bool)
     start[1:] = g[1:] != g[:-1]
     run = np.cumsum(start) - 1
     # Offsetting each run above the last lets one accumulate serve them all.
-    span = int(v.max() - v.min()) + 1 if len(v) else 1
-    acc = np.maximum.accumulate(run * span + (v - (v.min() if len(v) else 0)))
+    span = int(v.max()) + 1
     out = np.empty_like(values)
-    out[order] = acc - run * span + (v.min() if len(v) else 0)
+    out[order] = np.maximum.accumulate(run * span + v) - run * span + values.min()
     return out
 
 
@@ -425,11 +426,9 @@ class OnlineFeatures:
                 last = seen[len(seen) - 1 - first_back]
                 vals[pos[slots], k] = ref[last]
                 tss[pos[slots], k] = ns[last]
-        has = ~np.isnan(vals) & (tss != NONE)
+        # ref_val and ref_ts agree on "none" (_keep_refs writes them together).
         return CleaningState(
-            pd.Index(self._names()[t_slots], name="patient_id", dtype="object"),
-            np.where(has, vals, np.nan),
-            np.where(has, tss, NO_TIME),
+            pd.Index(self._names()[t_slots], name="patient_id", dtype="object"), vals, tss
         )
 
     def _at(self, minutes: I64) -> tuple[I64, I64]:

@@ -29,13 +29,14 @@ by a group-less consumer, so a restarted scorer knows every patient on the ward.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -336,10 +337,11 @@ class Scorer:
         # could raise a second alert in an episode (a late event may have alerted since).
         crossed = champion["alert"].to_numpy(dtype=bool)
         stored = self._already_stored(champion.loc[crossed, "event_id"].tolist())
-        fresh = champion[~champion["event_id"].isin(stored).to_numpy()]
+        replayed = champion["event_id"].isin(stored).to_numpy()
+        fresh = champion[~replayed]
         reasons = self.policy.decide(fresh[["patient_id", "ts", "risk", "alert"]])
         raised = fresh[reasons.notna().to_numpy()].assign(reason=reasons.dropna().to_numpy())
-        suppressed = int(fresh["alert"].to_numpy(dtype=bool).sum()) - len(raised)
+        suppressed = int((crossed & ~replayed).sum()) - len(raised)
         summary.suppressed += suppressed
         summary.replayed_alerts += len(stored)
         if len(raised):
@@ -403,18 +405,24 @@ class Scorer:
         """Of these events, those whose champion prediction an earlier delivery stored."""
         if not event_ids:
             return set()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT event_id FROM predictions WHERE role = 'champion' AND event_id = ANY(%s)",
+                (event_ids,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction on the kept connection; a database error closes it (reopened by
+        the next batch, after the restart if the error ends the run)."""
         conn = self._db()
         try:
             with conn.transaction():
-                rows = conn.execute(
-                    "SELECT event_id FROM predictions "
-                    "WHERE role = 'champion' AND event_id = ANY(%s)",
-                    (event_ids,),
-                ).fetchall()
+                yield conn
         except psycopg.Error:
             self._close_db()
             raise
-        return {r[0] for r in rows}
 
     def _store(
         self,
@@ -424,52 +432,47 @@ class Scorer:
         seen_at: datetime,
     ) -> set[str]:
         """Insert predictions, alerts and dead letters idempotently; returns new alert ids."""
-        conn = self._db()
-        try:
-            with conn.transaction():
-                if len(table):
-                    copy_table(conn, "_p", _arrow_predictions(table))
-                    conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
-                new: set[str] = set()
-                if len(raised):
-                    with conn.cursor() as cur:
-                        for _, a in raised.iterrows():
-                            cur.execute(
-                                "INSERT INTO alerts (event_id, patient_id, ts, risk, threshold, "
-                                "reason, model_name, model_version, top_features, raised_at) "
-                                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                                "ON CONFLICT DO NOTHING RETURNING event_id",
-                                (
-                                    a["event_id"], a["patient_id"], a["ts"], float(a["risk"]),
-                                    float(a["threshold"]), a["reason"], a["model_name"],
-                                    a["model_version"], json.dumps(a["top_features"]), seen_at,
-                                ),
-                            )  # fmt: skip
-                            row = cur.fetchone()
-                            if row is not None:
-                                new.add(row[0])
-                if dead:
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            "INSERT INTO scoring_dead_letters "
-                            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            [
-                                (
-                                    r.topic,
-                                    r.partition,
-                                    r.offset,
-                                    reason,
-                                    detail,
-                                    r.key,
-                                    r.value,
-                                    seen_at,
-                                )
-                                for r, reason, detail in dead
-                            ],
-                        )
-        except psycopg.Error:
-            self._close_db()  # reconnect on the next batch (after the restart, if it dies)
-            raise
+        with self._transaction() as conn:
+            if len(table):
+                copy_table(conn, "_p", _arrow_predictions(table))
+                conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
+            new: set[str] = set()
+            if len(raised):
+                with conn.cursor() as cur:
+                    for _, a in raised.iterrows():
+                        cur.execute(
+                            "INSERT INTO alerts (event_id, patient_id, ts, risk, threshold, "
+                            "reason, model_name, model_version, top_features, raised_at) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT DO NOTHING RETURNING event_id",
+                            (
+                                a["event_id"], a["patient_id"], a["ts"], float(a["risk"]),
+                                float(a["threshold"]), a["reason"], a["model_name"],
+                                a["model_version"], json.dumps(a["top_features"]), seen_at,
+                            ),
+                        )  # fmt: skip
+                        row = cur.fetchone()
+                        if row is not None:
+                            new.add(row[0])
+            if dead:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO scoring_dead_letters "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [
+                            (
+                                r.topic,
+                                r.partition,
+                                r.offset,
+                                reason,
+                                detail,
+                                r.key,
+                                r.value,
+                                seen_at,
+                            )
+                            for r, reason, detail in dead
+                        ],
+                    )
         return new
 
     def _db(self) -> psycopg.Connection[Any]:
