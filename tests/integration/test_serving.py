@@ -465,6 +465,10 @@ def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
     for path in ("/predict", "/predict_shadow", "/predict_columns", "/explain", "/score_vitals",
                  "/readyz", "/metrics"):  # fmt: skip
         assert path in doc["paths"]
+    # vigil_predictions appears once something was predicted: predict one row
+    # here, so the test does not depend on which tests ran before it.
+    row = dict.fromkeys(FEATURE_NAMES, 0.5)
+    assert httpx.post(f"{served['url']}/predict", json={"rows": [row]}).status_code == 200
     metrics = httpx.get(f"{served['url']}/metrics").text
     assert (
         f'vigil_model_info{{alias="champion",model="{served["settings"].training.registered_model}"'
