@@ -226,7 +226,8 @@ def _paced_latency(settings: Settings, rate: float, seconds: float, tmp: Path) -
     t.join()
     return {"offered_per_s": offered, "p50_ms": result["latency_p50_ms"],
             "p99_ms": result["latency_p99_ms"], "scored": result["scored"],
-            "batches": result["batches"], "step_seconds": result["step_seconds"]}  # fmt: skip
+            "batches": result["batches"], "step_seconds": result["step_seconds"],
+            "slowest_batches": result["slowest_batches"]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- main

@@ -61,6 +61,7 @@ from serving.metrics import ScorerMetrics
 from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.db import connect, copy_table, migrate
+from stack.gctune import freeze_startup_heap
 from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
 from stack.localstack import endpoints
 from stack.logs import configure_logging
@@ -81,6 +82,7 @@ def service_url(settings: Settings) -> str:
 
 
 LATENCY_WINDOW = 100_000  # events whose latency the summary's percentiles describe
+SLOWEST_KEPT = 5  # batches kept in the summary's slowest_batches
 
 
 @dataclass
@@ -108,6 +110,18 @@ class ScoreSummary:
     # Wall seconds per step of the loop (poll, validate, features, score, ...): where a
     # batch's time goes; also the ``vigil_scorer_step_seconds`` histogram.
     step_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # The slowest batches, with their steps: where a latency tail comes from.
+    slowest_batches: list[dict[str, Any]] = field(default_factory=list)
+
+    def note_batch(self, events: int, steps: dict[str, float]) -> None:
+        """Keep the batch among :data:`SLOWEST_KEPT` slowest if it is one of them."""
+        total = sum(steps.values())
+        kept = self.slowest_batches
+        if len(kept) < SLOWEST_KEPT or total > kept[-1]["seconds"]:
+            kept.append({"seconds": round(total, 4), "events": events, "batch": self.batches,
+                         "steps": {k: round(v, 4) for k, v in steps.items()}})  # fmt: skip
+            kept.sort(key=lambda b: -b["seconds"])
+            del kept[SLOWEST_KEPT:]
 
     @property
     def drain_rate(self) -> float:
@@ -140,11 +154,13 @@ class _Laps:
     def __init__(self, summary: ScoreSummary, metrics: ScorerMetrics) -> None:
         self.summary, self.metrics = summary, metrics
         self.t = time.perf_counter()
+        self.steps: dict[str, float] = {}
 
     def lap(self, step: str) -> None:
         now = time.perf_counter()
         self.summary.step_seconds[step] += now - self.t
         self.metrics.step.labels(step=step).observe(now - self.t)
+        self.steps[step] = self.steps.get(step, 0.0) + now - self.t
         self.t = now
 
 
@@ -371,6 +387,7 @@ class Scorer:
         sent = champion["kafka_ts"].to_numpy("datetime64[ns]").astype(np.int64)
         latency_s = done - sent / 1e9
         summary.latency_ms.extend((latency_s * 1000).tolist())
+        summary.note_batch(len(recs), laps.steps)
         summary.batches += 1
         self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, suppressed)
 
@@ -688,6 +705,8 @@ def main(
     scorer = Scorer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: scorer.stop.set())
+    # Full collections would otherwise walk the startup heap (~0.1 s) in mid-batch.
+    log.info("startup heap frozen: %d objects", freeze_startup_heap())
     s = scorer.run(bounded=bounded, max_seconds=max_seconds)
     d = s.to_dict()
     if summary_json:

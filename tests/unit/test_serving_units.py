@@ -167,6 +167,48 @@ def test_laps_time_each_step_into_the_summary_and_the_histogram() -> None:
     assert summary.to_dict()["step_seconds"]["features"] >= 0.03
 
 
+def test_scorer_summary_keeps_the_slowest_batches_with_their_steps() -> None:
+    from serving.scorer import SLOWEST_KEPT, ScoreSummary
+
+    s = ScoreSummary()
+    for i in range(20):
+        s.note_batch(100 + i, {"features": 0.01, "score": 0.01 * (i % 7)})
+        s.batches += 1
+    kept = s.to_dict()["slowest_batches"]
+    assert len(kept) == SLOWEST_KEPT
+    assert [b["seconds"] for b in kept] == sorted((b["seconds"] for b in kept), reverse=True)
+    assert kept[0] == {"seconds": 0.07, "events": 106, "batch": 6,
+                       "steps": {"features": 0.01, "score": 0.06}}  # fmt: skip
+    assert all(b["steps"]["score"] >= 0.04 for b in kept)  # i % 7 in (4, 5, 6) only
+
+
+def test_laps_add_up_a_step_lapped_twice_in_one_batch() -> None:
+    from serving.metrics import ScorerMetrics
+    from serving.scorer import ScoreSummary, _Laps
+
+    laps = _Laps(ScoreSummary(), ScorerMetrics())
+    laps.t -= 0.5
+    laps.lap("score")
+    laps.t -= 0.25
+    laps.lap("score")
+    assert laps.steps["score"] >= 0.75
+
+
+def test_freezing_the_startup_heap_exempts_it_from_collections() -> None:
+    import gc
+
+    from stack.gctune import freeze_startup_heap
+
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 10_000  # pytest, pandas, ... are in it
+        # A full collection now walks only what was made since: far fewer objects.
+        assert len(gc.get_objects()) < frozen
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+
 def test_scorer_summary_drain_rate_leaves_out_startup_and_the_idle_tail() -> None:
     from serving.scorer import ScoreSummary
 
