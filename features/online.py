@@ -28,6 +28,7 @@ Each call vectorises across the whole batch: no per-event Python loop.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -67,6 +68,7 @@ from features.transform import (
 
 F = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Columns = dict[str, np.ndarray]  # retained events, column by column
 NONE = NO_TIME  # "no minute yet" (and "no reading yet" in ref_ts): one sentinel
 # The ring's channels: the stat vitals first (a contiguous slice), then the rest.
 RING_CHANNELS = (*STAT_VITALS, *[c for c in LATEST if c not in STAT_VITALS])
@@ -148,14 +150,10 @@ def _shift(s: I64, c: I64) -> I64:
     return out
 
 
-def _event_order(frame: pd.DataFrame) -> I64:
+def _event_order(cols: Columns) -> I64:
     """Row order by patient, time, event id: the ETL's order (``sortWithinPartitions``)."""
     order: I64 = np.lexsort(
-        (
-            frame["event_id"].to_numpy().astype("S36"),
-            frame["ts"].to_numpy("datetime64[ns]").astype(np.int64),
-            frame["_slot"].to_numpy(),
-        )
+        (cols["event_id"].astype("S36"), cols["ts"].view(np.int64), cols["_slot"])
     )
     return order
 
@@ -353,9 +351,11 @@ class OnlineFeatures:
         t0_arr = np.full(len(self.first), np.iinfo(np.int64).max, dtype=np.int64)
         t0_arr[t_slots] = t0
         old = self.events
+        arrived = _columns(new)
         redo = old.where(lambda slot, m: m >= t0_arr[slot], since=int(t0.min()))
-        frame = pd.concat([redo, new[_RETAINED]], ignore_index=True)
-        frame = frame.iloc[_event_order(frame)].reset_index(drop=True)
+        both = {c: np.concatenate([redo[c], arrived[c]]) for c in _RETAINED}
+        order = _event_order(both)
+        frame = _frame({c: a[order] for c, a in both.items()})
         prior = self._prior(t_slots, t0, old)
         cleaned, after = clean_events(frame, prior)
         self._keep_refs(after)
@@ -398,8 +398,8 @@ class OnlineFeatures:
             gone = old.expire(self._expired)
             self._ids.difference_update(gone)
             self._expire_at = max(int(1.25 * (old.rows + len(new))), 1024)
-        self._ids.update(new["event_id"].tolist())
-        old.append(new[_RETAINED])
+        self._ids.update(arrived["event_id"].tolist())
+        old.append(arrived)
 
     def _prior(self, t_slots: I64, t0: I64, old: _Retained) -> CleaningState:
         """The artifact rules' context just before each touched patient's ``t0``.
@@ -419,17 +419,14 @@ class OnlineFeatures:
                 lambda slot, m: (m < lo[slot]) & (m >= lo[slot] - CONTEXT_MINUTES),
                 since=int(t0[stale].min()) - CONTEXT_MINUTES,
             )
-            ctx = ctx.iloc[_event_order(ctx)]
+            order = _event_order(ctx)
+            ctx = {c: a[order] for c, a in ctx.items()}
             pos = np.full(len(self.first), -1, dtype=np.int64)
             pos[t_slots] = np.arange(len(t_slots))
             vals[pos[s_slots]] = np.nan
             tss[pos[s_slots]] = NONE
-            refs = reference_readings(
-                ctx["heart_rate"].to_numpy(dtype=np.float64, na_value=np.nan),
-                ctx["spo2"].to_numpy(dtype=np.float64, na_value=np.nan),
-            )
-            ns = ctx["ts"].to_numpy("datetime64[ns]").astype(np.int64)
-            ctx_slot = ctx["_slot"].to_numpy(dtype=np.int64)
+            refs = reference_readings(ctx["heart_rate"], ctx["spo2"])
+            ns, ctx_slot = ctx["ts"].view(np.int64), ctx["_slot"]
             for k, ref in enumerate(refs):
                 seen = np.flatnonzero(~np.isnan(ref))
                 # Each patient's last reading in event order: its first in reverse.
@@ -711,80 +708,104 @@ class OnlineFeatures:
         return pd.DataFrame(cols)
 
 
-_DTYPES = {
-    "event_id": "object",
-    "patient_id": "object",
-    "ts": "datetime64[us, UTC]",
-    **dict.fromkeys(VITALS, "float64"),
-    "consciousness": "object",
-    "on_oxygen": "object",
-}
-_DTYPES["_slot"] = "int64"
-_DTYPES["_minute"] = "int64"
 _RETAINED = [*EVENT_COLUMNS, "_slot", "_minute"]
+# Retained columns' types: times as datetime64[ns] (UTC), vitals float64 with NaN.
+_KINDS: dict[str, np.dtype] = {
+    **dict.fromkeys(_RETAINED, np.dtype(object)),
+    **dict.fromkeys(VITALS, np.dtype(np.float64)),
+    "ts": np.dtype("datetime64[ns]"),
+    "_slot": np.dtype(np.int64),
+    "_minute": np.dtype(np.int64),
+}
+
+
+def _columns(frame: pd.DataFrame) -> Columns:
+    """A frame's retained columns as numpy arrays of :data:`_KINDS`."""
+    out: Columns = {}
+    for c in _RETAINED:
+        kind = _KINDS[c]
+        if c == "ts":
+            out[c] = frame[c].to_numpy("datetime64[ns]")  # UTC, zone dropped
+        elif kind == np.float64:
+            out[c] = frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            out[c] = frame[c].to_numpy(dtype=kind)
+    return out
+
+
+def _frame(cols: Columns) -> pd.DataFrame:
+    """Retained columns back as a frame of events (``ts`` zoned UTC again)."""
+    return pd.DataFrame(
+        {c: pd.DatetimeIndex(a).tz_localize("UTC") if c == "ts" else a for c, a in cols.items()}
+    )
 
 
 class _Retained:
-    """The retained events, in arrival order, as append-only chunks (one per batch).
+    """The retained events, in arrival order, as append-only chunks of numpy columns (one
+    chunk per batch).
 
     A batch appends its events without copying the rest, and a lookup skips the chunks
     whose newest minute is before the minutes it asks for, so a small poll costs in
     proportion to itself, not to the hundreds of thousands of events held for lateness.
-    Expiry, a few batches apart, merges the chunks into one.
+    Expiry, a few batches apart, merges the chunks into one. Plain arrays, not frames:
+    on a poll of a few hundred events, a frame's per-operation overhead was most of the
+    cost of a lookup.
     """
 
     def __init__(self) -> None:
         self._clear()
 
     def _clear(self) -> None:
-        self.chunks: list[pd.DataFrame] = []
-        self.slots: list[I64] = []
-        self.minutes: list[I64] = []
+        self.chunks: list[Columns] = []
         self.newest: list[int] = []  # the newest minute of each chunk
         self.rows = 0
 
-    def append(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            frame = frame.reset_index(drop=True)
-            self.chunks.append(frame)
-            self.slots.append(frame["_slot"].to_numpy(dtype=np.int64))
-            self.minutes.append(frame["_minute"].to_numpy(dtype=np.int64))
-            self.newest.append(int(self.minutes[-1].max()))
-            self.rows += len(frame)
+    def append(self, cols: Columns) -> None:
+        n = len(cols["_slot"])
+        if n:
+            self.chunks.append(cols)
+            self.newest.append(int(cols["_minute"].max()))
+            self.rows += n
 
-    def where(self, keep: Callable[[I64, I64], npt.NDArray[np.bool_]], since: int) -> pd.DataFrame:
+    def where(self, keep: Callable[[I64, I64], npt.NDArray[np.bool_]], since: int) -> Columns:
         """The events (in arrival order) for which ``keep(slot, minute)`` holds; only chunks
         holding a minute at or after ``since`` are looked at (``keep`` must be false below)."""
-        parts = []
-        for chunk, slot, minute, newest in zip(
-            self.chunks, self.slots, self.minutes, self.newest, strict=True
-        ):
+        picks = []
+        for chunk, newest in zip(self.chunks, self.newest, strict=True):
             if newest >= since:
-                mask = keep(slot, minute)
-                if mask.any():
-                    parts.append(chunk[mask])
-        if not parts:
-            return pd.DataFrame({c: pd.Series(dtype=_DTYPES[c]) for c in _RETAINED})
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+                rows = np.flatnonzero(keep(chunk["_slot"], chunk["_minute"]))
+                if len(rows):
+                    picks.append((chunk, rows))
+        if not picks:
+            return {c: np.empty(0, dtype=_KINDS[c]) for c in _RETAINED}
+        if len(picks) == 1:
+            chunk, rows = picks[0]
+            return {c: chunk[c][rows] for c in _RETAINED}
+        return {c: np.concatenate([ch[c][rows] for ch, rows in picks]) for c in _RETAINED}
 
     def expire(self, expired: Callable[[I64, I64], npt.NDArray[np.bool_]]) -> list[str]:
         """Merge the chunks, dropping the events ``expired(slot, minute)`` names; their ids."""
         if not self.chunks:
             return []
-        whole = (
-            pd.concat(self.chunks, ignore_index=True) if len(self.chunks) > 1 else self.chunks[0]
-        )
-        gone = expired(np.concatenate(self.slots), np.concatenate(self.minutes))
-        ids: list[str] = whole.loc[gone, "event_id"].tolist()
+        whole = {c: np.concatenate([ch[c] for ch in self.chunks]) for c in _RETAINED}
+        gone = expired(whole["_slot"], whole["_minute"])
+        ids: list[str] = whole["event_id"][gone].tolist()
         self._clear()
-        self.append(whole[~gone])
+        self.append({c: a[~gone] for c, a in whole.items()})
         return ids
 
     def __len__(self) -> int:
         return self.rows
 
     def nbytes(self) -> int:
-        return int(sum(c.memory_usage(deep=True).sum() for c in self.chunks))
+        """The arrays' bytes plus the strings their object columns point at."""
+        total = 0
+        for chunk in self.chunks:
+            for a in chunk.values():
+                total += a.nbytes
+                if a.dtype == object:
+                    total += sum(map(sys.getsizeof, a.tolist()))
+        return total
 
 
 __all__ = ["EVENT_COLUMNS", "LATEST", "STATIC", "OnlineFeatures"]

@@ -263,13 +263,15 @@ def test_online_state_is_bounded_by_the_longest_window() -> None:
 
 
 def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> None:
-    from features.online import _Retained
+    from features.online import _KINDS, _RETAINED, _Retained
 
-    def chunk(slots: list[int], minutes: list[int], tag: str) -> pd.DataFrame:
-        return pd.DataFrame(
-            {"event_id": [f"{tag}{i}" for i in range(len(slots))], "_slot": slots,
-             "_minute": minutes}
-        )  # fmt: skip
+    def chunk(slots: list[int], minutes: list[int], tag: str) -> dict[str, np.ndarray]:
+        n = len(slots)
+        cols = {c: np.zeros(n, dtype=_KINDS[c]) for c in _RETAINED}
+        cols["event_id"] = np.array([f"{tag}{i}" for i in range(n)], dtype=object)
+        cols["_slot"] = np.array(slots, dtype=np.int64)
+        cols["_minute"] = np.array(minutes, dtype=np.int64)
+        return cols
 
     r = _Retained()
     r.append(chunk([0, 1], [10, 11], "a"))
@@ -289,7 +291,8 @@ def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> No
 
     r.where(recent, since=18)
     assert seen == [2]
-    assert r.where(lambda slot, m: m > 99, since=0).empty
+    empty = r.where(lambda slot, m: m > 99, since=0)
+    assert {c: (len(a), a.dtype) for c, a in empty.items()} == {c: (0, _KINDS[c]) for c in _RETAINED}
     gone = r.expire(lambda slot, m: m < 16)
     assert sorted(gone) == ["a0", "a1", "c0"]
     assert len(r) == 2
