@@ -292,7 +292,8 @@ def test_retained_events_are_looked_up_in_arrival_order_and_expire_whole() -> No
     r.where(recent, since=18)
     assert seen == [2]
     empty = r.where(lambda slot, m: m > 99, since=0)
-    assert {c: (len(a), a.dtype) for c, a in empty.items()} == {c: (0, _KINDS[c]) for c in _RETAINED}
+    shapes = {c: (len(a), a.dtype) for c, a in empty.items()}
+    assert shapes == {c: (0, _KINDS[c]) for c in _RETAINED}
     gone = r.expire(lambda slot, m: m < 16)
     assert sorted(gone) == ["a0", "a1", "c0"]
     assert len(r) == 2
