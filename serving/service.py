@@ -107,12 +107,6 @@ class Prediction(BaseModel):
     role: str = Field(description="champion, or shadow for the challenger")
 
 
-class Contribution(BaseModel):
-    feature: str
-    value: float | None
-    contribution: float
-
-
 class PredictionColumns(BaseModel):
     """Predictions of a column request, column by column (one model scored them all)."""
 
@@ -122,11 +116,12 @@ class PredictionColumns(BaseModel):
     model_name: str
     model_version: str
     role: str = Field(description="champion, or shadow for the challenger")
-    top_features: list[list[Contribution] | None] | None = Field(
-        None,
-        description="with explain=true: per row, the features that pushed its risk up "
-        "most for a row that crossed the threshold, else null (as /explain gives them)",
-    )
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float | None
+    contribution: float
 
 
 class Explanation(BaseModel):
@@ -291,32 +286,15 @@ class Vigil:
         return _predict(self._shadow_model(), _frame(rows), "shadow")
 
     @bentoml.api(route="/predict_columns")
-    def predict_columns(
-        self, columns: FeatureColumns, shadow: bool = False, explain: bool = False
-    ) -> PredictionColumns:
-        """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns.
-
-        With ``explain``, rows that crossed the threshold also carry their top features
-        (as ``/explain`` gives them, from the same model), so a client raising alerts
-        needs one round trip, not two.
-        """
+    def predict_columns(self, columns: FeatureColumns, shadow: bool = False) -> PredictionColumns:
+        """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns."""
         m = self._shadow_model() if shadow else self.champion.current
         assert m is not None  # required slot: never empty after start
         role = "shadow" if shadow else "champion"
-        x = _columns_frame(columns)
-        risk, alert = _risk(m, x, role)
-        tops: list[list[Contribution] | None] | None = None
-        if explain:
-            tops = [None] * len(x)
-            crossed = np.flatnonzero(alert)
-            for i, t in zip(
-                crossed.tolist(), top_features(m.model, x.iloc[crossed], CFG.top_features),
-                strict=True,
-            ):  # fmt: skip
-                tops[i] = [Contribution(**c) for c in t]
+        risk, alert = _risk(m, _columns_frame(columns), role)
         return PredictionColumns(
             risk=risk.tolist(), alert=alert.tolist(), threshold=m.threshold,
-            model_name=m.name, model_version=m.version, role=role, top_features=tops,
+            model_name=m.name, model_version=m.version, role=role,
         )  # fmt: skip
 
     @bentoml.api
