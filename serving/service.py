@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from features.online import OnlineFeatures
 from features.spec import FEATURE_NAMES
-from serving.explain import top_features
+from serving.explain import is_cheap, top_features
 from serving.guard import Guard
 from serving.model import LoadedModel, ModelSlot
 from stack.contracts import AdmissionEvent, VitalsEvent
@@ -107,6 +107,12 @@ class Prediction(BaseModel):
     role: str = Field(description="champion, or shadow for the challenger")
 
 
+class Contribution(BaseModel):
+    feature: str
+    value: float | None
+    contribution: float
+
+
 class PredictionColumns(BaseModel):
     """Predictions of a column request, column by column (one model scored them all)."""
 
@@ -116,12 +122,13 @@ class PredictionColumns(BaseModel):
     model_name: str
     model_version: str
     role: str = Field(description="champion, or shadow for the challenger")
-
-
-class Contribution(BaseModel):
-    feature: str
-    value: float | None
-    contribution: float
+    top_features: list[list[Contribution] | None] | None = Field(
+        None,
+        description="with explain=true and a model whose explanations are cheap (linear, "
+        "XGBoost): per row, the features that pushed its risk up most for a row that "
+        "crossed the threshold, else null (as /explain gives them). Null as a whole when "
+        "not asked for or not cheap: ask /explain for the rows that need it",
+    )
 
 
 class Explanation(BaseModel):
@@ -286,15 +293,33 @@ class Vigil:
         return _predict(self._shadow_model(), _frame(rows), "shadow")
 
     @bentoml.api(route="/predict_columns")
-    def predict_columns(self, columns: FeatureColumns, shadow: bool = False) -> PredictionColumns:
-        """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns."""
+    def predict_columns(
+        self, columns: FeatureColumns, shadow: bool = False, explain: bool = False
+    ) -> PredictionColumns:
+        """The same as ``/predict`` (or ``/predict_shadow``) with the rows sent as columns.
+
+        With ``explain``, rows that crossed the threshold also carry their top features
+        (as ``/explain`` gives them, from the same model), so a client raising alerts
+        needs one round trip, not two, when the model's explanations are cheap; for one
+        whose are not (the forest's occlusion), ``top_features`` stays null.
+        """
         m = self._shadow_model() if shadow else self.champion.current
         assert m is not None  # required slot: never empty after start
         role = "shadow" if shadow else "champion"
-        risk, alert = _risk(m, _columns_frame(columns), role)
+        x = _columns_frame(columns)
+        risk, alert = _risk(m, x, role)
+        tops: list[list[Contribution] | None] | None = None
+        if explain and is_cheap(m.model):
+            tops = [None] * len(x)
+            crossed = np.flatnonzero(alert)
+            for i, t in zip(
+                crossed.tolist(), top_features(m.model, x.iloc[crossed], CFG.top_features),
+                strict=True,
+            ):  # fmt: skip
+                tops[i] = [Contribution(**c) for c in t]
         return PredictionColumns(
             risk=risk.tolist(), alert=alert.tolist(), threshold=m.threshold,
-            model_name=m.name, model_version=m.version, role=role,
+            model_name=m.name, model_version=m.version, role=role, top_features=tops,
         )  # fmt: skip
 
     @bentoml.api

@@ -361,8 +361,17 @@ def test_columns_score_as_rows_do_and_bad_columns_are_400s_naming_the_column(
         by_rows = pd.DataFrame(client.predict(x))
         by_columns = client.predict_columns(x)
         shadow = client.predict_columns(x, shadow=True)
+        many = cohort_rows[list(FEATURE_NAMES)].iloc[:400]
+        explained = client.predict_columns(many, explain=True)
+        crossed = explained["alert"].to_numpy()
+        assert 0 < crossed.sum() < len(crossed)  # the cohort's rows cross both ways
+        by_explain = client.explain(many[crossed])
     finally:
         client.close()
+    # With explain, a crossed row carries what /explain says of it; the others None.
+    assert explained["top_features"][crossed].tolist() == [e["top_features"] for e in by_explain]
+    assert explained["top_features"][~crossed].isna().all()
+    assert explained["risk"].iloc[:50].to_numpy() == pytest.approx(by_columns["risk"].to_numpy())
     assert by_columns["risk"].to_numpy() == pytest.approx(by_rows["risk"].to_numpy(), abs=1e-12)
     assert (by_columns["alert"].to_numpy() == by_rows["alert"].to_numpy()).all()
     assert set(by_columns["model_version"]) == {served["champion"]}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from serving.alerts import AlertPolicy
-from serving.explain import contributions, top_features
+from serving.explain import contributions, is_cheap, top_features
 from serving.guard import Guard
 from training.models import build
 
@@ -106,6 +106,17 @@ def test_top_features_name_the_planted_drivers(family: Any) -> None:
     for t in tops:
         assert {d["feature"] for d in t} == {"a", "c"}
         assert all(d["contribution"] > 0 for d in t)
+
+
+def test_only_exact_explainers_count_as_cheap_enough_for_the_scoring_path() -> None:
+    x, y = _data(500)
+    params = {"logistic_regression": {"C": 1.0}, "random_forest": {"n_estimators": 5},
+              "xgboost": {"n_estimators": 5}}  # fmt: skip
+    cheap = {
+        family: is_cheap(build(family, p, positive_share=0.2, seed=0, n_jobs=1).fit(x, y))
+        for family, p in params.items()
+    }
+    assert cheap == {"logistic_regression": True, "random_forest": False, "xgboost": True}
 
 
 # --------------------------------------------------------------------------- guard
