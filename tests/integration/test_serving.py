@@ -492,6 +492,33 @@ def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
     } <= (names)
 
 
+def test_warm_up_calls_the_service_but_keeps_no_state_and_tolerates_its_absence(
+    scorer_settings: Settings, served: dict[str, Any]
+) -> None:
+    def predictions_served() -> float:
+        text = httpx.get(f"{served['url']}/metrics").text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "vigil_predictions"
+            for sample in family.samples
+            if sample.name == "vigil_predictions_total" and sample.labels["role"] == "champion"
+        )
+
+    before = predictions_served()
+    scorer = Scorer(scorer_settings)
+    scorer._warm_up()
+    assert predictions_served() == before + 1  # the made-up event reached the model
+    assert scorer.online.patients == 0  # ...through a throwaway state
+    assert len(scorer.online.events) == 0
+    away = scorer_settings.model_copy(
+        update={"serving": scorer_settings.serving.model_copy(update={"port": free_port()})}
+    )
+    t0 = time.monotonic()
+    Scorer(away)._warm_up()  # nothing listens there: logged, not raised
+    assert time.monotonic() - t0 < 5
+
+
 def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
     scorer_settings: Settings, served: dict[str, Any]
 ) -> None:
