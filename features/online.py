@@ -90,13 +90,19 @@ _W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
 _POWERS = np.stack([np.ones(BLOCK), _J, _J * _J])
 
 
-def _only(x: npt.NDArray[np.float32], keep: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-    """``x`` where ``keep`` (broadcast), NaN elsewhere.
+def _nan_outside(keep: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+    """0 where ``keep``, NaN elsewhere: added to values, it blanks those not kept.
 
-    Adds 0 or NaN rather than calling ``np.where`` on the full shape: with a mask as
+    Adding rather than calling ``np.where`` on the values' full shape: with a mask as
     irregular as observed minutes are, a per-element select is several times slower.
     """
-    out: npt.NDArray[np.float32] = x + np.where(keep, np.float32(0), np.float32(np.nan))
+    out: npt.NDArray[np.float32] = np.where(keep, np.float32(0), np.float32(np.nan))
+    return out
+
+
+def _only(x: npt.NDArray[np.float32], keep: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+    """``x`` where ``keep`` (broadcast), NaN elsewhere."""
+    out: npt.NDArray[np.float32] = x + _nan_outside(keep)
     return out
 
 
@@ -107,12 +113,10 @@ def _minutes_first(
     axis moved to the front and contiguous: ``[BLOCK, ...]``.
 
     Reductions over the minutes of a block are then a few whole-array operations (a
-    reduction along a short last axis costs a loop per row). The mask is added, as in
-    :func:`_only`.
+    reduction along a short last axis costs a loop per row).
     """
     out = np.empty((x.shape[-1], *x.shape[:-1]), dtype=np.float32)
-    mask = np.where(keep, np.float32(0), np.float32(np.nan))
-    np.add(np.moveaxis(x, -1, 0), np.moveaxis(mask, -1, 0), out=out)
+    np.add(np.moveaxis(x, -1, 0), np.moveaxis(_nan_outside(keep), -1, 0), out=out)
     return out
 
 

@@ -25,30 +25,42 @@ import pandas as pd
 F = npt.NDArray[np.float64]
 
 
+def _estimator(model: Any) -> Any:
+    """The final estimator (the last step of a pipeline)."""
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
 def _split(model: Any) -> tuple[Any, Any]:
     """(preprocessing pipeline or None, final estimator)."""
     steps = getattr(model, "steps", None)
-    if steps:
+    if steps and len(steps) > 1:
         from sklearn.pipeline import Pipeline
 
-        pre = Pipeline(steps[:-1]) if len(steps) > 1 else None
-        return pre, steps[-1][1]
-    return None, model
+        return Pipeline(steps[:-1]), steps[-1][1]
+    return None, _estimator(model)
+
+
+def _method(est: Any) -> str:
+    """How :func:`contributions` explains this estimator: linear, xgboost or occlusion."""
+    if hasattr(est, "coef_"):
+        return "linear"
+    return "xgboost" if hasattr(est, "get_booster") else "occlusion"
 
 
 def is_cheap(model: Any) -> bool:
     """Whether :func:`contributions` costs about as little as a prediction (exact kinds)."""
-    _pre, est = _split(model)
-    return hasattr(est, "coef_") or hasattr(est, "get_booster")
+    return _method(_estimator(model)) != "occlusion"
 
 
 def contributions(model: Any, x: pd.DataFrame) -> F:
     """Per-row, per-feature contributions ([rows, features]); larger = more risk."""
     pre, est = _split(model)
-    if hasattr(est, "coef_"):
+    method = _method(est)
+    if method == "linear":
         z = pre.transform(x) if pre is not None else x.to_numpy(dtype=float)
         return np.asarray(z * np.asarray(est.coef_)[0], dtype=float)
-    if hasattr(est, "get_booster"):
+    if method == "xgboost":
         import xgboost as xgb
 
         data = pre.transform(x) if pre is not None else x.to_numpy(dtype=float)

@@ -13,7 +13,8 @@ Each poll batch of ``vitals.raw``:
    alerting);
 4. passes the alert policy (``serving.alerts``), events scored for the first time only (a
    redelivered event's alert was decided and stored with its first prediction); alerts
-   are explained (``/explain``);
+   are explained by the call that scored them where the model's explanations are cheap,
+   else by ``/explain``;
 5. is stored — predictions and alerts keyed by ``event_id``, inserted with ``ON CONFLICT
    DO NOTHING`` — and published to ``predictions`` and ``alerts``; then, and only then,
    the consumer's offsets are committed.
@@ -173,10 +174,7 @@ class Scorer:
         self.cfg = settings.scorer
         self.topics = settings.kafka.topics
         self.kafka = kafka or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
-        self.online = OnlineFeatures(
-            lateness_minutes=settings.features.lateness_minutes,
-            max_future_minutes=int(settings.etl.max_future_minutes),
-        )
+        self.online = self._online_state()
         self.policy = AlertPolicy(
             quiet_period=pd.Timedelta(minutes=self.cfg.quiet_period_minutes),
             margin=self.cfg.realert_margin,
@@ -196,6 +194,12 @@ class Scorer:
         self._conn: psycopg.Connection[Any] | None = None
 
     # ------------------------------------------------------------------ startup
+    def _online_state(self) -> OnlineFeatures:
+        return OnlineFeatures(
+            lateness_minutes=self.settings.features.lateness_minutes,
+            max_future_minutes=int(self.settings.etl.max_future_minutes),
+        )
+
     def _seed_alert_policy(self) -> None:
         with connect(self.settings) as conn:
             rows = conn.execute(
@@ -223,11 +227,7 @@ class Scorer:
             "temperature": 37.0, "consciousness": "A", "on_oxygen": False,
         })  # fmt: skip
         valid = self.validator.validate([event]).table.to_pandas().drop(columns="_index")
-        probe = OnlineFeatures(
-            lateness_minutes=self.settings.features.lateness_minutes,
-            max_future_minutes=int(self.settings.etl.max_future_minutes),
-        )
-        vec = probe.update(valid, now=now)
+        vec = self._online_state().update(valid, now=now)  # a throwaway state
         try:
             self.service.predict_columns(vec, explain=True)
         except (ServiceUnavailableError, ServiceRejectedError) as exc:
