@@ -212,7 +212,9 @@ def test_freezing_the_startup_heap_exempts_it_from_collections() -> None:
 
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 10_000  # pytest, pandas, ... are in it
+        assert frozen > 10_000  # pytest, pandas, ... are in it
+        # Frozen objects can still die (refcounting; another thread may drop one), never join.
+        assert 0 < gc.get_freeze_count() <= frozen
         # A full collection now walks only what was made since: far fewer objects.
         assert len(gc.get_objects()) < frozen
     finally:
