@@ -224,7 +224,7 @@ def stored_predictions(
     role = None if rows.empty else "champion" if (rows["role"] == "champion").any() else "shadow"
     preds = rows[rows["role"] == role].drop(columns="role").reset_index(drop=True)
     for frame in (preds, alerts):
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True, cache=False)
     preds["risk"] = preds["risk"].astype(np.float64)
     return preds, alerts, role
 

@@ -330,7 +330,7 @@ class Scorer:
         valid = res.table.to_pandas()
         summary.valid += len(valid)
         kafka_ts = pd.to_datetime(
-            [recs[i].timestamp_ms for i in valid["_index"].tolist()], unit="ms", utc=True
+            [recs[i].timestamp_ms for i in valid["_index"].tolist()], unit="ms", utc=True, cache=False
         )
         valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
         laps.lap("validate")
@@ -694,7 +694,7 @@ _MESSAGE_COLUMNS = (
 def _iso_ms(col: pd.Series) -> list[str | None]:
     """Times as ISO-8601 UTC text to the millisecond (``2026-11-29T05:00:00.000Z``)."""
     if not isinstance(col.dtype, pd.DatetimeTZDtype):
-        col = pd.to_datetime(col, utc=True)
+        col = pd.to_datetime(col, utc=True, cache=False)
     text = np.datetime_as_string(col.to_numpy("datetime64[ms]"), unit="ms").tolist()
     return [None if t == "NaT" else t + "Z" for t in text]
 

@@ -147,7 +147,9 @@ def _clean_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Spark ``mapInPandas`` body: deduplicated events sorted by patient, time → cleaned."""
     cols = [c.split(" ")[0] for c in CLEANED_SCHEMA.split(", ")]
     for pdf in by_patient(batches):
-        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True)
+        # cache=False throughout: deciding whether to cache makes Timestamp objects of the
+        # first 10,000 values (~7 ms a call), more than the conversion itself (~0.05 ms).
+        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True, cache=False)
         raw = {f"raw_{v}": pdf[v].astype("float64") for v in VITALS}
         cleaned, _state = clean_events(pdf)
         for k, v in raw.items():
@@ -158,7 +160,7 @@ def _clean_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 def _minutes_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Spark ``mapInPandas`` body: usable cleaned events sorted by patient → minute rows."""
     for pdf in by_patient(batches):
-        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True)
+        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True, cache=False)
         yield to_minutes(pdf)
 
 

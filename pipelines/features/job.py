@@ -109,7 +109,7 @@ def _features_partition(
         cols = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
         start = pd.Timestamp(since)
         for pdf in by_patient(batches):
-            pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True)
+            pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True, cache=False)
             out = []
             for _pid, g in pdf.groupby("patient_id", sort=False):
                 first = g.iloc[0]
