@@ -175,7 +175,9 @@ def to_minutes(events: pd.DataFrame) -> pd.DataFrame:
         dtype="object",
     )
     out["on_oxygen"] = out["o2"].map({1.0: True, 0.0: False}).astype("object")
-    out["minute"] = pd.to_datetime(out["minute"], utc=True, cache=False).astype("datetime64[us, UTC]")
+    out["minute"] = pd.to_datetime(out["minute"], utc=True, cache=False).astype(
+        "datetime64[us, UTC]"
+    )
     return out[list(MINUTE_COLUMNS)]
 
 

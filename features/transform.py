@@ -309,8 +309,23 @@ def features_for_patient(
     grid, from ``since`` on when given. Returns ``patient_id``, ``ts`` (as-of minute + 1
     minute) and :data:`FEATURE_NAMES`.
     """
-    m = minutes.sort_values("minute")
-    pid = m["patient_id"].iloc[0]
+    ts, values = patient_feature_arrays(
+        minutes, static, cadence_minutes=cadence_minutes, since=since
+    )
+    return _frame(minutes["patient_id"].iloc[0], ts, values)
+
+
+def patient_feature_arrays(
+    minutes: pd.DataFrame,
+    static: F,
+    *,
+    cadence_minutes: int,
+    since: pd.Timestamp | None = None,
+) -> tuple[npt.NDArray[np.datetime64], F]:
+    """:func:`features_for_patient` as arrays: feature times ``[rows]`` (``datetime64[m]``,
+    UTC) and values ``[rows, len(FEATURE_NAMES)]``, for callers that build their own table.
+    """
+    m = minutes if minutes["minute"].is_monotonic_increasing else minutes.sort_values("minute")
     mins = m["minute"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[m]")
     epoch = mins.astype(np.int64)
     first = int(epoch[0])
@@ -339,15 +354,14 @@ def features_for_patient(
         keep &= epoch >= start.value // 60_000_000_000
     rows = pos[keep]
     if len(rows) == 0:
-        return _frame(pid, np.array([], dtype="datetime64[m]"), np.empty((0, len(FEATURE_NAMES))))
+        return np.array([], dtype="datetime64[m]"), np.empty((0, len(FEATURE_NAMES)))
 
     values = compute(
         dense_stats(obs, carried, rows),
         rows.astype(np.float64),
         np.broadcast_to(static, (len(rows), len(STATIC))),
     )
-    ts = mins[keep] + np.timedelta64(1, "m")
-    return _frame(pid, ts, values)
+    return mins[keep] + np.timedelta64(1, "m"), values
 
 
 def _frame(pid: str, ts: npt.NDArray[np.datetime64], values: F) -> pd.DataFrame:

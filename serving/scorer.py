@@ -330,7 +330,10 @@ class Scorer:
         valid = res.table.to_pandas()
         summary.valid += len(valid)
         kafka_ts = pd.to_datetime(
-            [recs[i].timestamp_ms for i in valid["_index"].tolist()], unit="ms", utc=True, cache=False
+            [recs[i].timestamp_ms for i in valid["_index"].tolist()],
+            unit="ms",
+            utc=True,
+            cache=False,
         )
         valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
         laps.lap("validate")

@@ -361,7 +361,9 @@ class Vigil:
             rows.extend(e.model_dump() for e in p.events)
         events = pd.DataFrame(rows)
         events["event_id"] = events["event_id"].astype(str)
-        events["ts"] = pd.to_datetime(events["ts"], utc=True, cache=False).astype("datetime64[us, UTC]")
+        events["ts"] = pd.to_datetime(events["ts"], utc=True, cache=False).astype(
+            "datetime64[us, UTC]"
+        )
         events = events.sort_values("ts", kind="stable")
         # As the scorer does: events are folded in arrival order; here, time order.
         state.update(events, now=events["ts"].max())

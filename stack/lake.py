@@ -53,6 +53,28 @@ class Lake:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 
+    def delete_dir(self, rel: str) -> None:
+        """Delete a folder and everything under it (nothing if it does not exist)."""
+        if self.exists(rel):
+            self.fs.delete_dir(self.path(rel))
+
+    def move(self, rel: str, to: str) -> None:
+        """Move a file within the lake (a rename on a local disk, copy + delete on S3)."""
+        final = self.path(to)
+        if self.local:
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+        self.fs.move(self.path(rel), final)
+        if self.local:
+            self._sync_dir(Path(final).parent)
+
+    @staticmethod
+    def _sync_dir(folder: Path) -> None:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def _atomic_bytes(self, rel: str, write: Any) -> None:
         final = self.path(rel)
         if not self.local:
@@ -66,11 +88,7 @@ class Lake:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        dfd = os.open(Path(final).parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self._sync_dir(Path(final).parent)
 
     def write_parquet(self, table: pa.Table, rel: str) -> None:
         """Write ``table`` at ``rel`` atomically (microsecond timestamps, Spark-readable)."""

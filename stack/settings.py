@@ -252,6 +252,9 @@ class FeaturesSettings(_Strict):
     cascade_hours: int = Field(
         5, ge=0, description="hours after a changed hour recomputed (the look-back window)"
     )
+    load_connections: int = Field(
+        2, ge=1, le=16, description="PostgreSQL connections loading feature hours in parallel"
+    )
 
 
 class ParamRange(_Strict):

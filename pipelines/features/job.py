@@ -28,11 +28,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import typer
@@ -46,7 +49,7 @@ from features.spec import (
     LABELS_FILE,
     LABELS_ZONE,
 )
-from features.transform import features_for_patient, static_vector
+from features.transform import patient_feature_arrays, static_vector
 from pipelines.etl.job import PROCESSED_ZONE, by_patient
 from pipelines.etl.plan import hour_of, partition_of
 from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
@@ -63,14 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("vigil.features")
 
 STATIC_COLUMNS = ("age", "sex", "spo2_scale")
-OUTPUT_SCHEMA = ", ".join(
-    [
-        "patient_id string",
-        "ts timestamp",
-        *(f"{n} double" for n in FEATURE_NAMES),
-        "partition string",
-    ]
-)
+# Where tasks write their files until the driver publishes them (outside the zone, so
+# that no reader of the zone ever sees them).
+STAGING_ZONE = f"_staging/{FEATURES_ZONE}"
 
 
 def features_ddl() -> str:
@@ -100,32 +98,103 @@ class FeatureSummary:
         return asdict(self)
 
 
+STAGED_SCHEMA = "kind string, partition string, file string, rows long"
+FLUSH_ROWS = 200_000  # a task writes its buffered feature rows once it holds this many
+
+
+def _feature_table(
+    pids: list[str], counts: list[int], ts: npt.NDArray[np.datetime64], values: npt.NDArray[Any]
+) -> pa.Table:
+    """Feature rows as Arrow: NaN (a feature with no data) becomes null, as in PostgreSQL."""
+    cols: dict[str, pa.Array] = {
+        "patient_id": pa.array(np.repeat(np.array(pids, dtype=object), counts), pa.string()),
+        "ts": pa.array(ts.astype("datetime64[us]"), pa.timestamp("us", "UTC")),
+    }
+    for i, name in enumerate(FEATURE_NAMES):
+        cols[name] = pa.array(values[:, i], pa.float64(), from_pandas=True)
+    return pa.table(cols)
+
+
 def _features_partition(
-    cadence: int, since: datetime
+    cadence: int, since: datetime, targets: frozenset[str], lake_root: str, staging: str
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` body for this run's cadence and first hour."""
+    """The ``mapInPandas`` body: features for a partition's patients, written by the task.
+
+    The Python worker writes its rows to Parquet itself (pyarrow) under ``staging``, one
+    file per target hour per flush, named by task and attempt, and yields only what it
+    wrote: ``file`` rows (hour, path, rows) and one ``task`` row (patients with features).
+    Handing 125 doubles a row back to the JVM and writing them from there cost more than
+    computing them. The driver publishes the files that successful tasks reported
+    (:meth:`FeatureJob._publish`); a failed attempt's files are never reported, so never
+    published.
+    """
 
     def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        cols = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        tag = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
+        lake = Lake(lake_root)
         start = pd.Timestamp(since)
+        held: dict[str, list[pa.Table]] = {}
+        wrote: list[tuple[str, str, str, int]] = []
+        patients = 0
+
+        def flush() -> None:
+            for q, parts in sorted(held.items()):
+                rel = f"{staging}/{q}/part-{tag}-{len(wrote):04d}.parquet"
+                table = pa.concat_tables(parts)
+                lake.write_parquet(table, rel)
+                wrote.append(("file", q, rel, table.num_rows))
+            held.clear()
+
         for pdf in by_patient(batches):
+            # cache=False: the cache check alone costs more than the conversion.
             pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True, cache=False)
-            out = []
-            for _pid, g in pdf.groupby("patient_id", sort=False):
+            ids = pdf["patient_id"].to_numpy()
+            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(pdf)]
+            pids, counts, stamps, blocks = [], [], [], []
+            for lo, hi in pairwise(cuts):
+                g = pdf.iloc[lo:hi]
                 first = g.iloc[0]
                 static = static_vector(
                     {c: first[c] for c in STATIC_COLUMNS} if pd.notna(first["sex"]) else None
                 )
-                rows = features_for_patient(g, static, cadence_minutes=cadence, since=start)
-                if len(rows):
-                    out.append(rows)
-            if not out:
+                ts, values = patient_feature_arrays(g, static, cadence_minutes=cadence, since=start)
+                if len(ts):
+                    pids.append(ids[lo])
+                    counts.append(len(ts))
+                    stamps.append(ts)
+                    blocks.append(values)
+            if not pids:
                 continue
-            rows = pd.concat(out, ignore_index=True)
-            hour = (rows["ts"] - pd.Timedelta(minutes=1)).dt.floor("h")
-            names = {h: h.strftime("date=%Y-%m-%d/hour=%H") for h in hour.unique()}
-            rows["partition"] = hour.map(names)
-            yield rows[cols]
+            ts = np.concatenate(stamps)
+            # A row at minute m + 1 describes minute m: it belongs to m's hour.
+            hours = (ts - np.timedelta64(1, "m")).astype("datetime64[h]")
+            order = np.argsort(hours, kind="stable")  # patient, time within each hour
+            table = _feature_table(pids, counts, ts, np.concatenate(blocks)).take(order)
+            owner = np.repeat(np.arange(len(pids)), counts)[order]
+            hours = hours[order]
+            seen = np.zeros(len(pids), dtype=np.bool_)
+            edges = np.flatnonzero(np.diff(hours.astype(np.int64))) + 1
+            for lo, hi in pairwise([0, *edges.tolist(), len(hours)]):
+                q = partition_of(hours[lo].item())
+                if q in targets:
+                    seen[owner[lo:hi]] = True
+                    held.setdefault(q, []).append(table.slice(lo, hi - lo))
+            patients += int(seen.sum())
+            if sum(t.num_rows for parts in held.values() for t in parts) >= FLUSH_ROWS:
+                flush()
+        flush()
+        kinds, parts, files, rows = zip(*wrote, strict=True) if wrote else ((), (), (), ())
+        yield pd.DataFrame(
+            {
+                "kind": [*kinds, "task"],
+                "partition": [*parts, None],
+                "file": [*files, None],
+                "rows": [*rows, patients],
+            }
+        )
 
     return body
 
@@ -210,40 +279,49 @@ class FeatureJob:
         else:
             for c in STATIC_COLUMNS:
                 history = history.withColumn(c, F.lit(None).cast("string"))
-        body = _features_partition(self.settings.features.cadence_minutes, since)
-        rows = (
-            history.repartition(self.settings.spark.shuffle_partitions, "patient_id")
-            .sortWithinPartitions("patient_id", "minute")
-            .mapInPandas(body, OUTPUT_SCHEMA)
-            .filter(F.col("partition").isin(pending))
-            .cache()
+        staging = f"{STAGING_ZONE}/{summary.run_id}"
+        body = _features_partition(
+            self.cfg.cadence_minutes, since, frozenset(pending), self.lake.uri, staging
         )
-        summary.feature_rows = rows.count()
-        summary.patients = patients.count()
-        summary.timings["compute_s"] = round(time.monotonic() - t, 2)
+        try:
+            reported = (
+                history.repartition(self.settings.spark.shuffle_partitions, "patient_id")
+                .sortWithinPartitions("patient_id", "minute")
+                .mapInPandas(body, STAGED_SCHEMA)
+                .collect()
+            )
+            files = [(r.partition, r.file, r.rows) for r in reported if r.kind == "file"]
+            summary.feature_rows = sum(n for _q, _f, n in files)
+            summary.patients = sum(r.rows for r in reported if r.kind == "task")
+            summary.timings["compute_s"] = round(time.monotonic() - t, 2)
+
+            t = time.monotonic()
+            self._publish(pending, files)
+            summary.timings["lake_s"] = round(time.monotonic() - t, 2)
+        finally:
+            self.lake.delete_dir(staging)
 
         t = time.monotonic()
+        self._load_postgres(pending, summary.run_id)
+        summary.timings["postgres_s"] = round(time.monotonic() - t, 2)
+
+    def _publish(self, pending: list[str], files: list[tuple[str, str, int]]) -> None:
+        """Replace each computed hour's files in the feature zone with the staged ones."""
+        staged: dict[str, list[str]] = {q: [] for q in pending}
+        for q, rel, _rows in files:
+            staged[q].append(rel)
         for q in pending:
             for rel in self.lake.files(f"{FEATURES_ZONE}/{q}", suffix=""):
                 self.lake.delete(rel)
-        date = F.regexp_extract("partition", r"date=([0-9-]+)", 1)
-        hour = F.regexp_extract("partition", r"hour=([0-9]+)", 1)
-        (
-            rows.withColumn("date", date)
-            .withColumn("hour", hour)
-            .drop("partition")
-            .repartition("date", "hour")
-            .write.mode("append")
-            .partitionBy("date", "hour")
-            .parquet(f"{self.lake.uri}/{FEATURES_ZONE}")
-        )
-        rows.unpersist()
-        summary.timings["lake_s"] = round(time.monotonic() - t, 2)
+            for rel in staged[q]:
+                self.lake.move(rel, f"{FEATURES_ZONE}/{q}/{rel.rsplit('/', 1)[-1]}")
 
-        t = time.monotonic()
+    def _load_postgres(self, pending: list[str], run_id: str) -> None:
+        """Each hour replaces its rows in one transaction, on parallel connections."""
         with connect(self.settings) as conn:
             etl_at = dict(conn.execute("SELECT partition, processed_at FROM etl_partitions"))
-        for q in pending:
+
+        def load(q: str) -> None:
             table = self.lake.read_table(f"{FEATURES_ZONE}/{q}")
             with transaction(self.settings) as conn:
                 conn.execute(f"DELETE FROM {FEATURES_TABLE} WHERE partition = %s", (q,))
@@ -251,11 +329,9 @@ class FeatureJob:
                     table = _nan_to_null(table).append_column(
                         "partition", pa.array([q] * table.num_rows)
                     )
-                    copy_table(
-                        conn,
-                        FEATURES_TABLE,
-                        table.select(["patient_id", "ts", *FEATURE_NAMES, "partition"]),
-                    )
+                    columns = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
+                    # Binary: the table's DDL comes from the same spec (features_ddl).
+                    copy_table(conn, FEATURES_TABLE, table.select(columns), binary=True)
                 conn.execute(
                     """
                     INSERT INTO feature_partitions (partition, feature_set_version, run_id,
@@ -265,9 +341,11 @@ class FeatureJob:
                         run_id = EXCLUDED.run_id, etl_processed_at = EXCLUDED.etl_processed_at,
                         computed_at = EXCLUDED.computed_at, rows = EXCLUDED.rows
                     """,
-                    (q, FEATURE_SET_VERSION, summary.run_id, etl_at.get(q), table.num_rows),
+                    (q, FEATURE_SET_VERSION, run_id, etl_at.get(q), table.num_rows),
                 )
-        summary.timings["postgres_s"] = round(time.monotonic() - t, 2)
+
+        with ThreadPoolExecutor(self.cfg.load_connections, "features-load") as pool:
+            list(pool.map(load, pending))  # re-raises the first failure
 
     def _read_processed(self, spark: SparkSession) -> DataFrame:
         df = spark.read.parquet(f"{self.lake.uri}/{PROCESSED_ZONE}")

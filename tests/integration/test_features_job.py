@@ -14,7 +14,7 @@ import pytest
 
 from features.spec import FEATURE_SET_VERSION, FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE
 from pipelines.etl.job import RAW_ZONE, run_etl
-from pipelines.features.job import run_features
+from pipelines.features.job import STAGING_ZONE, run_features
 from pipelines.landing import RAW_ADMISSIONS
 from stack.settings import Settings
 from tests.integration.test_etl import lake, land, q
@@ -41,6 +41,9 @@ def test_spark_features_equal_the_online_path_and_labels_land(etl_settings: Sett
     # One row per patient per 5 minutes, on the clock.
     assert (feats["ts"].dt.minute % 5 == 0).all()
     assert not feats.duplicated(["patient_id", "ts"]).any()
+    # The tasks' files were published; nothing is left in staging.
+    assert lake(s).files(f"{FEATURES_ZONE}/", suffix=".parquet")
+    assert lake(s).files(STAGING_ZONE, suffix="") == []
 
     # PostgreSQL has the same rows; partitions are tracked with the feature-set version.
     assert q(s, f"SELECT count(*) FROM {FEATURES_TABLE}")[0][0] == len(feats)
