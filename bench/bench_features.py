@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from bench.bench_etl import PeakRss
 from bench.common import (
+    RESULTS,
     fresh_lake_and_database,
     machine,
     private_stack,
@@ -200,6 +201,16 @@ def run_online(patients: int, hours: float, batches: list[int]) -> dict[str, Any
     return out
 
 
+def _keep_skipped(result: dict[str, Any], sections: tuple[str, ...]) -> None:
+    """A section not run this time is carried over from the last result, with its date."""
+    path = RESULTS / "features.json"
+    last = json.loads(path.read_text()) if path.exists() else {}
+    for name in sections:
+        if name not in result and name in last:
+            result[name] = last[name]
+            result[f"{name}_measured_when"] = last.get(f"{name}_measured_when", last["when"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -225,6 +236,7 @@ def main() -> None:
         result["online"] = run_online(args.patients, args.hours, args.batches)
     if not args.skip_batch:
         result["batch"] = run_batch(args.rows)
+    _keep_skipped(result, ("online", "batch"))
     result["versions"] = versions("pyspark", "pandas", "numpy", "pyarrow")
     result["machine"] = machine()
     print(write_result("features", result))
