@@ -8,7 +8,8 @@ stage may call :func:`migrate` before it writes.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import psycopg
@@ -262,6 +263,25 @@ def transaction(settings: Settings) -> Iterator[psycopg.Connection[tuple]]:  # t
     """A connection whose work commits on success and rolls back on error."""
     with connect(settings) as conn, conn.transaction():
         yield conn
+
+
+def load_partitions(
+    settings: Settings,
+    partitions: list[str],
+    load: Callable[[psycopg.Connection[tuple], str], None],  # type: ignore[type-arg]
+) -> None:
+    """``load(conn, partition)`` for each partition, each in its own transaction, on
+    ``postgres.load_connections`` connections at once (the server parses each ``COPY`` on
+    one core; two streams keep two busy). The first failure is raised once the loads
+    already started have finished; every partition that committed stays committed.
+    """
+
+    def one(q: str) -> None:
+        with transaction(settings) as conn:
+            load(conn, q)
+
+    with ThreadPoolExecutor(settings.postgres.load_connections, "pg-load") as pool:
+        list(pool.map(one, partitions))
 
 
 def copy_table(

@@ -78,6 +78,9 @@ class KafkaSettings(_Strict):
 
 class PostgresSettings(_Strict):
     url: str | None = Field(None, description="postgresql:// URL; null starts embedded PostgreSQL")
+    load_connections: int = Field(
+        2, ge=1, le=16, description="connections loading hour partitions (ETL, features) at once"
+    )
 
 
 class LakeSettings(_Strict):
@@ -251,9 +254,6 @@ class FeaturesSettings(_Strict):
     )
     cascade_hours: int = Field(
         5, ge=0, description="hours after a changed hour recomputed (the look-back window)"
-    )
-    load_connections: int = Field(
-        2, ge=1, le=16, description="PostgreSQL connections loading feature hours in parallel"
     )
 
 

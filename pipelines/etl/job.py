@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import typer
 
@@ -45,7 +46,7 @@ from pipelines.etl.validation import (
     processed_expectations,
     raw_expectations,
 )
-from stack.db import copy_table, migrate, transaction
+from stack.db import copy_table, load_partitions, migrate, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
@@ -420,43 +421,49 @@ class EtlJob:
     def _write_postgres(
         self, p: Plan, summary: EtlSummary, counts: dict[str, PartitionCounts]
     ) -> None:
-        for q in p.pending:
+        def load(conn: psycopg.Connection[tuple], q: str) -> None:  # type: ignore[type-arg]
             minutes = self.lake.read_table(f"{PROCESSED_ZONE}/{q}")
             quarantine = self.lake.read_table(f"{QUARANTINE_ZONE}/{q}")
             c = counts[q]
-            with transaction(self.settings) as conn:
-                conn.execute("DELETE FROM vitals_minute WHERE partition = %s", (q,))
-                conn.execute("DELETE FROM quarantine WHERE partition = %s", (q,))
-                if minutes.num_rows:
-                    minutes = minutes.append_column("partition", pa.array([q] * minutes.num_rows))
-                    copy_table(conn, "vitals_minute", minutes.select(list(PG_MINUTE_COLUMNS)))
-                if quarantine.num_rows:
-                    quarantine = quarantine.append_column(
-                        "partition", pa.array([q] * quarantine.num_rows)
-                    )
-                    copy_table(conn, "quarantine", quarantine.select(list(QUARANTINE_COLUMNS)))
-                conn.execute(
-                    """
-                    INSERT INTO etl_partitions (partition, fingerprint, run_id, processed_at,
-                        raw_rows, source_rows, quarantined_rows, duplicates, corrected_values,
-                        rejected_values, minute_rows)
-                    VALUES (%s, %s, %s, now(), %s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (partition) DO UPDATE SET
-                        fingerprint = EXCLUDED.fingerprint, run_id = EXCLUDED.run_id,
-                        processed_at = EXCLUDED.processed_at, raw_rows = EXCLUDED.raw_rows,
-                        source_rows = EXCLUDED.source_rows,
-                        quarantined_rows = EXCLUDED.quarantined_rows,
-                        duplicates = EXCLUDED.duplicates,
-                        corrected_values = EXCLUDED.corrected_values,
-                        rejected_values = EXCLUDED.rejected_values,
-                        minute_rows = EXCLUDED.minute_rows
-                    """,
-                    (
-                        q, p.fingerprints[q], summary.run_id, c.raw_rows, c.source_rows,
-                        c.quarantined_rows, c.duplicates, c.corrected_values,
-                        c.rejected_values, c.minute_rows,
-                    ),
-                )  # fmt: skip
+            conn.execute("DELETE FROM vitals_minute WHERE partition = %s", (q,))
+            conn.execute("DELETE FROM quarantine WHERE partition = %s", (q,))
+            # Binary COPY: the Arrow types of both zones are those of the migrations' DDL.
+            if minutes.num_rows:
+                minutes = minutes.append_column("partition", pa.array([q] * minutes.num_rows))
+                copy_table(
+                    conn, "vitals_minute", minutes.select(list(PG_MINUTE_COLUMNS)), binary=True
+                )
+            if quarantine.num_rows:
+                quarantine = quarantine.append_column(
+                    "partition", pa.array([q] * quarantine.num_rows)
+                )
+                copy_table(
+                    conn, "quarantine", quarantine.select(list(QUARANTINE_COLUMNS)), binary=True
+                )
+            conn.execute(
+                """
+                INSERT INTO etl_partitions (partition, fingerprint, run_id, processed_at,
+                    raw_rows, source_rows, quarantined_rows, duplicates, corrected_values,
+                    rejected_values, minute_rows)
+                VALUES (%s, %s, %s, now(), %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (partition) DO UPDATE SET
+                    fingerprint = EXCLUDED.fingerprint, run_id = EXCLUDED.run_id,
+                    processed_at = EXCLUDED.processed_at, raw_rows = EXCLUDED.raw_rows,
+                    source_rows = EXCLUDED.source_rows,
+                    quarantined_rows = EXCLUDED.quarantined_rows,
+                    duplicates = EXCLUDED.duplicates,
+                    corrected_values = EXCLUDED.corrected_values,
+                    rejected_values = EXCLUDED.rejected_values,
+                    minute_rows = EXCLUDED.minute_rows
+                """,
+                (
+                    q, p.fingerprints[q], summary.run_id, c.raw_rows, c.source_rows,
+                    c.quarantined_rows, c.duplicates, c.corrected_values,
+                    c.rejected_values, c.minute_rows,
+                ),
+            )  # fmt: skip
+
+        load_partitions(self.settings, p.pending, load)
 
     # ------------------------------------------------------------------ failure
     def _fail(

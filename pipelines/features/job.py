@@ -8,11 +8,14 @@ One run:
    windows look back into it).
 2. **Compute** — Spark reads the processed zone for the patients present in those hours
    (their whole stay so far: the baseline needs its first hours), partitions by patient,
-   sorts by minute and calls :func:`features.transform.features_for_patient` — the same
-   transform the scorer runs online — at the configured cadence.
-3. **Write** the feature zone ``features/<version>/date=…/hour=…`` and the PostgreSQL
-   table ``features_<version>``, replacing each hour in one transaction with its
-   ``feature_partitions`` row.
+   sorts by minute and calls :func:`features.transform.patient_feature_arrays` — the same
+   transform the scorer runs online — at the configured cadence. Each task writes its
+   rows for the target hours to Parquet under ``_staging/features/<version>/<run>/`` and
+   reports the files.
+3. **Publish** the reported files into the feature zone ``features/<version>/date=…/hour=…``
+   (each computed hour's old files replaced), then load the PostgreSQL table
+   ``features_<version>`` by binary ``COPY``, replacing each hour in one transaction with
+   its ``feature_partitions`` row, ``postgres.load_connections`` hours at a time.
 4. **Label** every feature row from the landed outcomes (:func:`features.labels.make_labels`)
    into ``labels/<version>`` and the ``feature_labels`` table. Labels are rebuilt whenever
    features or outcomes changed: a row censored yesterday may be labelled today.
@@ -28,7 +31,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import typer
 
@@ -53,7 +56,7 @@ from features.transform import patient_feature_arrays, static_vector
 from pipelines.etl.job import PROCESSED_ZONE, by_patient
 from pipelines.etl.plan import hour_of, partition_of
 from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
-from stack.db import connect, copy_table, migrate, transaction
+from stack.db import connect, copy_table, load_partitions, migrate, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
@@ -317,35 +320,33 @@ class FeatureJob:
                 self.lake.move(rel, f"{FEATURES_ZONE}/{q}/{rel.rsplit('/', 1)[-1]}")
 
     def _load_postgres(self, pending: list[str], run_id: str) -> None:
-        """Each hour replaces its rows in one transaction, on parallel connections."""
+        """Each hour replaces its rows in one transaction, ``postgres.load_connections`` at once."""
         with connect(self.settings) as conn:
             etl_at = dict(conn.execute("SELECT partition, processed_at FROM etl_partitions"))
 
-        def load(q: str) -> None:
+        def load(conn: psycopg.Connection[tuple], q: str) -> None:  # type: ignore[type-arg]
             table = self.lake.read_table(f"{FEATURES_ZONE}/{q}")
-            with transaction(self.settings) as conn:
-                conn.execute(f"DELETE FROM {FEATURES_TABLE} WHERE partition = %s", (q,))
-                if table.num_rows:
-                    table = _nan_to_null(table).append_column(
-                        "partition", pa.array([q] * table.num_rows)
-                    )
-                    columns = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
-                    # Binary: the table's DDL comes from the same spec (features_ddl).
-                    copy_table(conn, FEATURES_TABLE, table.select(columns), binary=True)
-                conn.execute(
-                    """
-                    INSERT INTO feature_partitions (partition, feature_set_version, run_id,
-                        etl_processed_at, computed_at, rows)
-                    VALUES (%s, %s, %s, %s, now(), %s)
-                    ON CONFLICT (partition, feature_set_version) DO UPDATE SET
-                        run_id = EXCLUDED.run_id, etl_processed_at = EXCLUDED.etl_processed_at,
-                        computed_at = EXCLUDED.computed_at, rows = EXCLUDED.rows
-                    """,
-                    (q, FEATURE_SET_VERSION, run_id, etl_at.get(q), table.num_rows),
+            conn.execute(f"DELETE FROM {FEATURES_TABLE} WHERE partition = %s", (q,))
+            if table.num_rows:
+                table = _nan_to_null(table).append_column(
+                    "partition", pa.array([q] * table.num_rows)
                 )
+                columns = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
+                # Binary: the table's DDL comes from the same spec (features_ddl).
+                copy_table(conn, FEATURES_TABLE, table.select(columns), binary=True)
+            conn.execute(
+                """
+                INSERT INTO feature_partitions (partition, feature_set_version, run_id,
+                    etl_processed_at, computed_at, rows)
+                VALUES (%s, %s, %s, %s, now(), %s)
+                ON CONFLICT (partition, feature_set_version) DO UPDATE SET
+                    run_id = EXCLUDED.run_id, etl_processed_at = EXCLUDED.etl_processed_at,
+                    computed_at = EXCLUDED.computed_at, rows = EXCLUDED.rows
+                """,
+                (q, FEATURE_SET_VERSION, run_id, etl_at.get(q), table.num_rows),
+            )
 
-        with ThreadPoolExecutor(self.cfg.load_connections, "features-load") as pool:
-            list(pool.map(load, pending))  # re-raises the first failure
+        load_partitions(self.settings, pending, load)
 
     def _read_processed(self, spark: SparkSession) -> DataFrame:
         df = spark.read.parquet(f"{self.lake.uri}/{PROCESSED_ZONE}")
