@@ -403,13 +403,10 @@ class FeatureJob:
             conn.execute(
                 "DELETE FROM feature_labels WHERE feature_set_version = %s", (FEATURE_SET_VERSION,)
             )
-            copy_table(
-                conn,
-                "feature_labels",
-                table.append_column(
-                    "feature_set_version", pa.array([FEATURE_SET_VERSION] * table.num_rows)
-                ),
-            )
+            rows = table.set_column(
+                table.schema.get_field_index("label"), "label", table["label"].cast(pa.int16())
+            ).append_column("feature_set_version", pa.array([FEATURE_SET_VERSION] * table.num_rows))
+            copy_table(conn, "feature_labels", rows, binary=True)  # label is a smallint there
         counts = labels["label_status"].value_counts().to_dict()
         counts["positive"] = int((labels["label"] == 1).sum())
         summary.timings["labels_s"] = round(time.monotonic() - t, 2)
