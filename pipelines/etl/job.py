@@ -403,17 +403,16 @@ class EtlJob:
                     self.lake.delete(rel)
         date = F.regexp_extract("partition", r"date=([0-9-]+)", 1)
         hour = F.regexp_extract("partition", r"hour=([0-9]+)", 1)
-        # The minutes are written as their tasks hold them (one file per hour per task):
-        # gathering each hour into one file first was a shuffle of every minute row. The
-        # quarantine is small: one file per hour.
-        for df, zone, gather in (
-            (minutes, PROCESSED_ZONE, False),
-            (quarantine, QUARANTINE_ZONE, True),
-        ):
-            out = df.withColumn("date", date).withColumn("hour", hour).drop("partition")
-            if gather:
-                out = out.repartition("date", "hour")
-            out.write.mode("append").partitionBy("date", "hour").parquet(self._uri(zone))
+        for df, zone in ((minutes, PROCESSED_ZONE), (quarantine, QUARANTINE_ZONE)):
+            (
+                df.withColumn("date", date)
+                .withColumn("hour", hour)
+                .drop("partition")
+                .repartition("date", "hour")
+                .write.mode("append")
+                .partitionBy("date", "hour")
+                .parquet(self._uri(zone))
+            )
 
     def _uri(self, rel: str) -> str:
         """What Spark reads and writes: a local path, or ``s3a://bucket/...``."""
