@@ -25,6 +25,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create the virtualenv and install the lock (re-runs only when the lock changes)
+	@# A venv synced by hand (`uv pip sync` removes what the lock does not list) loses the
+	@# project's editable install: Airflow's DAGs then cannot import it. Put it back.
+	@$(BIN)/python -I -c 'import ops' 2>/dev/null \
+	  || $(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 
 lock: ## Re-resolve requirements.in into requirements.lock
 	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"; }
