@@ -255,7 +255,7 @@ def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any
         for a in batch:
             top = ", ".join(f"{t['feature']}={_num(t['value'])}" for t in a["top_features"][:3])
             console.print(
-                f"[red]ALERT[/] {a['patient_id']} at {a['ts'][11:16]} risk {a['risk']:.2f} "
+                f"[red]ALERT[/] {a['patient_id']} at {a['ts'][11:16]} risk {a['risk']:.3g} "
                 f"({a['reason'].replace('_', ' ')}; model v{a['model_version']}): {top}"
             )
 
