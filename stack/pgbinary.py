@@ -1,18 +1,19 @@
 """Arrow tables as PostgreSQL binary ``COPY`` data, built with numpy, no per-value Python.
 
 Why: PostgreSQL parses a text ``COPY`` value by value (``float8in`` is a ``strtod``); the
-binary format hands it the bytes. For the 125-column feature table that is ~20 % less
-server time per row, and the client builds the stream in numpy instead of formatting text.
+binary format hands it the bytes. The 128-column feature table loads in two thirds of the
+time (215,000 rows: 2.4 s against 3.6 s), and the client builds the stream in numpy
+instead of formatting text.
 
 The format (PostgreSQL manual, "COPY", *Binary Format*): an 11-byte signature, a 4-byte
 flags word and a 4-byte header-extension length; then per row a 2-byte field count and,
 per field, a 4-byte length (``-1`` for NULL) followed by that many bytes in network byte
 order; then a 2-byte ``-1`` trailer.
 
-How: a chunk of rows becomes one ``[rows, width]`` byte matrix with every field at its
-widest (fixed-width values in place, text padded to the chunk's longest value), plus a
-mask of the bytes that belong in the stream (not a NULL's value, not padding). The
-stream is ``matrix[mask]``: one compress, in row order.
+How: a chunk of rows becomes one packed record per row (a numpy structured dtype: field
+count, then each field's length and value at its widest; text padded to the chunk's
+longest value), plus a mask of the bytes that belong in the stream (not a NULL's value,
+not padding). The stream is the records' bytes under the mask: one compress, in row order.
 
 Each Arrow type maps to exactly one PostgreSQL type; the target column must have it
 (binary COPY does not cast: PostgreSQL rejects a mismatch with "incorrect binary data
