@@ -140,7 +140,7 @@ def _features_partition(
         lake = Lake(lake_root)
         start = pd.Timestamp(since)
         held: dict[str, list[pa.Table]] = {}
-        wrote: list[tuple[str, str, str, int]] = []
+        wrote: list[tuple[str, str, int]] = []  # hour, file, rows
         patients = 0
 
         def flush() -> None:
@@ -148,7 +148,7 @@ def _features_partition(
                 rel = f"{staging}/{q}/part-{tag}-{len(wrote):04d}.parquet"
                 table = pa.concat_tables(parts)
                 lake.write_parquet(table, rel)
-                wrote.append(("file", q, rel, table.num_rows))
+                wrote.append((q, rel, table.num_rows))
             held.clear()
 
         for pdf in by_patient(batches):
@@ -189,11 +189,11 @@ def _features_partition(
             if sum(t.num_rows for parts in held.values() for t in parts) >= FLUSH_ROWS:
                 flush()
         flush()
-        kinds, parts, files, rows = zip(*wrote, strict=True) if wrote else ((), (), (), ())
+        hours_written, files, rows = zip(*wrote, strict=True) if wrote else ((), (), ())
         yield pd.DataFrame(
             {
-                "kind": [*kinds, "task"],
-                "partition": [*parts, None],
+                "kind": ["file"] * len(wrote) + ["task"],
+                "partition": [*hours_written, None],
                 "file": [*files, None],
                 "rows": [*rows, patients],
             }
@@ -314,8 +314,7 @@ class FeatureJob:
         for q, rel, _rows in files:
             staged[q].append(rel)
         for q in pending:
-            for rel in self.lake.files(f"{FEATURES_ZONE}/{q}", suffix=""):
-                self.lake.delete(rel)
+            self.lake.delete_dir(f"{FEATURES_ZONE}/{q}")
             for rel in staged[q]:
                 self.lake.move(rel, f"{FEATURES_ZONE}/{q}/{rel.rsplit('/', 1)[-1]}")
 
@@ -328,9 +327,8 @@ class FeatureJob:
             table = self.lake.read_table(f"{FEATURES_ZONE}/{q}")
             conn.execute(f"DELETE FROM {FEATURES_TABLE} WHERE partition = %s", (q,))
             if table.num_rows:
-                table = _nan_to_null(table).append_column(
-                    "partition", pa.array([q] * table.num_rows)
-                )
+                # The tasks wrote a missing feature as null (_feature_table), as it is here.
+                table = table.append_column("partition", pa.array([q] * table.num_rows))
                 columns = ["patient_id", "ts", *FEATURE_NAMES, "partition"]
                 # Binary: the table's DDL comes from the same spec (features_ddl).
                 copy_table(conn, FEATURES_TABLE, table.select(columns), binary=True)
@@ -454,18 +452,6 @@ class FeatureJob:
                     error, s.seconds, s.run_id,
                 ),
             )  # fmt: skip
-
-
-def _nan_to_null(table: pa.Table) -> pa.Table:
-    """PostgreSQL gets NULL for a missing feature, not the float NaN."""
-    cols = []
-    for name in table.column_names:
-        col = table.column(name)
-        if pa.types.is_floating(col.type):
-            arr = col.to_numpy()
-            col = pa.array(arr, mask=np.isnan(arr))
-        cols.append(col)
-    return pa.table(cols, names=table.column_names)
 
 
 def run_features(settings: Settings, *, force: bool = False) -> FeatureSummary:
