@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,11 +76,33 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections and ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on loopback (for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A currently free TCP port on loopback (for tests), below the ephemeral range.
+
+    A port from ``bind(0)`` lies in the ephemeral range, where every outgoing connection
+    also takes its source port: between choosing it and the server binding it, a client
+    connection anywhere on the machine may take it (a parallel test run saw BentoML's
+    port taken that way). Below the range a port is only ever taken by a bind.
+    """
+    floor = _ephemeral_floor()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, floor - 12_000), floor)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise StackError(f"no free port on {host} below {floor} after 200 tries")
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
