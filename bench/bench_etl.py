@@ -32,12 +32,12 @@ from bench.common import (
     write_result,
 )
 from pipelines.etl.job import run_etl
-from pipelines.landing import RAW_VITALS, VITALS_SCHEMA, _Buffer, _by_hour
+from pipelines.landing import RAW_VITALS, VITALS_SCHEMA, _Buffer, _by_hour, _Columns
 from pipelines.produce import with_simulator
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
 from stack.contracts import VitalsEvent
-from stack.kafka import Record
+from stack.kafka import PartitionBatch
 from stack.lake import Lake
 from stack.settings import Settings
 
@@ -54,13 +54,18 @@ def write_raw_lake(s: Settings, events: int) -> int:
     offset = 0
     for n, chunk in enumerate(WardSimulator(s.simulator).messages()):
         vitals = [m for m in chunk if m[0] == "vitals"]
-        recs = [
-            Record("vitals.raw", 0, offset + i, k, v, int(1_767_571_200_000 + e * 1000))
-            for i, (_r, k, v, e) in enumerate(vitals)
-        ]
-        offset += len(recs)
-        result = validator.validate([r.value for r in recs])
-        table = _Buffer.with_kafka(result.table, recs, VITALS_SCHEMA)
+        batch = PartitionBatch(
+            "vitals.raw",
+            0,
+            list(range(offset, offset + len(vitals))),
+            [int(1_767_571_200_000 + e * 1000) for _r, _k, _v, e in vitals],
+            [k for _r, k, _v, _e in vitals],
+            [v for _r, _k, v, _e in vitals],
+        )
+        offset += len(batch)
+        cols = _Columns.of([batch])
+        result = validator.validate(cols.values)
+        table = _Buffer.with_kafka(result.table, batch.topic, cols, VITALS_SCHEMA)
         for part, t in _by_hour(table, "ts").items():
             lake.write_parquet(t, f"{RAW_VITALS}/{part}/bench-{n:05d}.parquet")
         written += table.num_rows

@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,8 @@ import typer
 from stack.batchvalidate import BatchValidator, arrow_schema
 from stack.contracts import RAW_OUTCOMES_ZONE, AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.gctune import throughput_gc
-from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
+from stack.kafka import Consumer, KafkaClient, PartitionBatch, Producer, TopicPartition
+from stack.kafkafetch import Fetcher, InlineFetcher, ProcessFetcher
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.logs import configure_logging
@@ -55,6 +56,7 @@ RAW_VITALS = "raw/vitals"
 RAW_OUTCOMES = RAW_OUTCOMES_ZONE
 RAW_ADMISSIONS = "raw/admissions"
 RAW_DEAD = "raw/deadletter"
+POLL_TIMEOUT_S = 0.2  # how long one poll waits for data (the loop's tick when idle)
 FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -135,7 +137,7 @@ class _Buffer:
         self.vitals: list[pa.Table] = []
         self.outcomes: list[pa.Table] = []
         self.admissions: list[pa.Table] = []
-        self.dead: list[tuple[Record, str, str]] = []
+        self.dead: list[_Dead] = []
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.count = 0
 
@@ -144,17 +146,14 @@ class _Buffer:
         return {TopicPartition(t, p): off + 1 for (t, p), off in self.last_offsets.items()}
 
     @staticmethod
-    def with_kafka(rows: pa.Table, recs: list[Record], schema: pa.Schema) -> pa.Table:
+    def with_kafka(rows: pa.Table, topic: str, kafka: _Columns, schema: pa.Schema) -> pa.Table:
         """Validated rows plus the Kafka coordinates of the records they came from."""
-        index = rows.column("_index")
-        kafka = {
-            "kafka_topic": pa.array([r.topic for r in recs], pa.string()),
-            "kafka_partition": pa.array([r.partition for r in recs], pa.int32()),
-            "kafka_offset": pa.array([r.offset for r in recs], pa.int64()),
-            "kafka_ts": pa.array([r.timestamp_ms * 1000 for r in recs], pa.int64()).cast(_TS),
-        }
+        index = rows.column("_index").to_numpy()
         cols = {name: rows.column(name) for name in rows.column_names if name != "_index"}
-        cols.update({k: v.take(index) for k, v in kafka.items()})
+        cols["kafka_topic"] = pa.repeat(pa.scalar(topic, pa.string()), len(index))
+        cols["kafka_partition"] = pa.array(kafka.partitions[index], pa.int32())
+        cols["kafka_offset"] = pa.array(kafka.offsets[index], pa.int64())
+        cols["kafka_ts"] = pa.array(kafka.timestamps_ms[index] * 1000, pa.int64()).cast(_TS)
         cols["landed_at"] = pa.nulls(rows.num_rows, _TS)  # set at flush
         return pa.table(cols, schema=schema)
 
@@ -164,18 +163,19 @@ class _Buffer:
         def stamped(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
             t = pa.concat_tables(parts) if parts else schema.empty_table()
             i = t.schema.get_field_index("landed_at")
-            return t.set_column(i, "landed_at", pa.array([stamp] * t.num_rows, _TS))
+            return t.set_column(i, "landed_at", pa.repeat(stamp, t.num_rows))
 
+        d = self.dead
         dead = {
-            "reason": [r for _rec, r, _d in self.dead],
-            "detail": [d for _rec, _r, d in self.dead],
-            "key": [rec.key for rec, _r, _d in self.dead],
-            "value": [rec.value for rec, _r, _d in self.dead],
-            "kafka_topic": [rec.topic for rec, _r, _d in self.dead],
-            "kafka_partition": [rec.partition for rec, _r, _d in self.dead],
-            "kafka_offset": [rec.offset for rec, _r, _d in self.dead],
-            "kafka_ts": [rec.timestamp_ms * 1000 for rec, _r, _d in self.dead],
-            "landed_at": [landed_at] * len(self.dead),
+            "reason": [x.reason for x in d],
+            "detail": [x.detail for x in d],
+            "key": [x.key for x in d],
+            "value": [x.value for x in d],
+            "kafka_topic": [x.topic for x in d],
+            "kafka_partition": [x.partition for x in d],
+            "kafka_offset": [x.offset for x in d],
+            "kafka_ts": [x.timestamp_ms * 1000 for x in d],
+            "landed_at": [landed_at] * len(d),
         }
         return (
             stamped(self.vitals, VITALS_SCHEMA),
@@ -183,6 +183,58 @@ class _Buffer:
             stamped(self.admissions, ADMISSIONS_SCHEMA),
             pa.table(dead, schema=DEAD_SCHEMA),
         )
+
+
+class _Dead(NamedTuple):
+    """A message that goes to the dead letters, with where it came from and why."""
+
+    reason: str
+    detail: str
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass
+class _Columns:
+    """One topic's records of a poll, all partitions together, as parallel columns."""
+
+    values: list[bytes | None]
+    partitions: np.ndarray
+    offsets: np.ndarray
+    timestamps_ms: np.ndarray
+    batches: list[PartitionBatch]
+
+    @classmethod
+    def of(cls, batches: list[PartitionBatch]) -> _Columns:
+        one = len(batches) == 1
+        values = batches[0].values if one else [v for b in batches for v in b.values]
+        return cls(
+            values=values,
+            partitions=np.repeat(
+                np.array([b.partition for b in batches], np.int32), [len(b) for b in batches]
+            ),
+            offsets=np.concatenate([np.array(b.offsets, np.int64) for b in batches]),
+            timestamps_ms=np.concatenate([np.array(b.timestamps_ms, np.int64) for b in batches]),
+            batches=batches,
+        )
+
+    def dead(self, i: int, reason: str, detail: str, topic: str) -> _Dead:
+        """Record ``i`` as a dead letter."""
+        j = i
+        for b in self.batches:
+            if j < len(b):
+                break
+            j -= len(b)
+        else:
+            raise IndexError(i)
+        return _Dead(
+            reason, detail, b.keys[j], self.values[i], topic,
+            int(self.partitions[i]), int(self.offsets[i]), int(self.timestamps_ms[i]),
+        )  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -292,15 +344,15 @@ class Lander:
         if self._failpoint is not None and summary.flushes >= self._failpoint:
             os._exit(17)  # simulated crash: files written, offsets not committed
         if dlq is not None and buf.dead:
-            for rec, reason, detail in buf.dead:
+            for d in buf.dead:
                 dlq.send(
                     self.topics.dead_letters,
-                    rec.value or b"",
-                    key=rec.key,
+                    d.value or b"",
+                    key=d.key,
                     headers=[
-                        ("reason", reason.encode()),
-                        ("detail", detail.encode()),
-                        ("source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+                        ("reason", d.reason.encode()),
+                        ("detail", d.detail.encode()),
+                        ("source", f"{d.topic}/{d.partition}/{d.offset}".encode()),
                     ],
                 )
             dlq.flush()
@@ -310,7 +362,7 @@ class Lander:
         summary.vitals += vitals.num_rows
         summary.outcomes += outcomes.num_rows
         summary.admissions += admissions.num_rows
-        summary.dead_letters.update(reason for _rec, reason, _d in buf.dead)
+        summary.dead_letters.update(d.reason for d in buf.dead)
         for tp, off in buf.next_offsets.items():
             summary.committed[f"{tp.topic}/{tp.partition}"] = off
         log.info(
@@ -324,26 +376,44 @@ class Lander:
         )
 
     # ------------------------------------------------------------------ main loop
-    def _take(self, records: list[Record], buf: _Buffer, summary: LandingSummary) -> None:
-        """Validate a polled batch into the buffer, columnar (see ``stack.batchvalidate``)."""
+    def _take(self, batches: list[PartitionBatch], buf: _Buffer, summary: LandingSummary) -> int:
+        """Validate a poll's records into the buffer, columnar (see ``stack.batchvalidate``).
+
+        Returns:
+            The number of records taken.
+        """
         last = buf.last_offsets
-        by_topic: dict[str, list[Record]] = {}
-        for rec in records:
-            last[rec.topic, rec.partition] = rec.offset
-            by_topic.setdefault(rec.topic, []).append(rec)
-        for topic, recs in by_topic.items():
+        by_topic: dict[str, list[PartitionBatch]] = {}
+        n = 0
+        for b in batches:
+            if len(b):
+                last[b.topic, b.partition] = b.offsets[-1]
+                by_topic.setdefault(b.topic, []).append(b)
+                n += len(b)
+        for topic, group in by_topic.items():
             if topic == self.topics.vitals:
                 validator, schema, out = self._vitals, VITALS_SCHEMA, buf.vitals
             elif topic == self.topics.admissions:
                 validator, schema, out = self._admissions, ADMISSIONS_SCHEMA, buf.admissions
             else:
                 validator, schema, out = self._outcomes, OUTCOMES_SCHEMA, buf.outcomes
-            result = validator.validate([r.value for r in recs])
+            cols = _Columns.of(group)
+            result = validator.validate(cols.values)
             if result.table.num_rows:
-                out.append(_Buffer.with_kafka(result.table, recs, schema))
-            buf.dead.extend((recs[i], reason, detail) for i, reason, detail in result.rejects)
-        buf.count += len(records)
-        summary.records += len(records)
+                out.append(_Buffer.with_kafka(result.table, topic, cols, schema))
+            buf.dead.extend(
+                cols.dead(i, reason, detail, topic) for i, reason, detail in result.rejects
+            )
+        buf.count += n
+        summary.records += n
+        return n
+
+    def _fetcher(self) -> Fetcher:
+        """The configured way of reading Kafka (started early: a child connects meanwhile)."""
+        args = (self.client, self.settings.kafka.consumer.max_poll_records, POLL_TIMEOUT_S)
+        if self.cfg.fetch == "process":
+            return ProcessFetcher(*args)
+        return InlineFetcher(*args)
 
     def run(self, *, bounded: bool = True, max_seconds: float | None = None) -> LandingSummary:
         """Land messages; bounded mode stops at the end offsets seen at start.
@@ -355,23 +425,28 @@ class Lander:
         summary = LandingSummary(
             run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous"
         )
-        if not self.settings.kafka.bootstrap_servers:
-            ensure_topics(self.settings)  # the embedded broker forgets topics on restart
-        topics = [self.topics.vitals, self.topics.outcomes, self.topics.admissions]
-        partitions = self.client.all_partitions(topics)
-        consumer = self.client.consumer(self.cfg.group_id)
-        dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
         t0 = time.monotonic()
+        # Reads only (this process owns the group's offsets); started first, so that a
+        # fetch process starts up while this one finds out where to resume.
+        fetcher = self._fetcher()
+        consumer: Consumer | None = None
+        dlq: Producer | None = None
         previous_handlers: dict[int, Any] = {}
         with throughput_gc():  # fewer GC passes over live batches
             try:
-                consumer.assign(partitions)
+                if not self.settings.kafka.bootstrap_servers:
+                    ensure_topics(self.settings)  # the embedded broker forgets topics
+                topics = [self.topics.vitals, self.topics.outcomes, self.topics.admissions]
+                partitions = self.client.all_partitions(topics)
+                consumer = self.client.consumer(self.cfg.group_id)  # offsets and commits
+                dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
                 self._recover(consumer, summary)
-                # Assigned partitions resume from the group's committed offsets (or the earliest).
+                # Resume from the group's committed offsets (or the earliest).
                 marks = consumer.watermarks(partitions)
                 committed = consumer.committed(partitions)
                 position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
                 end = {tp: high for tp, (_low, high) in marks.items()}
+                fetcher.start(position)
                 buf = _Buffer()
                 last_flush = last_data = time.monotonic()
                 previous_handlers = self._install_signal_handlers()
@@ -384,16 +459,13 @@ class Lander:
                         if caught_up:
                             break
                         caught_up = True
-                    records = consumer.poll_batch(
-                        self.settings.kafka.consumer.max_poll_records, 0.2 if caught_up else 0.5
-                    )
-                    if records and summary.first_record_s is None:
+                    taken = self._take(fetcher.poll(), buf, summary)
+                    if taken and summary.first_record_s is None:
                         summary.first_record_s = time.monotonic() - t0
-                    self._take(records, buf, summary)
                     for (topic, part), off in buf.last_offsets.items():
                         position[TopicPartition(topic, part)] = off + 1
                     mono = time.monotonic()
-                    if records:
+                    if taken:
                         last_data = mono
                     elif bounded and mono - last_data > self.cfg.idle_timeout_s:
                         log.warning(
@@ -415,8 +487,10 @@ class Lander:
             finally:
                 for sig, handler in previous_handlers.items():
                     signal.signal(sig, handler)
-                summary.peak_rss_mb = peak_rss_mb()
-                consumer.close()
+                fetcher.close()
+                summary.peak_rss_mb = peak_rss_mb() + fetcher.peak_rss_mb()
+                if consumer is not None:
+                    consumer.close()
                 if dlq is not None:
                     dlq.close()
         summary.seconds = time.monotonic() - t0

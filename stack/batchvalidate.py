@@ -21,11 +21,13 @@ to that. Output rows keep the input order.
 
 from __future__ import annotations
 
+import operator
 import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, compress
 from typing import Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
@@ -38,7 +40,12 @@ from stack.contracts import violation_reason
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
 _UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_TS_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
+# ISO 8601 as pydantic takes it, fields in range (year 1-9999; the day against its month
+# is checked only when a cast fails, see ``_possible_times``).
+_TS_RE = (
+    r"^(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
 _ROW_RE = re.compile(r"in row (\d+)")
 _SLICE = 1024
 
@@ -110,6 +117,17 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
     return pa.schema([(f.name, _OUT_TYPE[f.kind]) for f in _describe(model)])
 
 
+def _possible_times(col: pa.Array) -> pa.Array:
+    """Which ISO-8601 strings (fields already in range) name a day their month has.
+
+    February 30th parses as March 2nd, so a date that does not read back the same is not.
+    """
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    head = pc.utf8_slice_codeunits(col, 0, 19)  # YYYY-MM-DDTHH:MM:SS
+    parsed = pc.strptime(head, format=fmt, unit="s", error_is_null=True)
+    return pc.fill_null(pc.equal(pc.strftime(parsed, format=fmt), head), False)
+
+
 @dataclass
 class BatchResult:
     """Valid rows (``table``, ``_index`` = position in the input) and rejects.
@@ -139,29 +157,40 @@ class BatchValidator:
     def validate(self, values: Sequence[bytes | None]) -> BatchResult:
         # Arrow forgives things pydantic does not (a byte-order mark at the start of its
         # buffer), so only plain objects take the fast path; the odd rest goes to pydantic.
-        fast = [i for i, v in enumerate(values) if v and v[:1] == b"{"]
-        slow: list[int] = sorted(set(range(len(values))) - set(fast))
-        tables = []
+        # A message cut short in transit (no closing brace) is sure to fail the read: it
+        # goes straight to pydantic instead of costing its slice a second read.
+        plain = [v is not None and v[:1] == b"{" and v[-1:] == b"}" for v in values]
+        fast = list(compress(range(len(values)), plain))
+        slow = list(compress(range(len(values)), map(operator.not_, plain)))
+        read: list[pa.Table] = []
+        read_idx: list[list[int]] = []
         # Read in slices, so that a bad line costs a re-read of its slice, not the batch.
         todo = [(a, min(a + _SLICE, len(fast))) for a in range(0, len(fast), _SLICE)][::-1]
-        while todo:
+        while todo:  # a stack, popped in input order
             a, b = todo.pop()
             if a >= b:
                 continue
             idx = fast[a:b]
             table, bad_row = self._read_lines(values, idx)
             if table is not None:
-                ok, doubtful = self._checks(table, idx)
-                tables.append(ok)
-                slow.extend(doubtful)
+                read.append(table)
+                read_idx.append(idx)
             elif b - a == 1:
                 slow.append(idx[0])
             elif bad_row is not None:  # Arrow named the line: set it aside, read around it
                 slow.append(idx[bad_row])
-                todo += [(a, a + bad_row), (a + bad_row + 1, b)]
+                todo += [(a + bad_row + 1, b), (a, a + bad_row)]
             else:
                 mid = (a + b) // 2
-                todo += [(a, mid), (mid, b)]
+                todo += [(mid, b), (a, mid)]
+        tables = []
+        if read:  # one pass of checks over everything read: fewer, larger kernel calls
+            ok, doubtful = self._checks(pa.concat_tables(read), list(chain(*read_idx)))
+            tables.append(ok)
+            slow.extend(doubtful)
+        if not slow:
+            table = tables[0] if tables else self._with_index.empty_table()
+            return BatchResult(table=table, rejects=[], slow_path=0)
         slow_table, rejects = self._slow(values, sorted(slow))
         tables.append(slow_table)
         table = pa.concat_tables(tables).sort_by("_index")
@@ -229,11 +258,19 @@ class BatchValidator:
             cols = {k: pc.filter(v, good) for k, v in cols.items()}
             index = pc.filter(index, good)
         for f in self.fields:
-            if f.kind == "datetime":
+            if f.kind != "datetime":
+                continue
+            try:
+                cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
+            except pa.ArrowInvalid:
+                # Well-formed but impossible (February 30th): those rows to pydantic.
+                fine = _possible_times(cols[f.name])
+                doubtful += pc.filter(index, pc.invert(fine)).to_pylist()
+                cols = {k: pc.filter(v, fine) for k, v in cols.items()}
+                index = pc.filter(index, fine)
                 try:
                     cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
-                except pa.ArrowInvalid:
-                    # A well-formed but impossible time (month 13): let pydantic judge all.
+                except pa.ArrowInvalid:  # something the calendar check missed: pydantic
                     return self._with_index.empty_table(), idx
         cols["_index"] = index
         return pa.table(cols, schema=self._with_index), doubtful

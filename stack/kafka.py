@@ -5,8 +5,10 @@
 ``kafka.client: confluent``. Both implement the same three roles:
 
 - :class:`Producer` — ``send(topic, key, value, headers)``, ``flush()``, ``close()``;
-- :class:`Consumer` — manual ``assign``/``subscribe``, ``poll_batch``, ``commit`` of
-  explicit next offsets, ``committed``, ``watermarks`` (low, high), ``seek``;
+- :class:`Consumer` — manual ``assign`` (optionally at given offsets)/``subscribe``,
+  ``poll_batch`` (records) or ``poll_columns`` (one :class:`PartitionBatch` per partition:
+  lists, not per-message objects), ``commit`` of explicit next offsets, ``committed``,
+  ``watermarks`` (low, high), ``seek``;
 - :class:`Admin` — ``ensure_topics`` and ``partitions``.
 
 Offsets are always explicit: stages commit exactly what they have made durable.
@@ -18,9 +20,10 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from stack.settings import KafkaSettings
+if TYPE_CHECKING:  # annotations only: the fetch process starts without pydantic
+    from stack.settings import KafkaSettings
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -47,6 +50,24 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(slots=True)
+class PartitionBatch:
+    """Consecutive records of one partition as columns (cheap to build, pickle and slice).
+
+    ``offsets`` ascend; the lists are parallel.
+    """
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    timestamps_ms: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
 class Producer(Protocol):
     def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
@@ -56,10 +77,15 @@ class Producer(Protocol):
 
 
 class Consumer(Protocol):
-    def assign(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def assign(
+        self,
+        partitions: Sequence[TopicPartition],
+        offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None: ...
     def subscribe(self, topics: Sequence[str]) -> None: ...
     def assignment(self) -> set[TopicPartition]: ...
     def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    def poll_columns(self, max_records: int, timeout_s: float) -> list[PartitionBatch]: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
     def committed(
         self, partitions: Sequence[TopicPartition]
@@ -182,8 +208,14 @@ class _KpConsumer:
 
         return KafkaTP(tp.topic, tp.partition)
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+    def assign(
+        self,
+        partitions: Sequence[TopicPartition],
+        offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
         self._c.assign([self._tp(tp) for tp in partitions])
+        for tp, off in (offsets or {}).items():
+            self._c.seek(self._tp(tp), off)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._c.subscribe(list(topics))
@@ -208,6 +240,21 @@ class _KpConsumer:
                 for r in recs
             )
         return out
+
+    def poll_columns(self, max_records: int, timeout_s: float) -> list[PartitionBatch]:
+        polled = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [
+            PartitionBatch(
+                tp.topic,
+                tp.partition,
+                [r.offset for r in recs],
+                [r.timestamp for r in recs],
+                [r.key for r in recs],
+                [r.value for r in recs],
+            )
+            for tp, recs in polled.items()
+            if recs
+        ]
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         from kafka.structs import OffsetAndMetadata
@@ -355,11 +402,16 @@ class _CkConsumer:
             return ConfluentTP(tp.topic, tp.partition)
         return ConfluentTP(tp.topic, tp.partition, offset)
 
-    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+    def assign(
+        self,
+        partitions: Sequence[TopicPartition],
+        offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
         from confluent_kafka import OFFSET_STORED
 
+        at = offsets or {}
         self._assigned = list(partitions)
-        self._c.assign([self._tp(tp, OFFSET_STORED) for tp in partitions])
+        self._c.assign([self._tp(tp, at.get(tp, OFFSET_STORED)) for tp in partitions])
 
     def subscribe(self, topics: Sequence[str]) -> None:
         self._c.subscribe(list(topics))
@@ -392,6 +444,26 @@ class _CkConsumer:
                 )
             )
         return out
+
+    def poll_columns(self, max_records: int, timeout_s: float) -> list[PartitionBatch]:
+        from confluent_kafka import KafkaError
+
+        out: dict[tuple[str, int], PartitionBatch] = {}
+        for m in self._c.consume(num_messages=max_records, timeout=timeout_s):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"Kafka consume error: {err}")
+            where = (str(m.topic()), int(m.partition() or 0))
+            batch = out.get(where)
+            if batch is None:
+                batch = out[where] = PartitionBatch(*where, [], [], [], [])
+            batch.offsets.append(int(m.offset() or 0))
+            batch.timestamps_ms.append(m.timestamp()[1])
+            batch.keys.append(m.key())
+            batch.values.append(m.value())
+        return list(out.values())
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if offsets:

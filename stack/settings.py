@@ -213,6 +213,11 @@ class LandingSettings(_Strict):
         5.0, gt=0, description="bounded drain gives up waiting for data after this long"
     )
     dead_letters_to_topic: bool = True
+    fetch: Literal["process", "inline"] = Field(
+        "process",
+        description="read Kafka in a child process (overlaps with validating and writing)"
+        " or inline in the lander's own process",
+    )
 
 
 def _default_presence() -> dict[str, float]:

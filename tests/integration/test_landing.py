@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import psutil
 import pyarrow.compute as pc
 import pytest
 import yaml
@@ -63,8 +64,10 @@ def _assert_exactly_once(s: Settings, lake: Lake) -> None:
             assert offs == list(range(len(offs))), f"gap in {topic}/{tp.partition}"
 
 
-def test_round_trip_reconciles_with_the_simulator(stack_settings: Settings) -> None:
+@pytest.mark.parametrize("fetch", ["process", "inline"])
+def test_round_trip_reconciles_with_the_simulator(stack_settings: Settings, fetch: str) -> None:
     s = with_simulator(stack_settings, faults=FAULTY)
+    s = s.model_copy(update={"landing": s.landing.model_copy(update={"fetch": fetch})})
     sent, sim = simulate_to_kafka(s, record_faults=True)
     landed = Lander(s).run(bounded=True)
     lake = _lake(s)
@@ -184,8 +187,13 @@ def test_kill_mid_drain_then_rerun_loses_nothing(stack_settings: Settings, tmp_p
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not lake.files(RAW_VITALS):
         time.sleep(0.005)
+    fetchers = psutil.Process(proc.pid).children()
+    assert fetchers, "the lander reads Kafka in a child process by default"
     proc.kill()  # SIGKILL: no chance to flush or clean up
     proc.wait()
+    # Its fetch process notices the broken pipe and exits on its own.
+    _gone, alive = psutil.wait_procs(fetchers, timeout=10)
+    assert not alive, "the fetch process outlived the lander"
     partial = sum(_offsets(lake).values())
     assert 0 < partial < sent.messages, "the kill should land mid-drain"
     subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=True)

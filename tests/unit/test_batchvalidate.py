@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
@@ -29,6 +30,10 @@ FIELD_SPECIFIC: dict[str, list[Any]] = {
         "2026-01-05T10:00:00Z", "2026-01-05T12:00:00+02:00", "2026-01-05T10:00:00.123456Z",
         "2026-01-05T10:00:00.1234567Z", "2026-01-05T10:00:00", "2026-01-05 10:00:00Z",
         "2026-13-05T10:00:00Z", "2026-01-05T10:00:00z", "2026-01-05", 1767607200,
+        "0000-01-05T10:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+        "2026-02-29T10:00:00Z", "2028-02-29T10:00:00Z", "2026-04-31T10:00:00Z",
+        "2026-01-05T24:00:00Z", "2026-01-05T23:60:00Z", "2026-01-05T23:59:60Z",
+        "2026-01-05T10:00:00+23:59", "2026-01-05T10:00:00+24:00", "2026-01-05T10:00:00-05:60",
     ],
     "schema_version": [2, "1", 1.0],
     "consciousness": ["a", "X", "AV"],
@@ -156,3 +161,31 @@ def test_slice_boundaries_keep_every_row(size: int) -> None:
     assert r.table.num_rows == size - 1
     assert [i for i, _r, _d in r.rejects] == [size // 2]
     assert r.slow_path == 1
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-02-30T10:00:00Z", "2026-13-05T10:00:00Z", "0000-01-05T10:00:00Z"]
+)
+def test_an_impossible_time_costs_only_its_own_row(ts: str) -> None:
+    msgs = [orjson.dumps({**BASE, "event_id": str(uuid.uuid4())}) for _ in range(3000)]
+    msgs[1234] = orjson.dumps({**BASE, "ts": ts})
+    r = BatchValidator(VitalsEvent).validate(msgs)
+    assert [(i, reason) for i, reason, _d in r.rejects] == [(1234, "invalid_value")]
+    assert r.slow_path == 1, "the other rows should have stayed on the fast path"
+    assert r.table.num_rows == 2999
+
+
+def test_a_message_cut_short_skips_the_arrow_read() -> None:
+    good = orjson.dumps({**BASE, "event_id": str(uuid.uuid4())})
+    v = BatchValidator(VitalsEvent)
+    reads: list[int] = []
+    read = v._read_lines
+
+    def counting(values: Sequence[bytes | None], idx: list[int]) -> Any:
+        reads.append(len(idx))
+        return read(values, idx)
+
+    v._read_lines = counting  # type: ignore[method-assign]
+    r = v.validate([good] * 500 + [good[:-10]] + [good] * 499)
+    assert reads == [999], "the truncated message should not have cost a failed read"
+    assert [(i, reason) for i, reason, _d in r.rejects] == [(500, "bad_json")]
