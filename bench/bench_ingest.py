@@ -8,10 +8,14 @@ For every client the adapter supports, in one run on one private broker:
 - ``raw_consume``: the client library alone reading those messages, no processing —
   the ceiling for landing;
 - ``landing``: the lander (validation, dead letters, Parquet, commits) as its own process,
-  with its peak RSS.
+  with its peak RSS (its fetch process included).
 
 Targets (issue #2): simulate ≥ 80 % of raw produce; landing ≥ 80 % of raw consume;
-lander RSS ≤ 1 GB. Usage: ``python -m bench.bench_ingest [--patients N --hours H]``.
+lander RSS ≤ 1 GB. The landing target compares like with like: ``raw_consume`` is timed
+from its first poll (the client already imported, built and assigned), so the landing's
+``drain`` rate is too (from its first record on). The lander's start-up — interpreter,
+imports, its fetch process, finding the committed offsets, about half a second here — is
+reported apart (``landing_startup_s``) and in ``landing_total_vs_raw_consume``. Usage: ``python -m bench.bench_ingest [--patients N --hours H]``.
 """
 
 from __future__ import annotations
@@ -203,8 +207,8 @@ def _one(
         "landing_msgs_per_s": landed["records_per_s"],
         "landing_drain_msgs_per_s": landed["drain_records_per_s"],
         "landing_startup_s": landed["startup_s"],
-        "landing_vs_raw_consume": landed["records_per_s"] / raw_consume,
         "landing_drain_vs_raw_consume": landed["drain_records_per_s"] / raw_consume,
+        "landing_total_vs_raw_consume": landed["records_per_s"] / raw_consume,
         "lander_peak_rss_mb": rss_mb,
     }
 
@@ -229,7 +233,7 @@ def run(patients: int, hours: float, repeat: int) -> dict[str, Any]:
     return {
         "targets": {
             "simulate_vs_raw_produce": ">= 0.8",
-            "landing_vs_raw_consume": ">= 0.8",
+            "landing_drain_vs_raw_consume": ">= 0.8",
             "lander_peak_rss_mb": "<= 1024",
         },
         "parameters": {

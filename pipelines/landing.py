@@ -429,6 +429,8 @@ class Lander:
         # Reads only (this process owns the group's offsets); started first, so that a
         # fetch process starts up while this one finds out where to resume.
         fetcher = self._fetcher()
+        for validator in (self._vitals, self._outcomes, self._admissions):
+            validator.warm_up()  # while the fetch process starts: both cores busy
         consumer: Consumer | None = None
         dlq: Producer | None = None
         previous_handlers: dict[int, Any] = {}
@@ -459,9 +461,10 @@ class Lander:
                         if caught_up:
                             break
                         caught_up = True
-                    taken = self._take(fetcher.poll(), buf, summary)
-                    if taken and summary.first_record_s is None:
+                    batches = fetcher.poll()
+                    if summary.first_record_s is None and any(len(b) for b in batches):
                         summary.first_record_s = time.monotonic() - t0
+                    taken = self._take(batches, buf, summary)
                     for (topic, part), off in buf.last_offsets.items():
                         position[TopicPartition(topic, part)] = off + 1
                     mono = time.monotonic()

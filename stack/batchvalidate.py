@@ -154,6 +154,13 @@ class BatchValidator:
         self._with_index = self.out_schema.append(pa.field("_index", pa.int64()))
 
     # ------------------------------------------------------------------ public
+    def warm_up(self) -> None:
+        """Pay first-use costs now (pyarrow imports pandas on its first array: ~0.3 s).
+
+        For a caller that is waiting on something else anyway, such as a process starting.
+        """
+        self._checks(self._read.explicit_schema.empty_table(), [])
+
     def validate(self, values: Sequence[bytes | None]) -> BatchResult:
         # Arrow forgives things pydantic does not (a byte-order mark at the start of its
         # buffer), so only plain objects take the fast path; the odd rest goes to pydantic.
@@ -223,12 +230,12 @@ class BatchValidator:
 
     def _checks(self, t: pa.Table, idx: list[int]) -> tuple[pa.Table, list[int]]:
         n = t.num_rows
-        good = pa.array([True] * n)
+        good = pa.array([True] * n, pa.bool_())
         cols: dict[str, pa.Array] = {}
         for f in self.fields:
             col = t.column(f.name).combine_chunks()
             present = pc.is_valid(col)
-            ok = present if f.required else pa.array([True] * n)
+            ok = present if f.required else pa.array([True] * n, pa.bool_())
             if f.kind == "uuid":
                 ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _UUID_RE), False))
                 col = pc.utf8_lower(col)
