@@ -15,7 +15,9 @@ lander RSS ≤ 1 GB. The landing target compares like with like: ``raw_consume``
 from its first poll (the client already imported, built and assigned), so the landing's
 ``drain`` rate is too (from its first record on). The lander's start-up — interpreter,
 imports, its fetch process, finding the committed offsets, about half a second here — is
-reported apart (``landing_startup_s``) and in ``landing_total_vs_raw_consume``. Usage: ``python -m bench.bench_ingest [--patients N --hours H]``.
+reported apart (``landing_startup_s``) and in ``landing_total_vs_raw_consume``.
+
+Usage: ``python -m bench.bench_ingest [--patients N --hours H]``.
 """
 
 from __future__ import annotations
