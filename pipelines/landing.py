@@ -19,6 +19,11 @@ is at-least-once (a crash after step 2 may resend); the lake is the record.
 
 Modes: ``bounded`` drains up to the end offsets seen at start, then exits (what Airflow
 schedules); ``continuous`` runs until SIGINT/SIGTERM, flushing on size or time.
+
+Kafka is read by a fetch process (``stack.kafkafetch``, ``landing.fetch: process``) a few
+polls ahead of this one, so that decoding record batches and validating and writing them
+use both cores. It only reads, from the offsets this process gives it: the journal, the
+commits and the group's offsets stay here, so the guarantees above do not depend on it.
 """
 
 from __future__ import annotations
