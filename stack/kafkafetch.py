@@ -34,6 +34,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
@@ -111,6 +112,7 @@ class ProcessFetcher:
                 [sys.executable, "-m", "stack.kafkafetch", str(write_fd)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
+                env=_child_env(),
                 start_new_session=True,  # Ctrl-C reaches the parent, which stops the child
             )
         finally:
@@ -213,6 +215,17 @@ class ProcessFetcher:
         if self._reader.is_alive():
             self._reader.join(timeout=5)
         os.close(self._pipe)
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder that holds ``stack`` first on the import path.
+
+    So the child finds this very code however the parent found it (installed, or run from
+    a checkout with a relative ``PYTHONPATH``, from another working directory).
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
 
 
 # ------------------------------------------------------------------------------ child
