@@ -82,14 +82,18 @@ def test_the_fetch_process_reads_what_a_consumer_reads(
     assert got["ProcessFetcher"] == expected
 
 
-def test_a_fetch_process_that_dies_is_an_error_naming_its_exit(
-    client: KafkaClient, stack_settings: Settings
-) -> None:
-    topic = stack_settings.kafka.topics.vitals
-    parts = _produce(client, topic, 10)
+@pytest.fixture
+def running(client: KafkaClient, stack_settings: Settings) -> ProcessFetcher:
+    """A fetch process reading a small topic from the start, its first poll taken."""
+    parts = _produce(client, stack_settings.kafka.topics.vitals, 10)
     fetcher = ProcessFetcher(client, 100, 0.1)
     fetcher.start(dict.fromkeys(parts, 0))
     fetcher.poll()
+    return fetcher
+
+
+def test_a_fetch_process_that_dies_is_an_error_naming_its_exit(running: ProcessFetcher) -> None:
+    fetcher = running
     fetcher._proc.kill()
     error = None
     for _ in range(100):  # frames already in flight are still delivered first
@@ -105,14 +109,9 @@ def test_a_fetch_process_that_dies_is_an_error_naming_its_exit(
     fetcher.close()
 
 
-def test_closing_stops_the_fetch_process(client: KafkaClient, stack_settings: Settings) -> None:
-    topic = stack_settings.kafka.topics.vitals
-    parts = _produce(client, topic, 10)
-    fetcher = ProcessFetcher(client, 100, 0.1)
-    pid = fetcher._proc.pid
-    fetcher.start(dict.fromkeys(parts, 0))
-    fetcher.poll()
-    fetcher.close()
+def test_closing_stops_the_fetch_process(running: ProcessFetcher, client: KafkaClient) -> None:
+    pid = running._proc.pid
+    running.close()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     # Closing before starting (a lander failing during its own startup) stops it too.
     early = ProcessFetcher(client, 100, 0.1)
