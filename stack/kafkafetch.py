@@ -1,10 +1,10 @@
 """Fetch Kafka records in a child process, so that consuming and processing share two cores.
 
 A Python Kafka client spends most of a consumer's time decoding record batches, holding the
-GIL; a stage that then validates and writes what it read does the same work again on the
-same core. :class:`ProcessFetcher` runs the adapter's consumer (no group: it only reads) in
+GIL; a stage that then validates and writes what it read takes turns with it on one core.
+:class:`ProcessFetcher` runs the adapter's consumer (no group: it only reads) in
 ``python -m stack.kafkafetch`` and streams what each poll returned to the parent through a
-pipe, while the parent processes the previous poll. The parent keeps everything that
+pipe, a few polls ahead, while the parent processes earlier ones. The parent keeps everything that
 matters for correctness — where to start, what is durable, which offsets to commit — so
 the child holds no state worth saving: it is stopped, not asked to stop.
 
