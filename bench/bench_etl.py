@@ -9,7 +9,12 @@ GX output validation, Parquet write, PostgreSQL COPY), peak RSS of the whole pro
 (the Spark JVM and its Python workers included), and the growth from the smallest to the
 largest size (1.0 = linear). Target (issue #3): ≥ 100,000 raw events/s at 10M, ~linear.
 
-Usage: ``python -m bench.bench_etl [--sizes 1000000 10000000]``.
+``--stages`` also turns the Spark UI on (loopback) and records, per size, the Spark stages
+that took half a second or more: wall and CPU seconds, input and shuffle megabytes, and the
+call site that ran them (``collect at pipelines/etl/job.py:NNN`` names the step). It costs
+a little time itself, so its run is a diagnosis, not the headline figure.
+
+Usage: ``python -m bench.bench_etl [--sizes 1000000 10000000] [--stages]``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import json
 import math
 import threading
 import time
+import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 import psutil
@@ -107,9 +114,47 @@ class PeakRss:
         self._t.join()
 
 
-def run(sizes: list[int]) -> dict[str, Any]:
+def spark_stages(since: datetime, min_wall_s: float = 0.5) -> list[dict[str, Any]]:
+    """The active Spark session's completed stages submitted after ``since`` (needs its UI)."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    url = session.sparkContext.uiWebUrl if session is not None else None
+    if not url:
+        raise RuntimeError("no Spark UI to ask: run with spark.ui enabled")
+    api = f"{url}/api/v1/applications"
+    with urllib.request.urlopen(api, timeout=10) as r:
+        app = json.load(r)[0]["id"]
+    with urllib.request.urlopen(f"{api}/{app}/stages?status=complete", timeout=30) as r:
+        stages = json.load(r)
+
+    def when(stamp: str) -> datetime:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%Z").replace(tzinfo=UTC)
+
+    out = []
+    for st in stages:
+        start, end = when(st["submissionTime"]), when(st["completionTime"])
+        wall = (end - start).total_seconds()
+        if start < since or wall < min_wall_s:
+            continue
+        out.append(
+            {
+                "stage": st["stageId"],
+                "call_site": st["name"].split("/")[-1] if "/" in st["name"] else st["name"],
+                "wall_s": round(wall, 1),
+                "cpu_s": round(st["executorCpuTime"] / 1e9, 1),
+                "tasks": st["numTasks"],
+                "input_mb": round(st["inputBytes"] / 2**20),
+                "shuffle_read_mb": round(st["shuffleReadBytes"] / 2**20),
+                "shuffle_write_mb": round(st["shuffleWriteBytes"] / 2**20),
+            }
+        )
+    return sorted(out, key=lambda x: x["stage"])
+
+
+def run(sizes: list[int], *, stages: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    spark = {"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g"}
+    spark = {"master": "local[2]", "shuffle_partitions": 8, "driver_memory": "6g", "ui": stages}
     # One stack and one Spark session for every size (Spark keeps its scratch space under
     # the run directory); each size gets a lake and a database of its own.
     with private_stack(["postgres"], spark=spark) as (base, _overlay):
@@ -119,6 +164,7 @@ def run(sizes: list[int]) -> dict[str, Any]:
             raw = write_raw_lake(s, size)
             gen_s = time.monotonic() - t0
             with PeakRss() as rss:
+                started = datetime.now(UTC)
                 t0 = time.monotonic()
                 summary = run_etl(s)
                 seconds = time.monotonic() - t0
@@ -134,6 +180,8 @@ def run(sizes: list[int]) -> dict[str, Any]:
                 "peak_rss_mb": round(rss.peak / 2**20),
                 "generate_raw_lake_s": round(gen_s, 1),
             }
+            if stages:
+                results[str(size)]["spark_stages"] = spark_stages(started)
             print(size, json.dumps(results[str(size)]), flush=True)
     small, large = str(min(sizes)), str(max(sizes))
     growth = (results[large]["seconds"] / results[small]["seconds"]) / (
@@ -152,7 +200,9 @@ def run(sizes: list[int]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    out = run(ap.parse_args().sizes)
+    ap.add_argument("--stages", action="store_true", help="Record Spark's stage timings.")
+    args = ap.parse_args()
+    out = run(args.sizes, stages=args.stages)
     print(write_result("etl", out))
 
 
