@@ -121,3 +121,19 @@ def test_closing_stops_the_fetch_process(running: ProcessFetcher, client: KafkaC
         not psutil.pid_exists(early_pid)
         or psutil.Process(early_pid).status() == psutil.STATUS_ZOMBIE
     )
+
+
+def test_an_error_in_the_fetch_process_reaches_the_caller_with_its_traceback(
+    stack_settings: Settings,
+) -> None:
+    kafka = stack_settings.kafka.model_copy(update={"client": "kafka-python"})
+    client = KafkaClient(kafka, endpoints(stack_settings).bootstrap_servers)
+    parts = _produce(client, stack_settings.kafka.topics.vitals, 10)
+    fetcher = ProcessFetcher(client, 0, 0.1)  # kafka-python refuses to poll for 0 records
+    fetcher.start(dict.fromkeys(parts, 0))
+    with pytest.raises(
+        FetchError, match=r"failed: ValueError\('max_records must be positive'\)"
+    ) as info:
+        fetcher.poll()
+    assert "Traceback (most recent call last)" in str(info.value)
+    fetcher.close()
