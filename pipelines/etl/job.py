@@ -227,7 +227,7 @@ class EtlJob:
         now = datetime.now(UTC)
         part_expr = F.date_format("ts", "'date='yyyy-MM-dd'/hour='HH")
         # Not cached: building Spark's cache of every raw row cost more (26 s at 10M events)
-        # than the GX suite and the dedupe spend reading the Parquet again (about 4 s). The
+        # than the GX suite and the dedupe spend reading the Parquet again (about 5 s). The
         # file list is fixed here, and lake files are never rewritten, so every pass reads
         # the same rows. "read_raw_s" is the listing; the reading is in the later steps.
         raw = self._read_raw(spark, p.inputs).withColumn("partition", part_expr)
