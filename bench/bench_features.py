@@ -144,7 +144,7 @@ def run_batch(sizes: list[int]) -> dict[str, Any]:
 def _online_worker(path: str, batch: int) -> None:
     """Runs in a fresh process: feed the saved stream to the online state, print JSON."""
     from features.online import OnlineFeatures
-    from pipelines.landing import peak_rss_mb
+    from stack.memory import peak_rss_mb
 
     events = pd.read_parquet(f"{path}/events.parquet")
     admissions = pd.read_parquet(f"{path}/admissions.parquet")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import time
 import uuid
@@ -52,6 +51,7 @@ from stack.kafkafetch import Fetcher, InlineFetcher, ProcessFetcher
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.logs import configure_logging
+from stack.memory import peak_rss_mb
 from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 
@@ -242,22 +242,6 @@ class _Columns:
         )  # fmt: skip
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    Linux's ``VmHWM`` is per address space, so it is not inherited across exec the way
-    ``ru_maxrss`` is (a lander started by a large parent would report the parent's peak).
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _by_hour(table: pa.Table, ts_col: str) -> dict[str, pa.Table]:
     """Split a table by UTC date/hour of ``ts_col`` → ``{"date=…/hour=…": table}``."""
     if table.num_rows == 0:
@@ -434,13 +418,13 @@ class Lander:
         # Reads only (this process owns the group's offsets); started first, so that a
         # fetch process starts up while this one finds out where to resume.
         fetcher = self._fetcher()
-        for validator in (self._vitals, self._outcomes, self._admissions):
-            validator.warm_up()  # while the fetch process starts: both cores busy
         consumer: Consumer | None = None
         dlq: Producer | None = None
         previous_handlers: dict[int, Any] = {}
         with throughput_gc():  # fewer GC passes over live batches
             try:
+                for validator in (self._vitals, self._outcomes, self._admissions):
+                    validator.warm_up()  # while the fetch process starts: both cores busy
                 if not self.settings.kafka.bootstrap_servers:
                     ensure_topics(self.settings)  # the embedded broker forgets topics
                 topics = [self.topics.vitals, self.topics.outcomes, self.topics.admissions]

@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from stack.gctune import freeze_startup_heap, throughput_gc
 from stack.kafka import Consumer, KafkaClient, PartitionBatch, TopicPartition
+from stack.memory import peak_rss_mb
 
 if TYPE_CHECKING:
     from stack.settings import KafkaSettings
@@ -119,7 +120,7 @@ class ProcessFetcher:
             os.close(write_fd)
         self._pipe = read_fd
         self._closing = False
-        self._frames: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=read_ahead)
+        self._frames: queue.Queue[bytearray | BaseException] = queue.Queue(maxsize=read_ahead)
         self._reader = threading.Thread(target=self._read_frames, name="kafka-fetch", daemon=True)
         self._send(
             {
@@ -177,7 +178,7 @@ class ProcessFetcher:
             if not self._closing:
                 self._frames.put(exc)
 
-    def _read(self, n: int) -> bytes:
+    def _read(self, n: int) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -191,7 +192,7 @@ class ProcessFetcher:
             if not k:
                 raise self._died()
             got += k
-        return bytes(buf)
+        return buf  # pickle reads a bytearray as it is: no copy of the frame
 
     def _died(self) -> FetchError:
         code = self._proc.wait(timeout=10)
@@ -229,14 +230,6 @@ def _child_env() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ child
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _attributes(data: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(
         **{k: _attributes(v) if isinstance(v, dict) else v for k, v in data.items()}
@@ -270,7 +263,7 @@ def _child(argv: Sequence[str]) -> int:
         with throughput_gc():  # a poll's records are garbage by the next poll
             while True:
                 batches = consumer.poll_columns(job["max_records"], job["poll_timeout_s"])
-                _write_frame(out, ("batches", batches, _peak_rss_mb()))
+                _write_frame(out, ("batches", batches, peak_rss_mb()))
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the parent is gone or has what it wanted
     except Exception as exc:
