@@ -6,13 +6,17 @@ One run:
    PostgreSQL ``etl_partitions``), plus neighbouring hours (see :mod:`.plan`).
 2. **Validate the raw batch** with the ``raw_vitals`` suite; a broken batch stops here,
    naming the partition and the expectation.
-3. **Clean**: drop duplicate ``event_id`` (first landed wins), quarantine rows with
-   impossible timestamps, then per patient in time order apply :func:`clean_events`
-   (units, impossible values, artifacts — the same function the scorer uses).
-4. **Resample** to one row per patient-minute with :func:`to_minutes`.
-5. **Validate the output** with the ``processed_vitals`` suite.
-6. **Write** the processed and quarantine zones of the lake, then PostgreSQL (``COPY``),
-   replacing each partition in one transaction with its reconciliation row:
+3. **Transform** in one pass over the raw rows, partitioned by patient and sorted by time:
+   each task runs :func:`.transform.transform_events` on whole patients — dedupe by
+   ``event_id`` (first landed wins), quarantine impossible timestamps, clean with
+   :func:`clean_events` (units, impossible values, artifacts — the function the scorer
+   uses), resample to one row per patient-minute with :func:`to_minutes` — and writes the
+   processed and quarantine rows to Parquet under ``_staging/etl/<run>/`` itself,
+   reporting its files and its per-partition counts.
+4. **Validate the output** (the staged minute files) with the ``processed_vitals`` suite.
+5. **Publish** the staged files into the processed and quarantine zones (each pending
+   partition's old files replaced), then load PostgreSQL (``COPY``), replacing each
+   partition in one transaction with its reconciliation row:
    ``raw_rows = source_rows + quarantined_rows + duplicates`` (checked, also by the table).
 
 Reruns do nothing; changed partitions are replaced, never appended.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,9 +38,10 @@ import psycopg
 import pyarrow as pa
 import typer
 
-from features.cleaning import STATUS_OK, STATUS_QUARANTINED, VITALS, clean_events
-from features.resample import COUNT_COLUMNS, to_minutes
+from features.cleaning import VITALS
+from features.resample import COUNT_COLUMNS
 from pipelines.etl.plan import Plan, fingerprints, hour_of, plan
+from pipelines.etl.transform import COUNT_FIELDS, INPUT_COLUMNS, Bounds, transform_events
 from pipelines.etl.validation import (
     RAW_COLUMNS,
     SUITE_VERSION,
@@ -62,14 +67,7 @@ RAW_ZONE = "raw/vitals"
 PROCESSED_ZONE = "processed/vitals_minute"
 QUARANTINE_ZONE = "processed/quarantine"
 
-CLEANED_SCHEMA = ", ".join(
-    [
-        "event_id string", "patient_id string", "ts timestamp", "partition string",
-        *(f"{v} double" for v in VITALS), "consciousness string", "on_oxygen boolean",
-        "status string", "corrections string", "rejections string",
-        *(f"raw_{v} double" for v in VITALS),
-    ]
-)  # fmt: skip
+STAGING_ZONE = "_staging/etl"  # tasks' files until the driver publishes them
 MINUTES_SCHEMA = ", ".join(
     [
         "patient_id string", "minute timestamp", *(f"{v} double" for v in VITALS),
@@ -77,6 +75,12 @@ MINUTES_SCHEMA = ", ".join(
         *(f"{c} short" for c in (*COUNT_COLUMNS, "n_events")),
     ]
 )  # fmt: skip
+# What each task reports: one "file" row per file it wrote (zone minutes|quarantine) and
+# one "counts" row per pending partition it saw.
+STAGED_SCHEMA = "kind string, zone string, partition string, file string, rows long, " + ", ".join(
+    f"{c} long" for c in COUNT_FIELDS
+)
+FLUSH_ROWS = 200_000  # a task writes its buffered rows once it holds this many
 QUARANTINE_COLUMNS = (
     "run_id", "partition", "event_id", "patient_id", "ts", "scope", "field", "raw_value", "reason",
 )  # fmt: skip
@@ -144,25 +148,62 @@ def by_patient(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield carry.reset_index(drop=True)
 
 
-def _clean_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Spark ``mapInPandas`` body: deduplicated events sorted by patient, time → cleaned."""
-    cols = [c.split(" ")[0] for c in CLEANED_SCHEMA.split(", ")]
-    for pdf in by_patient(batches):
-        # cache=False throughout: deciding whether to cache makes Timestamp objects of the
-        # first 10,000 values (~7 ms a call), more than the conversion itself (~0.05 ms).
-        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True, cache=False)
-        raw = {f"raw_{v}": pdf[v].astype("float64") for v in VITALS}
-        cleaned, _state = clean_events(pdf)
-        for k, v in raw.items():
-            cleaned[k] = v
-        yield cleaned[cols]
+def _etl_partition(
+    bounds: Bounds, lake_root: str, staging: str
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The ``mapInPandas`` body: one task's patients, transformed and written by the task.
 
+    The Python worker writes its minute and quarantine rows to Parquet itself (pyarrow)
+    under ``staging``, one file per partition per flush, named by task and attempt, and
+    yields only what it wrote and counted. Handing every cleaned row back to the JVM
+    between steps (and caching it there) cost more than the cleaning. The driver publishes
+    the files of successful tasks; a failed attempt's files are never reported, so never
+    published.
+    """
 
-def _minutes_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Spark ``mapInPandas`` body: usable cleaned events sorted by patient → minute rows."""
-    for pdf in by_patient(batches):
-        pdf["ts"] = pd.to_datetime(pdf["ts"], utc=True, cache=False)
-        yield to_minutes(pdf)
+    def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        tag = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
+        lake = Lake(lake_root)
+        held: dict[tuple[str, str], list[pa.Table]] = {}
+        wrote: list[tuple[str, str, str, int]] = []  # zone, partition, file, rows
+        counts: dict[str, dict[str, int]] = {}
+
+        def flush() -> None:
+            for (zone, q), parts in sorted(held.items()):
+                rel = f"{staging}/{zone}/{q}/part-{tag}-{len(wrote):04d}.parquet"
+                table = pa.concat_tables(parts)
+                lake.write_parquet(table, rel)
+                wrote.append((zone, q, rel, table.num_rows))
+            held.clear()
+
+        for pdf in by_patient(batches):
+            out = transform_events(pdf, bounds)
+            for q, c in out.counts.items():
+                mine = counts.setdefault(q, dict.fromkeys(COUNT_FIELDS, 0))
+                for k, v in c.items():
+                    mine[k] += v
+            for zone, tables in (("minutes", out.minutes), ("quarantine", out.quarantine)):
+                for q, t in tables.items():
+                    held.setdefault((zone, q), []).append(t)
+            if sum(t.num_rows for parts in held.values() for t in parts) >= FLUSH_ROWS:
+                flush()
+        flush()
+        n_files, n_counts = len(wrote), len(counts)
+        report = {
+            "kind": ["file"] * n_files + ["counts"] * n_counts,
+            "zone": [w[0] for w in wrote] + [None] * n_counts,
+            "partition": [w[1] for w in wrote] + list(counts),
+            "file": [w[2] for w in wrote] + [None] * n_counts,
+            "rows": [w[3] for w in wrote] + [0] * n_counts,
+        }
+        for k in COUNT_FIELDS:
+            report[k] = [0] * n_files + [c[k] for c in counts.values()]
+        yield pd.DataFrame(report)
+
+    return body
 
 
 # ---------------------------------------------------------------- the job
@@ -219,203 +260,112 @@ class EtlJob:
     # ------------------------------------------------------------------ steps
     def _process(self, p: Plan, summary: EtlSummary, report_dir: Path) -> None:
         from pyspark.sql import functions as F  # noqa: N812
-        from pyspark.sql.window import Window
 
         spark = spark_session(self.settings, "vigil-etl")
         timings = summary.timings
         tick = time.monotonic()
         now = datetime.now(UTC)
-        part_expr = F.date_format("ts", "'date='yyyy-MM-dd'/hour='HH")
         # Not cached: building Spark's cache of every raw row cost more (26 s at 10M events)
-        # than the GX suite and the dedupe spend reading the Parquet again (about 5 s). The
-        # file list is fixed here, and lake files are never rewritten, so every pass reads
-        # the same rows. "read_raw_s" is the listing; the reading is in the later steps.
-        raw = self._read_raw(spark, p.inputs).withColumn("partition", part_expr)
+        # than reading the Parquet again for the transform pass. The file list is fixed
+        # here, and lake files are never rewritten, so every pass reads the same rows.
+        # "read_raw_s" is the listing; the reading is in the later steps.
+        raw = self._read_raw(spark, p.inputs)
         timings["read_raw_s"] = time.monotonic() - tick
         tick = time.monotonic()
-        pending = F.col("partition").isin(p.pending)
         runner = SuiteRunner(report_dir)
 
         # 2. raw batch validation (pending partitions only)
-        raw_pending = raw.filter(pending).select(*RAW_COLUMNS, "partition")
+        part_expr = F.date_format("ts", "'date='yyyy-MM-dd'/hour='HH")
+        raw_pending = (
+            raw.withColumn("partition", part_expr)
+            .filter(F.col("partition").isin(p.pending))
+            .select(*RAW_COLUMNS, "partition")
+        )
         outcome = runner.run(
             "raw_vitals", raw_pending.drop("partition"), raw_expectations(self.cfg, now)
         )
         summary.validations.append(self._outcome_dict(outcome))
         timings["validate_raw_s"] = time.monotonic() - tick
         if not outcome.success:
-            self._fail(runner, raw_pending, p.pending, outcome, now)
+            self._fail(
+                runner,
+                lambda q: raw_pending.filter(F.col("partition") == q),
+                p.pending,
+                outcome,
+                now,
+            )
 
-        # 3. dedupe, time bounds, clean
-        tick = time.monotonic()
-        order = Window.partitionBy("event_id").orderBy(
-            "landed_at", "kafka_partition", "kafka_offset"
-        )
-        ranked = raw.withColumn("_rank", F.row_number().over(order)).cache()
-        raw.unpersist()  # ranked holds every raw row from here on
-        first = ranked.filter(F.col("_rank") == 1).drop("_rank")
-        future = now + timedelta(minutes=self.cfg.max_future_minutes)
-        too_old = now - timedelta(days=self.cfg.max_age_days)
-        bad_time = F.when(F.col("ts") > F.lit(future), F.lit("ts_future")).when(
-            F.col("ts") < F.lit(too_old), F.lit("ts_too_old")
-        )
-        first = first.withColumn("_bad_time", bad_time)
-        usable = first.filter(F.col("_bad_time").isNull()).select(
-            "event_id", "patient_id", "ts", "partition", *VITALS, "consciousness", "on_oxygen"
-        )
-        # Partition by patient, sort by time, and run the shared pandas functions over
-        # whole partitions (vectorised across patients, not one call per patient). The
-        # minutes step keeps that partitioning and order, so it needs no second shuffle.
-        cleaned = (
-            usable.repartition(self.settings.spark.shuffle_partitions, "patient_id")
-            .sortWithinPartitions("patient_id", "ts", "event_id")
-            .mapInPandas(_clean_partition, CLEANED_SCHEMA)
-            .cache()
-        )
-        minutes = (
-            cleaned.filter(F.col("status") == STATUS_OK)
-            .mapInPandas(_minutes_partition, MINUTES_SCHEMA)
-            .withColumn("partition", F.date_format("minute", "'date='yyyy-MM-dd'/hour='HH"))
-            .filter(pending)
-            .cache()
-        )
+        staging = f"{STAGING_ZONE}/{summary.run_id}"
+        try:
+            # 3. one pass: dedupe, time bounds, clean, resample, quarantine, count.
+            tick = time.monotonic()
+            bounds = Bounds(
+                pending=frozenset(p.pending),
+                future=pd.Timestamp(now + timedelta(minutes=self.cfg.max_future_minutes)),
+                too_old=pd.Timestamp(now - timedelta(days=self.cfg.max_age_days)),
+                run_id=summary.run_id,
+            )
+            reported = (
+                raw.select(*INPUT_COLUMNS)
+                .repartition(self.settings.spark.shuffle_partitions, "patient_id")
+                .sortWithinPartitions("patient_id", "ts", "event_id")
+                .mapInPandas(_etl_partition(bounds, self.lake.uri, staging), STAGED_SCHEMA)
+                .collect()
+            )
+            counts = {q: PartitionCounts() for q in p.pending}
+            files: dict[str, dict[str, list[str]]] = {"minutes": {}, "quarantine": {}}
+            for r in reported:
+                if r.kind == "file":
+                    files[r.zone].setdefault(r.partition, []).append(r.file)
+                    continue
+                c = counts[r.partition]
+                for k in COUNT_FIELDS:
+                    setattr(c, k, getattr(c, k) + int(r[k]))
+            timings["transform_s"] = time.monotonic() - tick
+            for q, c in counts.items():
+                if not c.reconciles:
+                    raise RuntimeError(f"reconciliation failed for partition {q}: {c}")
+            summary.partitions = counts
 
-        # 4. quarantine: bad times, rows with nothing usable, rejected values
-        quarantine = self._quarantine(
-            first.filter(pending), cleaned.filter(pending), summary.run_id
-        )
+            # 4. output validation, on the staged files (nothing is published yet)
+            tick = time.monotonic()
 
-        # 5. counts per partition (one aggregation per frame)
-        counts = {q: PartitionCounts() for q in p.pending}
-        self._count(ranked.filter(pending), first.filter(pending), cleaned.filter(pending),
-                    minutes, counts)  # fmt: skip
-        timings["transform_s"] = time.monotonic() - tick
-        for q, c in counts.items():
-            if not c.reconciles:
-                raise RuntimeError(f"reconciliation failed for partition {q}: {c}")
-        summary.partitions = counts
+            def minutes_of(qs: list[str]) -> DataFrame:
+                paths = [self._uri(f) for q in qs for f in files["minutes"].get(q, [])]
+                if not paths:
+                    return spark.createDataFrame([], MINUTES_SCHEMA)
+                return spark.read.parquet(*paths)
 
-        # 6. output validation
-        tick = time.monotonic()
-        out = runner.run("processed_vitals", minutes.drop("partition"), processed_expectations())
-        summary.validations.append(self._outcome_dict(out))
-        timings["validate_processed_s"] = time.monotonic() - tick
-        if not out.success:
-            self._fail(runner, minutes, p.pending, out, now, processed=True)
+            out = runner.run("processed_vitals", minutes_of(p.pending), processed_expectations())
+            summary.validations.append(self._outcome_dict(out))
+            timings["validate_processed_s"] = time.monotonic() - tick
+            if not out.success:
+                self._fail(runner, lambda q: minutes_of([q]), p.pending, out, now, processed=True)
 
-        # 7. outputs
-        tick = time.monotonic()
-        self._write_lake(minutes, quarantine, p.pending)
-        timings["write_lake_s"] = time.monotonic() - tick
+            # 5. outputs
+            tick = time.monotonic()
+            self._publish(p.pending, files)
+            timings["write_lake_s"] = time.monotonic() - tick
+        finally:
+            self.lake.delete_dir(staging)
         tick = time.monotonic()
         self._write_postgres(p, summary, counts)
         timings["write_postgres_s"] = time.monotonic() - tick
-        ranked.unpersist()
-        cleaned.unpersist()
-        minutes.unpersist()
 
     def _read_raw(self, spark: SparkSession, partitions: list[str]) -> DataFrame:
         return spark.read.parquet(*(self._uri(f"{RAW_ZONE}/{q}") for q in partitions))
 
-    def _quarantine(self, first: DataFrame, cleaned: DataFrame, run_id: str) -> DataFrame:
-        from pyspark.sql import functions as F  # noqa: N812
+    def _publish(self, pending: list[str], files: dict[str, dict[str, list[str]]]) -> None:
+        """Replace each pending partition's files in both zones with the staged ones.
 
-        rows_time = first.filter(F.col("_bad_time").isNotNull()).select(
-            "partition", "event_id", "patient_id", "ts",
-            F.lit("row").alias("scope"), F.lit(None).cast("string").alias("field"),
-            F.lit(None).cast("string").alias("raw_value"), F.col("_bad_time").alias("reason"),
-        )  # fmt: skip
-        rows_bad = cleaned.filter(F.col("status") == STATUS_QUARANTINED).select(
-            "partition", "event_id", "patient_id", "ts",
-            F.lit("row").alias("scope"), F.lit(None).cast("string").alias("field"),
-            F.lit(None).cast("string").alias("raw_value"), F.col("rejections").alias("reason"),
-        )  # fmt: skip
-        exploded = cleaned.filter(
-            (F.col("status") == STATUS_OK) & (F.col("rejections") != "")
-        ).withColumn("reason", F.explode(F.split("rejections", ",")))
-        fld = F.split("reason", ":").getItem(1)
-        raw_value = F.lit(None).cast("string")
-        for v in VITALS:
-            raw_value = F.when(fld == v, F.col(f"raw_{v}").cast("string")).otherwise(raw_value)
-        raw_value = F.when(
-            fld == "blood_pressure",
-            F.concat_ws(
-                "/",
-                F.col("raw_systolic_bp").cast("string"),
-                F.col("raw_diastolic_bp").cast("string"),
-            ),
-        ).otherwise(raw_value)
-        values = exploded.select(
-            "partition", "event_id", "patient_id", "ts", F.lit("value").alias("scope"),
-            fld.alias("field"), raw_value.alias("raw_value"), "reason",
-        )  # fmt: skip
-        return (
-            rows_time.unionByName(rows_bad)
-            .unionByName(values)
-            .withColumn("run_id", F.lit(run_id))
-            .select(*QUARANTINE_COLUMNS)
-        )
-
-    @staticmethod
-    def _count(
-        ranked: DataFrame,
-        first: DataFrame,
-        cleaned: DataFrame,
-        minutes: DataFrame,
-        counts: dict[str, PartitionCounts],
-    ) -> None:
-        from pyspark.sql import functions as F  # noqa: N812
-
-        def n_codes(col: str) -> Any:
-            return F.when(F.col(col) == "", 0).otherwise(F.size(F.split(col, ",")))
-
-        dup = ranked.groupBy("partition").agg(
-            F.count(F.lit(1)).alias("raw"), F.sum((F.col("_rank") > 1).cast("int")).alias("dup")
-        )
-        for row in dup.collect():
-            counts[row["partition"]].raw_rows = int(row["raw"])
-            counts[row["partition"]].duplicates = int(row["dup"])
-        for row in (
-            first.filter(F.col("_bad_time").isNotNull()).groupBy("partition").count().collect()
-        ):
-            counts[row["partition"]].quarantined_rows += int(row["count"])
-        agg = cleaned.groupBy("partition").agg(
-            F.sum(F.when(F.col("status") == STATUS_OK, 1).otherwise(0)).alias("ok"),
-            F.sum(F.when(F.col("status") == STATUS_QUARANTINED, 1).otherwise(0)).alias("bad"),
-            F.sum(n_codes("corrections")).alias("corrected"),
-            F.sum(n_codes("rejections")).alias("rejected"),
-        )
-        for row in agg.collect():
-            c = counts[row["partition"]]
-            c.source_rows = int(row["ok"])
-            c.quarantined_rows += int(row["bad"])
-            c.corrected_values = int(row["corrected"])
-            c.rejected_values = int(row["rejected"])
-        for row in minutes.groupBy("partition").count().collect():
-            counts[row["partition"]].minute_rows = int(row["count"])
-
-    def _write_lake(self, minutes: DataFrame, quarantine: DataFrame, pending: list[str]) -> None:
-        from pyspark.sql import functions as F  # noqa: N812
-
-        # Replace, never append: clear the partitions first (a partition that now has no
-        # quarantine rows must lose its old ones), then write. PostgreSQL's record is
-        # updated last, so a crash here means the partition is simply processed again.
-        for zone in (PROCESSED_ZONE, QUARANTINE_ZONE):
+        A partition that now has no quarantine rows loses its old ones. PostgreSQL's
+        record is updated last, so a crash here means the partition is processed again.
+        """
+        for kind, zone in (("minutes", PROCESSED_ZONE), ("quarantine", QUARANTINE_ZONE)):
             for q in pending:
-                for rel in self.lake.files(f"{zone}/{q}", suffix=""):
-                    self.lake.delete(rel)
-        date = F.regexp_extract("partition", r"date=([0-9-]+)", 1)
-        hour = F.regexp_extract("partition", r"hour=([0-9]+)", 1)
-        for df, zone in ((minutes, PROCESSED_ZONE), (quarantine, QUARANTINE_ZONE)):
-            (
-                df.withColumn("date", date)
-                .withColumn("hour", hour)
-                .drop("partition")
-                .repartition("date", "hour")
-                .write.mode("append")
-                .partitionBy("date", "hour")
-                .parquet(self._uri(zone))
-            )
+                self.lake.delete_dir(f"{zone}/{q}")
+                for rel in files[kind].get(q, []):
+                    self.lake.move(rel, f"{zone}/{q}/{rel.rsplit('/', 1)[-1]}")
 
     def _uri(self, rel: str) -> str:
         """What Spark reads and writes: a local path, or ``s3a://bucket/...``."""
@@ -472,7 +422,7 @@ class EtlJob:
     def _fail(
         self,
         runner: SuiteRunner,
-        df: DataFrame,
+        part: Callable[[str], DataFrame],
         pending: list[str],
         outcome: ValidationOutcome,
         now: datetime,
@@ -480,13 +430,13 @@ class EtlJob:
         processed: bool = False,
     ) -> None:
         """Find which partitions break the suite, then stop with a message naming them."""
-        from pyspark.sql import functions as F  # noqa: N812
-
         culprits = []
         for q in pending:
-            part = df.filter(F.col("partition") == q).drop("partition")
+            df = part(q)
+            if "partition" in df.columns:
+                df = df.drop("partition")
             exps = processed_expectations() if processed else raw_expectations(self.cfg, now)
-            res = runner.run(f"{outcome.suite}_{q.replace('/', '_')}", part, exps, detail=True)
+            res = runner.run(f"{outcome.suite}_{q.replace('/', '_')}", df, exps, detail=True)
             if not res.success:
                 culprits.append((q, res.failures))
         if not culprits:  # only the union fails (a share across partitions): name them all
