@@ -11,10 +11,12 @@ import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from stack.localstack import endpoints
@@ -227,6 +229,52 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "ETL: vitals_minute partitioned by the hour of its minute (hours load into fresh"
+        " tables, indexed once and swapped in)",
+        """
+        ALTER TABLE vitals_minute RENAME TO vitals_minute_unpartitioned;
+        ALTER TABLE vitals_minute_unpartitioned
+            RENAME CONSTRAINT vitals_minute_pkey TO vitals_minute_unpartitioned_pkey;
+        DROP INDEX vitals_minute_partition;
+        CREATE TABLE vitals_minute (
+            patient_id      text        NOT NULL,
+            minute          timestamptz NOT NULL,
+            heart_rate      double precision,
+            systolic_bp     double precision,
+            diastolic_bp    double precision,
+            spo2            double precision,
+            resp_rate       double precision,
+            temperature     double precision,
+            consciousness   char(1) CHECK (consciousness IN ('A', 'C', 'V', 'P', 'U')),
+            on_oxygen       boolean,
+            n_heart_rate    smallint NOT NULL,
+            n_systolic_bp   smallint NOT NULL,
+            n_diastolic_bp  smallint NOT NULL,
+            n_spo2          smallint NOT NULL,
+            n_resp_rate     smallint NOT NULL,
+            n_temperature   smallint NOT NULL,
+            n_consciousness smallint NOT NULL,
+            n_events        smallint NOT NULL,
+            partition       text     NOT NULL,
+            PRIMARY KEY (patient_id, minute)
+        ) PARTITION BY RANGE (minute);
+        DO $$
+        DECLARE h timestamp;
+        BEGIN
+            FOR h IN SELECT DISTINCT date_trunc('hour', minute AT TIME ZONE 'UTC')
+                     FROM vitals_minute_unpartitioned LOOP
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF vitals_minute FOR VALUES FROM (%L) TO (%L)',
+                    'vitals_minute_' || to_char(h, 'YYYYMMDD"_"HH24'),
+                    h AT TIME ZONE 'UTC', (h + interval '1 hour') AT TIME ZONE 'UTC');
+            END LOOP;
+        END $$;
+        INSERT INTO vitals_minute SELECT * FROM vitals_minute_unpartitioned;
+        DROP TABLE vitals_minute_unpartitioned;
+        """,
+    ),
 ]
 
 
@@ -315,6 +363,96 @@ def copy_table(
         for block in binary_copy_blocks(data) if binary else _csv_blocks(data):
             cp.write(block)
     return int(data.num_rows)
+
+
+def replace_range_partition(
+    conn: psycopg.Connection[tuple],  # type: ignore[type-arg]
+    parent: str,
+    child: str,
+    bounds: tuple[datetime, datetime],
+    data: pa.Table,
+    key: tuple[str, ...],
+    *,
+    binary: bool = True,
+) -> int:
+    """Replace the partition ``[lo, hi)`` of a table partitioned by range, in the caller's
+    transaction; returns rows.
+
+    The rows are copied into a fresh table, then indexed once (``key`` is its primary
+    key, the parent's), then swapped in: the old partition dropped, the new one renamed
+    and attached. Building an index once over loaded rows is about twice as fast as
+    inserting every row into a live one (10M minute rows: 16 s against 30 s). The new
+    table is created with the partition's range as a ``CHECK``, so attaching it needs no
+    scan, and with the parent's columns and ``CHECK`` constraints read from the catalog
+    (which takes no lock on the parent). The parent is locked only by the swap at the end,
+    so loads of different partitions in parallel transactions queue there briefly and
+    never deadlock. Readers see the old partition until the caller commits.
+    """
+    lo, hi = bounds
+    with conn.cursor() as cur:
+        cols = cur.execute(
+            """
+            SELECT format('%%I %%s%%s', attname, format_type(atttypid, atttypmod),
+                          CASE WHEN attnotnull THEN ' NOT NULL' ELSE '' END)
+            FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0
+                AND NOT attisdropped ORDER BY attnum
+            """,
+            (parent,),
+        ).fetchall()
+        checks = cur.execute(
+            "SELECT format('CONSTRAINT %%I %%s', conname, pg_get_constraintdef(oid))"
+            " FROM pg_constraint"
+            " WHERE conrelid = %s::regclass AND contype = 'c'",
+            (parent,),
+        ).fetchall()
+    if not cols:
+        raise ValueError(f"{parent}: no such table")
+    new = sql.Identifier(f"{child}_new")
+    column = sql.Identifier(_range_column(conn, parent))
+    ddl: list[sql.Composable] = [sql.SQL(c[0]) for c in (*cols, *checks)]
+    ddl.append(
+        sql.SQL("CONSTRAINT {} CHECK ({} >= {} AND {} < {})").format(
+            sql.Identifier(f"{child}_range"), column, sql.Literal(lo), column, sql.Literal(hi)
+        )
+    )
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(new, sql.SQL(", ").join(ddl)))
+    rows = copy_table(conn, f'"{child}_new"', data, binary=binary)
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            new,
+            sql.Identifier(f"{child}_pkey_new"),
+            sql.SQL(", ").join(map(sql.Identifier, key)),
+        )
+    )
+    # The swap: from here on the parent is locked until the caller commits.
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(child)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, sql.Identifier(child)))
+    conn.execute(
+        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(f"{child}_pkey_new"), sql.Identifier(f"{child}_pkey")
+        )
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(parent), sql.Identifier(child), sql.Literal(lo), sql.Literal(hi)
+        )
+    )
+    return rows
+
+
+def _range_column(conn: psycopg.Connection[tuple], parent: str) -> str:  # type: ignore[type-arg]
+    """The column a table is partitioned by (one column, by range)."""
+    row = conn.execute(
+        """
+        SELECT a.attname FROM pg_partitioned_table p
+        JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+        WHERE p.partrelid = %s::regclass AND p.partstrat = 'r' AND p.partnatts = 1
+        """,
+        (parent,),
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"{parent} is not partitioned by range on one column")
+    return str(row[0])
 
 
 def _csv_blocks(data: pa.Table) -> Iterator[memoryview]:

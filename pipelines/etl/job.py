@@ -41,7 +41,13 @@ import typer
 from features.cleaning import VITALS
 from features.resample import COUNT_COLUMNS
 from pipelines.etl.plan import Plan, fingerprints, hour_of, plan
-from pipelines.etl.transform import COUNT_FIELDS, INPUT_COLUMNS, Bounds, transform_events
+from pipelines.etl.transform import (
+    COUNT_FIELDS,
+    INPUT_COLUMNS,
+    MINUTES_ARROW,
+    Bounds,
+    transform_events,
+)
 from pipelines.etl.validation import (
     RAW_COLUMNS,
     SUITE_VERSION,
@@ -51,7 +57,7 @@ from pipelines.etl.validation import (
     processed_expectations,
     raw_expectations,
 )
-from stack.db import copy_table, load_partitions, migrate, transaction
+from stack.db import copy_table, load_partitions, migrate, replace_range_partition, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
@@ -378,14 +384,22 @@ class EtlJob:
             minutes = self.lake.read_table(f"{PROCESSED_ZONE}/{q}")
             quarantine = self.lake.read_table(f"{QUARANTINE_ZONE}/{q}")
             c = counts[q]
-            conn.execute("DELETE FROM vitals_minute WHERE partition = %s", (q,))
-            conn.execute("DELETE FROM quarantine WHERE partition = %s", (q,))
             # Binary COPY: the Arrow types of both zones are those of the migrations' DDL.
-            if minutes.num_rows:
-                minutes = minutes.append_column("partition", pa.array([q] * minutes.num_rows))
-                copy_table(
-                    conn, "vitals_minute", minutes.select(list(PG_MINUTE_COLUMNS)), binary=True
-                )
+            # vitals_minute is partitioned by hour: the hour's rows go into a fresh table,
+            # indexed once and swapped in (much faster than a live index, row by row).
+            start = hour_of(q)
+            if minutes.num_columns == 0:  # no files: the hour is emptied
+                minutes = MINUTES_ARROW.empty_table()
+            minutes = minutes.append_column("partition", pa.array([q] * minutes.num_rows))
+            replace_range_partition(
+                conn,
+                "vitals_minute",
+                f"vitals_minute_{start:%Y%m%d_%H}",
+                (start, start + timedelta(hours=1)),
+                minutes.select(list(PG_MINUTE_COLUMNS)),
+                key=("patient_id", "minute"),
+            )
+            conn.execute("DELETE FROM quarantine WHERE partition = %s", (q,))
             if quarantine.num_rows:
                 quarantine = quarantine.append_column(
                     "partition", pa.array([q] * quarantine.num_rows)

@@ -9,7 +9,14 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from stack.db import connect, copy_table
+from stack.db import (
+    MIGRATIONS,
+    connect,
+    copy_table,
+    load_partitions,
+    replace_range_partition,
+    transaction,
+)
 from stack.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -76,3 +83,141 @@ def test_binary_copy_into_a_mismatched_column_fails_naming_it(stack_settings: Se
             copy_table(conn, name, pa.table({"x": pa.array([1.5])}), binary=True)
         conn.rollback()
         conn.execute(f"DROP TABLE {name}")
+
+
+# ------------------------------------------------------------------ range partitions
+PART_DDL = """
+    CREATE TABLE {name} (
+        k text NOT NULL, t timestamptz NOT NULL, v double precision,
+        c char(1) CHECK (c IN ('A', 'B')), PRIMARY KEY (k, t)
+    ) PARTITION BY RANGE (t)
+"""
+H0 = datetime(2026, 1, 5, 7, tzinfo=UTC)
+
+
+def _hour_rows(start: datetime, keys: list[str], c: str = "A") -> pa.Table:
+    return pa.table(
+        {
+            "k": keys,
+            "t": pa.array(
+                [start + timedelta(minutes=i) for i in range(len(keys))], pa.timestamp("us", "UTC")
+            ),
+            "v": [float(i) for i in range(len(keys))],
+            "c": [c] * len(keys),
+        }
+    )
+
+
+def _replace(s: Settings, name: str, hour: int, data: pa.Table) -> None:
+    start = H0 + timedelta(hours=hour)
+    with transaction(s) as conn:
+        replace_range_partition(
+            conn, name, f"{name}_{hour:02d}", (start, start + timedelta(hours=1)), data, ("k", "t")
+        )
+
+
+def test_a_range_partition_is_replaced_whole_and_keeps_one_index(
+    etl_settings: Settings,
+) -> None:
+    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
+    with transaction(s) as conn:
+        conn.execute(PART_DDL.format(name=name))
+    _replace(s, name, 0, _hour_rows(H0, ["a", "b", "c"]))
+    _replace(s, name, 1, _hour_rows(H0 + timedelta(hours=1), ["a", "b"]))
+    _replace(s, name, 0, _hour_rows(H0, ["z"]))
+    with connect(s) as conn:
+        rows = conn.execute(f"SELECT k, t FROM {name} ORDER BY t").fetchall()
+        children = conn.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits"
+            " WHERE inhparent = %s::regclass ORDER BY 1",
+            (name,),
+        ).fetchall()
+        # The loaded table's own primary key became the parent index's partition: attaching
+        # built no second index.
+        indexes = conn.execute(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+            (f"{name}_00",),
+        ).fetchall()
+    assert [r[0] for r in rows] == ["z", "a", "b"]
+    assert children == [(f"{name}_00",), (f"{name}_01",)]
+    assert indexes == [(f"{name}_00_pkey",)]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (pa.concat_tables([_hour_rows(H0, ["a"])] * 2), psycopg.errors.UniqueViolation),
+        (_hour_rows(H0 + timedelta(minutes=59), ["a", "b"]), psycopg.errors.CheckViolation),
+        (_hour_rows(H0, ["a"], c="Z"), psycopg.errors.CheckViolation),  # the parent's CHECK
+    ],
+)
+def test_a_failed_replacement_leaves_the_partition_as_it_was(
+    etl_settings: Settings, data: pa.Table, error: type[Exception]
+) -> None:
+    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
+    with transaction(s) as conn:
+        conn.execute(PART_DDL.format(name=name))
+    _replace(s, name, 0, _hour_rows(H0, ["old"]))
+    with pytest.raises(error):
+        _replace(s, name, 0, data)
+    with connect(s) as conn:
+        assert conn.execute(f"SELECT k FROM {name}").fetchall() == [("old",)]
+
+
+def test_parallel_replacements_of_different_partitions_do_not_deadlock(
+    etl_settings: Settings,
+) -> None:
+    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
+    with transaction(s) as conn:
+        conn.execute(PART_DDL.format(name=name))
+    hours = [f"{h:02d}" for h in range(12)]
+    for round_ in range(2):  # the second round replaces every partition
+        keys = [f"r{round_}-{i}" for i in range(50)]
+
+        def load(conn: psycopg.Connection[tuple], h: str, keys: list[str] = keys) -> None:  # type: ignore[type-arg]
+            start = H0 + timedelta(hours=int(h))
+            replace_range_partition(
+                conn, name, f"{name}_{h}", (start, start + timedelta(hours=1)),
+                _hour_rows(start, keys), ("k", "t"),
+            )  # fmt: skip
+
+        load_partitions(s.model_copy(update={"postgres": s.postgres.model_copy(
+            update={"load_connections": 3})}), hours, load)  # fmt: skip
+        with connect(s) as conn:
+            got = conn.execute(f"SELECT count(*), min(k), max(k) FROM {name}").fetchone()
+        assert got == (12 * 50, f"r{round_}-0", f"r{round_}-9")
+
+
+def test_the_partitioning_migration_keeps_every_minute_row(etl_settings: Settings) -> None:
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    first, partitioning = MIGRATIONS[0][2], next(m[2] for m in MIGRATIONS if m[0] == 5)
+    cols = ", ".join(f"n_{v}" for v in (
+        "heart_rate", "systolic_bp", "diastolic_bp", "spo2", "resp_rate", "temperature",
+        "consciousness", "events"))  # fmt: skip
+    with transaction(etl_settings) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET LOCAL search_path TO {schema}")
+        conn.execute(first)
+        conn.execute(
+            f"INSERT INTO vitals_minute (patient_id, minute, heart_rate, consciousness, {cols},"
+            " partition) SELECT 'p' || (i % 3), timestamptz '2026-01-05 06:30Z'"
+            " + i * interval '1 minute', 60 + i, 'A', 1, 1, 1, 1, 1, 1, 1, 1, 'x'"
+            " FROM generate_series(0, 149) i"
+        )
+        before = conn.execute(
+            "SELECT md5(string_agg(t::text, '|' ORDER BY patient_id, minute)) FROM vitals_minute t"
+        ).fetchone()
+        conn.execute(partitioning)
+        after = conn.execute(
+            "SELECT md5(string_agg(t::text, '|' ORDER BY patient_id, minute)) FROM vitals_minute t"
+        ).fetchone()
+        children = conn.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits"
+            " WHERE inhparent = 'vitals_minute'::regclass ORDER BY 1"
+        ).fetchall()
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert after == before
+    # 06:30 + 150 minutes: hours 06, 07 and 08.
+    assert [c[0].rsplit(".", 1)[-1] for c in children] == [
+        "vitals_minute_20260105_06", "vitals_minute_20260105_07", "vitals_minute_20260105_08",
+    ]  # fmt: skip
