@@ -120,7 +120,7 @@ class _Groups:
                 f"({len(patients)} patients are spread over {len(starts)} runs)"
             )
         row_start = np.repeat(starts, np.diff(np.append(starts, n)))
-        ends = np.append(starts[1:], n) - 1
+        ends = np.append(starts[1:], n) - 1 if n else starts  # no rows: no runs
         return cls(codes=codes, patients=pd.Index(patients), row_start=row_start, ends=ends)
 
 

@@ -100,7 +100,7 @@ def _partitions(ts_ns: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], lis
 
 def _utc_ns(col: pd.Series) -> npt.NDArray[np.int64]:
     """Nanoseconds since the epoch; a missing time is the smallest int64 (sorts first)."""
-    return np.asarray(pd.to_datetime(col, utc=True, cache=False).array.asi8)
+    return np.asarray(pd.to_datetime(col, utc=True, cache=False).dt.as_unit("ns").array.asi8)
 
 
 def duplicate_mask(events: pd.DataFrame) -> npt.NDArray[np.bool_]:
@@ -278,7 +278,7 @@ def transform_events(events: pd.DataFrame, b: Bounds) -> Transformed:
     minutes_out: dict[str, pa.Table] = {}
     if ok.any():
         minutes = to_minutes(cleaned[ok])
-        m_codes, m_names = _partitions(np.asarray(minutes["minute"].array.asi8) * 1000)
+        m_codes, m_names = _partitions(_utc_ns(minutes["minute"]))
         table = pa.Table.from_pandas(
             minutes[list(MINUTE_COLUMNS)], schema=MINUTES_ARROW, preserve_index=False
         )

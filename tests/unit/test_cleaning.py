@@ -88,6 +88,15 @@ def test_a_reading_with_nothing_usable_is_quarantined() -> None:
     assert cleaned["rejections"].iloc[1] == "impossible:heart_rate"
 
 
+def test_no_events_clean_to_nothing_and_keep_the_state() -> None:
+    _, state = clean_events(events({}, {"spo2": 96.0}))
+    empty, after = clean_events(events({}).iloc[:0], state)
+    assert empty.empty
+    assert {"status", "corrections", "rejections"} <= set(empty.columns)
+    assert list(after.patients) == list(state.patients)
+    np.testing.assert_array_equal(after.values, state.values)
+
+
 def _stream(seed: int, n: int = 400) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []

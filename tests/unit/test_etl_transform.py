@@ -230,3 +230,25 @@ def test_an_hour_without_events_still_counts_the_minutes_it_holds() -> None:
         "corrected_values": 0, "rejected_values": 0, "minute_rows": 60,
     }  # fmt: skip
     assert out.counts[h02]["minute_rows"] == out.minutes[h02].num_rows == 6
+
+
+def test_a_call_with_nothing_usable_quarantines_its_rows() -> None:
+    far = pd.Timestamp("2026-01-07T01:00:00Z")
+    q = "date=2026-01-07/hour=01"
+    rows = frame(*(event(i, None, ts=far + pd.Timedelta(minutes=i)) for i in range(3)))
+    out = transform_events(rows, Bounds(frozenset({q}), *BOUNDS_TIMES, "r"))
+    assert out.minutes == {}
+    assert out.quarantine[q].num_rows == 3
+    assert out.counts[q]["quarantined_rows"] == out.counts[q]["raw_rows"] == 3
+
+
+def test_times_in_any_unit_and_without_a_zone_read_as_utc() -> None:
+    rows = frame(event(1, 3, heart_rate=350.0), event(2, 4), event(3, 5))
+    naive_us = rows.assign(
+        ts=rows["ts"].dt.tz_localize(None).astype("datetime64[us]"),
+        landed_at=rows["landed_at"].dt.tz_localize(None).astype("datetime64[us]"),
+    )
+    a, b = transform_events(rows, BOUNDS), transform_events(naive_us, BOUNDS)
+    assert a.counts == b.counts
+    assert a.minutes[H01].equals(b.minutes[H01])
+    assert a.quarantine[H01].equals(b.quarantine[H01])
