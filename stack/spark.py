@@ -29,6 +29,9 @@ def spark_session(settings: Settings, app: str = "vigil") -> SparkSession:
         .appName(app)
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        # Scans split into at least as many tasks as shuffles do: by default a 320 MB lake
+        # of many small files became 5 tasks on 2 cores, and the fifth ran alone.
+        .config("spark.sql.files.minPartitionNum", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")

@@ -104,22 +104,36 @@ def _utc_ns(col: pd.Series) -> npt.NDArray[np.int64]:
 
 
 def duplicate_mask(events: pd.DataFrame) -> npt.NDArray[np.bool_]:
-    """True for every copy of an ``event_id`` but the first landed one."""
+    """True for every copy of an ``event_id`` but the first landed one.
+
+    An ``event_key`` column (a 64-bit hash of ``event_id``, which the Spark job adds with
+    ``xxhash64``) narrows the search: only rows whose key repeats are compared by their
+    ``event_id`` itself, so a hash collision costs a comparison, never a row. Without it
+    the key is computed here.
+    """
     n = len(events)
+    dup = np.zeros(n, dtype=np.bool_)
     if n == 0:
-        return np.zeros(0, dtype=np.bool_)
-    ids, _ = pd.factorize(events["event_id"], use_na_sentinel=False)
+        return dup
+    if "event_key" in events:
+        key = events["event_key"].to_numpy(dtype=np.int64)
+    else:
+        key = pd.util.hash_array(events["event_id"].to_numpy(dtype=object))
+    maybe = np.flatnonzero(pd.Series(key).duplicated(keep=False).to_numpy())
+    if len(maybe) == 0:
+        return dup
+    some = events.iloc[maybe]
+    ids, _ = pd.factorize(some["event_id"], use_na_sentinel=False)
     order = np.lexsort(
         (
-            events["kafka_offset"].to_numpy(dtype=np.int64, na_value=-1),
-            events["kafka_partition"].to_numpy(dtype=np.int64, na_value=-1),
-            _utc_ns(events["landed_at"]),
+            some["kafka_offset"].to_numpy(dtype=np.int64, na_value=-1),
+            some["kafka_partition"].to_numpy(dtype=np.int64, na_value=-1),
+            _utc_ns(some["landed_at"]),
             ids,
         )
     )
     sorted_ids = ids[order]
-    dup = np.zeros(n, dtype=np.bool_)
-    dup[order[1:]] = sorted_ids[1:] == sorted_ids[:-1]
+    dup[maybe[order[1:]]] = sorted_ids[1:] == sorted_ids[:-1]
     return dup
 
 

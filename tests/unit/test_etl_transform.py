@@ -15,6 +15,7 @@ from pipelines.etl.transform import (
     QUARANTINE_ARROW,
     Bounds,
     Transformed,
+    duplicate_mask,
     format_raw,
     transform_events,
 )
@@ -252,3 +253,18 @@ def test_times_in_any_unit_and_without_a_zone_read_as_utc() -> None:
     assert a.counts == b.counts
     assert a.minutes[H01].equals(b.minutes[H01])
     assert a.quarantine[H01].equals(b.quarantine[H01])
+
+
+def test_a_colliding_event_key_costs_a_comparison_never_a_row() -> None:
+    t = T0 + pd.Timedelta(minutes=5)
+    rows = frame(
+        event(1, 4), event(2, 5, landed_at=t + pd.Timedelta(seconds=3)),
+        event(2, 5, landed_at=t + pd.Timedelta(seconds=1), kafka_offset=9), event(3, 6),
+    )  # fmt: skip
+    plain = duplicate_mask(rows)
+    every_key_equal = duplicate_mask(rows.assign(event_key=np.int64(7)))
+    distinct_keys = duplicate_mask(rows.assign(event_key=np.arange(len(rows), dtype=np.int64)))
+    assert plain.tolist() == every_key_equal.tolist()
+    assert plain.sum() == 1
+    assert rows["landed_at"][plain].item() == t + pd.Timedelta(seconds=3)  # the later copy
+    assert not distinct_keys.any()  # the key is trusted to tell rows apart when it differs
