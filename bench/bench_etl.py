@@ -4,8 +4,9 @@ The raw lake is written straight from the simulator through the landing's own va
 and table builders (no broker: this measures the ETL, not ingestion), at each size, into
 a private stack (PostgreSQL) and lake. Spark runs ``local[2]``.
 
-Reports per size: events/s, seconds per step (GX raw validation, transform with shuffle,
-GX output validation, Parquet write, PostgreSQL COPY), peak RSS of the whole process tree
+Reports per size: events/s, seconds per step (GX raw validation; the transform pass: the
+shuffle by patient, the pandas work and the tasks' Parquet writes; GX output validation;
+publishing the staged files; PostgreSQL COPY), peak RSS of the whole process tree
 (the Spark JVM and its Python workers included), and the growth from the smallest to the
 largest size (1.0 = linear). Target (issue #3): ≥ 100,000 raw events/s at 10M, ~linear.
 

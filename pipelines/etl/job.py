@@ -203,6 +203,10 @@ def _etl_partition(
                 flush()
         flush()
         n_files, n_counts = len(wrote), len(counts)
+        if not n_files and not n_counts:
+            # A task without patients (fewer patients than shuffle partitions) reports
+            # nothing: an empty frame fails Spark's conversion to Arrow.
+            return
         report = {
             "kind": ["file"] * n_files + ["counts"] * n_counts,
             "zone": [w[0] for w in wrote] + [None] * n_counts,

@@ -186,3 +186,34 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     assert q(s, "SELECT count(*) FROM etl_partitions") == [(0,)]
     assert lake(s).files(QUARANTINE_ZONE) == []
     assert asset_events(airflow_home, processed) == before
+
+
+def test_a_failed_output_suite_publishes_nothing(
+    etl_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import great_expectations as gx
+
+    from pipelines.etl import job
+    from pipelines.etl.validation import EtlValidationError
+
+    # Fewer patients than shuffle partitions: some tasks get no rows (and report none).
+    s, _ = land(etl_settings, patients=3, hours=2)
+    assert s.spark.shuffle_partitions > 3
+
+    def impossible() -> list[Any]:  # no minute may hold an event: every hour breaks it
+        return [gx.expectations.ExpectColumnValuesToBeBetween(column="n_events", max_value=0)]
+
+    monkeypatch.setattr(job, "processed_expectations", impossible)
+    with pytest.raises(EtlValidationError) as err:
+        run_etl(s)
+    message = str(err.value)
+    assert message.startswith("processed_vitals validation failed")
+    assert "partition date=2026-01-05/hour=00" in message
+    assert "expect_column_values_to_be_between(column=n_events" in message
+    # The tasks' files were written and validated, but never published or loaded.
+    assert lake(s).files(PROCESSED_ZONE) == []
+    assert lake(s).files(QUARANTINE_ZONE) == []
+    assert lake(s).files("_staging", suffix="") == []
+    assert q(s, "SELECT count(*) FROM etl_partitions") == [(0,)]
+    assert q(s, "SELECT count(*) FROM vitals_minute") == [(0,)]
+    assert q(s, "SELECT status FROM etl_runs") == [("failed",)]
