@@ -238,28 +238,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE vitals_minute_unpartitioned
             RENAME CONSTRAINT vitals_minute_pkey TO vitals_minute_unpartitioned_pkey;
         DROP INDEX vitals_minute_partition;
-        CREATE TABLE vitals_minute (
-            patient_id      text        NOT NULL,
-            minute          timestamptz NOT NULL,
-            heart_rate      double precision,
-            systolic_bp     double precision,
-            diastolic_bp    double precision,
-            spo2            double precision,
-            resp_rate       double precision,
-            temperature     double precision,
-            consciousness   char(1) CHECK (consciousness IN ('A', 'C', 'V', 'P', 'U')),
-            on_oxygen       boolean,
-            n_heart_rate    smallint NOT NULL,
-            n_systolic_bp   smallint NOT NULL,
-            n_diastolic_bp  smallint NOT NULL,
-            n_spo2          smallint NOT NULL,
-            n_resp_rate     smallint NOT NULL,
-            n_temperature   smallint NOT NULL,
-            n_consciousness smallint NOT NULL,
-            n_events        smallint NOT NULL,
-            partition       text     NOT NULL,
-            PRIMARY KEY (patient_id, minute)
-        ) PARTITION BY RANGE (minute);
+        CREATE TABLE vitals_minute (LIKE vitals_minute_unpartitioned INCLUDING ALL)
+            PARTITION BY RANGE (minute);
         DO $$
         DECLARE h timestamp;
         BEGIN

@@ -108,6 +108,13 @@ def _hour_rows(start: datetime, keys: list[str], c: str = "A") -> pa.Table:
     )
 
 
+def _partitioned_table(s: Settings) -> str:
+    name = f"parts_{uuid.uuid4().hex[:8]}"
+    with transaction(s) as conn:
+        conn.execute(PART_DDL.format(name=name))
+    return name
+
+
 def _replace(s: Settings, name: str, hour: int, data: pa.Table) -> None:
     start = H0 + timedelta(hours=hour)
     with transaction(s) as conn:
@@ -119,9 +126,7 @@ def _replace(s: Settings, name: str, hour: int, data: pa.Table) -> None:
 def test_a_range_partition_is_replaced_whole_and_keeps_one_index(
     etl_settings: Settings,
 ) -> None:
-    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
-    with transaction(s) as conn:
-        conn.execute(PART_DDL.format(name=name))
+    s, name = etl_settings, _partitioned_table(etl_settings)
     _replace(s, name, 0, _hour_rows(H0, ["a", "b", "c"]))
     _replace(s, name, 1, _hour_rows(H0 + timedelta(hours=1), ["a", "b"]))
     _replace(s, name, 0, _hour_rows(H0, ["z"]))
@@ -154,9 +159,7 @@ def test_a_range_partition_is_replaced_whole_and_keeps_one_index(
 def test_a_failed_replacement_leaves_the_partition_as_it_was(
     etl_settings: Settings, data: pa.Table, error: type[Exception]
 ) -> None:
-    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
-    with transaction(s) as conn:
-        conn.execute(PART_DDL.format(name=name))
+    s, name = etl_settings, _partitioned_table(etl_settings)
     _replace(s, name, 0, _hour_rows(H0, ["old"]))
     with pytest.raises(error):
         _replace(s, name, 0, data)
@@ -167,9 +170,7 @@ def test_a_failed_replacement_leaves_the_partition_as_it_was(
 def test_parallel_replacements_of_different_partitions_do_not_deadlock(
     etl_settings: Settings,
 ) -> None:
-    s, name = etl_settings, f"parts_{uuid.uuid4().hex[:8]}"
-    with transaction(s) as conn:
-        conn.execute(PART_DDL.format(name=name))
+    s, name = etl_settings, _partitioned_table(etl_settings)
     hours = [f"{h:02d}" for h in range(12)]
     for round_ in range(2):  # the second round replaces every partition
         keys = [f"r{round_}-{i}" for i in range(50)]
@@ -215,7 +216,14 @@ def test_the_partitioning_migration_keeps_every_minute_row(etl_settings: Setting
             "SELECT inhrelid::regclass::text FROM pg_inherits"
             " WHERE inhparent = 'vitals_minute'::regclass ORDER BY 1"
         ).fetchall()
+        constraints = conn.execute(
+            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'vitals_minute'::regclass AND contype IN ('c', 'p') ORDER BY 1"
+        ).fetchall()
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert constraints[1] == ("p", "PRIMARY KEY (patient_id, minute)")
+    assert constraints[0][0] == "c"
+    assert "consciousness" in constraints[0][1]
     assert after == before
     # 06:30 + 150 minutes: hours 06, 07 and 08.
     assert [c[0].rsplit(".", 1)[-1] for c in children] == [
