@@ -8,7 +8,7 @@ stage may call :func:`migrate` before it writes.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -353,10 +353,15 @@ def replace_range_partition(
     data: pa.Table,
     key: tuple[str, ...],
     *,
+    constants: Mapping[str, object] | None = None,
     binary: bool = True,
 ) -> int:
     """Replace the partition ``[lo, hi)`` of a table partitioned by range, in the caller's
     transaction; returns rows.
+
+    ``constants`` are columns with one value for the whole partition: they are not in
+    ``data`` but the new table's defaults, so ``COPY`` neither sends nor parses them (for
+    the hour name of 10M minute rows, 1.5 s of 16).
 
     The rows are copied into a fresh table, then indexed once (``key`` is its primary
     key, the parent's), then swapped in: the old partition dropped, the new one renamed
@@ -372,8 +377,8 @@ def replace_range_partition(
     with conn.cursor() as cur:
         cols = cur.execute(
             """
-            SELECT format('%%I %%s%%s', attname, format_type(atttypid, atttypmod),
-                          CASE WHEN attnotnull THEN ' NOT NULL' ELSE '' END)
+            SELECT attname, format('%%I %%s%%s', attname, format_type(atttypid, atttypmod),
+                                   CASE WHEN attnotnull THEN ' NOT NULL' ELSE '' END)
             FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0
                 AND NOT attisdropped ORDER BY attnum
             """,
@@ -385,11 +390,22 @@ def replace_range_partition(
             " WHERE conrelid = %s::regclass AND contype = 'c'",
             (parent,),
         ).fetchall()
-    if not cols:
-        raise ValueError(f"{parent}: no such table")
+    constants = dict(constants or {})
+    unknown = set(constants) - {c[0] for c in cols}
+    if unknown or set(constants) & set(data.column_names):
+        raise ValueError(
+            f"{parent}: constants {sorted(constants)} must be columns of the table and not"
+            f" of the data (unknown: {sorted(unknown)})"
+        )
     new = sql.Identifier(f"{child}_new")
     column = sql.Identifier(_range_column(conn, parent))
-    ddl: list[sql.Composable] = [sql.SQL(c[0]) for c in (*cols, *checks)]
+    ddl: list[sql.Composable] = [
+        sql.SQL(d) + sql.SQL(" DEFAULT ") + sql.Literal(constants[name])
+        if name in constants
+        else sql.SQL(d)
+        for name, d in cols
+    ]
+    ddl += [sql.SQL(c[0]) for c in checks]
     ddl.append(
         sql.SQL("CONSTRAINT {} CHECK ({} >= {} AND {} < {})").format(
             sql.Identifier(f"{child}_range"), column, sql.Literal(lo), column, sql.Literal(hi)

@@ -398,14 +398,14 @@ class EtlJob:
             start = hour_of(q)
             if minutes.num_columns == 0:  # no files: the hour is emptied
                 minutes = MINUTES_ARROW.empty_table()
-            minutes = minutes.append_column("partition", pa.array([q] * minutes.num_rows))
             replace_range_partition(
                 conn,
                 "vitals_minute",
                 f"vitals_minute_{start:%Y%m%d_%H}",
                 (start, start + timedelta(hours=1)),
-                minutes.select(list(PG_MINUTE_COLUMNS)),
+                minutes.select([c for c in PG_MINUTE_COLUMNS if c != "partition"]),
                 key=("patient_id", "minute"),
+                constants={"partition": q},
             )
             conn.execute("DELETE FROM quarantine WHERE partition = %s", (q,))
             if quarantine.num_rows:

@@ -229,3 +229,23 @@ def test_the_partitioning_migration_keeps_every_minute_row(etl_settings: Setting
     assert [c[0].rsplit(".", 1)[-1] for c in children] == [
         "vitals_minute_20260105_06", "vitals_minute_20260105_07", "vitals_minute_20260105_08",
     ]  # fmt: skip
+
+
+def test_a_constant_column_is_filled_by_the_new_tables_default(etl_settings: Settings) -> None:
+    s, name = etl_settings, _partitioned_table(etl_settings)
+    rows = _hour_rows(H0, ["a", "b"]).drop_columns(["c"])
+    with transaction(s) as conn:
+        replace_range_partition(
+            conn, name, f"{name}_00", (H0, H0 + timedelta(hours=1)), rows, ("k", "t"),
+            constants={"c": "B"},
+        )  # fmt: skip
+    with connect(s) as conn:
+        assert conn.execute(f"SELECT k, c FROM {name} ORDER BY k").fetchall() == [
+            ("a", "B"), ("b", "B"),
+        ]  # fmt: skip
+    for constants, data in (({"c": "B"}, _hour_rows(H0, ["a"])), ({"nope": 1}, rows)):
+        with pytest.raises(ValueError, match="constants"), transaction(s) as conn:
+            replace_range_partition(
+                conn, name, f"{name}_00", (H0, H0 + timedelta(hours=1)), data, ("k", "t"),
+                constants=constants,
+            )  # fmt: skip
