@@ -61,6 +61,13 @@ class Lake:
         if self.exists(rel):
             self.fs.delete_dir(self.path(rel))
 
+    def replace_dir(self, rel: str, files: list[str]) -> None:
+        """Make folder ``rel`` hold exactly ``files`` (moved in under their own names): its
+        old content is deleted first, so no files means an emptied folder."""
+        self.delete_dir(rel)
+        for f in files:
+            self.move(f, f"{rel}/{f.rsplit('/', 1)[-1]}")
+
     def move(self, rel: str, to: str) -> None:
         """Move a file within the lake (a rename on a local disk, copy + delete on S3)."""
         final = self.path(to)

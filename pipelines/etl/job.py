@@ -39,13 +39,12 @@ import psycopg
 import pyarrow as pa
 import typer
 
-from features.cleaning import VITALS
-from features.resample import COUNT_COLUMNS
 from pipelines.etl.plan import Plan, fingerprints, hour_of, plan
 from pipelines.etl.transform import (
     COUNT_FIELDS,
     INPUT_COLUMNS,
     MINUTES_ARROW,
+    QUARANTINE_ARROW,
     Bounds,
     transform_events,
 )
@@ -75,13 +74,6 @@ PROCESSED_ZONE = "processed/vitals_minute"
 QUARANTINE_ZONE = "processed/quarantine"
 
 STAGING_ZONE = "_staging/etl"  # tasks' files until the driver publishes them
-MINUTES_SCHEMA = ", ".join(
-    [
-        "patient_id string", "minute timestamp", *(f"{v} double" for v in VITALS),
-        "consciousness string", "on_oxygen boolean",
-        *(f"{c} short" for c in (*COUNT_COLUMNS, "n_events")),
-    ]
-)  # fmt: skip
 # What each task reports: one "file" row per file it wrote (zone minutes|quarantine) and
 # one "counts" row per pending partition it saw.
 STAGED_SCHEMA = "kind string, zone string, partition string, file string, rows long, " + ", ".join(
@@ -92,13 +84,6 @@ STAGED_SCHEMA = "kind string, zone string, partition string, file string, rows l
 # one file per task. Flushing every 200,000 rows made 1,144 small files at 10M, and
 # listing and reading them back cost the output suite 4 s.
 HOLD_ROWS = 2_000_000
-QUARANTINE_COLUMNS = (
-    "run_id", "partition", "event_id", "patient_id", "ts", "scope", "field", "raw_value", "reason",
-)  # fmt: skip
-PG_MINUTE_COLUMNS = (
-    "patient_id", "minute", *VITALS, "consciousness", "on_oxygen", *COUNT_COLUMNS, "n_events",
-    "partition",
-)  # fmt: skip
 
 
 @dataclass
@@ -275,6 +260,7 @@ class EtlJob:
     # ------------------------------------------------------------------ steps
     def _process(self, p: Plan, summary: EtlSummary, report_dir: Path) -> None:
         from pyspark.sql import functions as F  # noqa: N812
+        from pyspark.sql.pandas.types import from_arrow_schema
 
         # Great Expectations takes about 3 s to import and set up its context, in Python;
         # the Spark JVM takes as long to start, in its own process: do both at once.
@@ -347,7 +333,7 @@ class EtlJob:
             def minutes_of(qs: list[str]) -> DataFrame:
                 paths = [self._uri(f) for q in qs for f in files["minutes"].get(q, [])]
                 if not paths:
-                    return spark.createDataFrame([], MINUTES_SCHEMA)
+                    return spark.createDataFrame([], from_arrow_schema(MINUTES_ARROW))
                 return spark.read.parquet(*paths)
 
             out = runner.run("processed_vitals", minutes_of(p.pending), processed_expectations())
@@ -377,9 +363,7 @@ class EtlJob:
         """
         for kind, zone in (("minutes", PROCESSED_ZONE), ("quarantine", QUARANTINE_ZONE)):
             for q in pending:
-                self.lake.delete_dir(f"{zone}/{q}")
-                for rel in files[kind].get(q, []):
-                    self.lake.move(rel, f"{zone}/{q}/{rel.rsplit('/', 1)[-1]}")
+                self.lake.replace_dir(f"{zone}/{q}", files[kind].get(q, []))
 
     def _uri(self, rel: str) -> str:
         """What Spark reads and writes: a local path, or ``s3a://bucket/...``."""
@@ -403,7 +387,7 @@ class EtlJob:
                 "vitals_minute",
                 f"vitals_minute_{start:%Y%m%d_%H}",
                 (start, start + timedelta(hours=1)),
-                minutes.select([c for c in PG_MINUTE_COLUMNS if c != "partition"]),
+                minutes.select(MINUTES_ARROW.names),
                 key=("patient_id", "minute"),
                 constants={"partition": q},
             )
@@ -413,7 +397,10 @@ class EtlJob:
                     "partition", pa.array([q] * quarantine.num_rows)
                 )
                 copy_table(
-                    conn, "quarantine", quarantine.select(list(QUARANTINE_COLUMNS)), binary=True
+                    conn,
+                    "quarantine",
+                    quarantine.select([*QUARANTINE_ARROW.names, "partition"]),
+                    binary=True,
                 )
             conn.execute(
                 """

@@ -314,9 +314,7 @@ class FeatureJob:
         for q, rel, _rows in files:
             staged[q].append(rel)
         for q in pending:
-            self.lake.delete_dir(f"{FEATURES_ZONE}/{q}")
-            for rel in staged[q]:
-                self.lake.move(rel, f"{FEATURES_ZONE}/{q}/{rel.rsplit('/', 1)[-1]}")
+            self.lake.replace_dir(f"{FEATURES_ZONE}/{q}", staged[q])
 
     def _load_postgres(self, pending: list[str], run_id: str) -> None:
         """Each hour replaces its rows in one transaction, ``postgres.load_connections`` at once."""
