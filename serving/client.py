@@ -10,6 +10,7 @@ import orjson
 import pandas as pd
 
 from features.spec import FEATURE_NAMES
+from serving import wire
 
 
 class ServiceUnavailableError(ConnectionError):
@@ -35,9 +36,9 @@ class ServiceClient:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: bytes) -> Any:
+    def _post(self, path: str, body: bytes, **kw: Any) -> Any:
         try:
-            r = self._http.post(f"{self.url}{path}", content=body)
+            r = self._http.post(f"{self.url}{path}", content=body, **kw)
         except httpx.HTTPError as exc:  # connect errors, timeouts, broken connections
             raise ServiceUnavailableError(f"{self.url}{path}: {exc!r}") from exc
         if r.status_code == 409:  # the only conflict: a shadow asked for, none served
@@ -64,18 +65,19 @@ class ServiceClient:
     def predict_columns(
         self, x: pd.DataFrame, *, shadow: bool = False, explain: bool = False
     ) -> pd.DataFrame:
-        """``predict`` sent column by column: a frame of risk, alert, threshold, model_name,
-        model_version and role, one row per row of ``x`` (the scorer's path). With
-        ``explain``, also ``top_features``: the explanation of each row that crossed the
-        threshold (``None`` for the others), or ``None`` throughout when the service left
-        it to ``/explain`` (a model whose explanations are not cheap)."""
-        values = np.ascontiguousarray(x[list(FEATURE_NAMES)].to_numpy(dtype=float).T)
-        columns = dict(zip(FEATURE_NAMES, values, strict=True))
-        body = orjson.dumps(  # NaN is written as null: not observed
-            {"columns": columns, "shadow": shadow, "explain": explain},
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
-        out = self._post("/predict_columns", body)
+        """``predict`` sent column by column, as an Arrow IPC stream (``/arrow/predict``):
+        a frame of risk, alert, threshold, model_name, model_version and role, one row per
+        row of ``x`` (the scorer's path). With ``explain``, also ``top_features``: the
+        explanation of each row that crossed the threshold (``None`` for the others), or
+        ``None`` throughout when the service left it to ``/explain`` (a model whose
+        explanations are not cheap)."""
+        out = self._post(
+            "/arrow/predict",
+            wire.encode(x, FEATURE_NAMES),  # NaN: not observed
+            params={"shadow": "true" if shadow else "false",
+                    "explain": "true" if explain else "false"},
+            headers={"content-type": wire.MEDIA_TYPE},
+        )  # fmt: skip
         n = len(out["risk"])
         if n != len(x):
             raise RuntimeError(f"{self.url}: {n} predictions for {len(x)} rows")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTECTED = ("/predict", "/predict_shadow", "/predict_columns", "/explain", "/score_vitals")
+PROTECTED = (
+    "/predict", "/predict_shadow", "/predict_columns", "/arrow/predict", "/explain", "/score_vitals",
+)  # fmt: skip
 
 
 class Guard:

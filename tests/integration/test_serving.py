@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import mlflow
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from features.spec import FEATURE_NAMES
 from pipelines.produce import simulate_to_kafka, with_simulator
+from serving import wire
 from serving.client import ServiceClient
 from serving.model import ModelSlot, ModelUnavailableError, tracking_uri
 from serving.scorer import Scorer
@@ -377,6 +379,12 @@ def test_columns_score_as_rows_do_and_bad_columns_are_400s_naming_the_column(
     assert set(by_columns["model_version"]) == {served["champion"]}
     assert set(shadow["model_version"]) == {served["challenger"]}
     assert set(shadow["role"]) == {"shadow"}
+    # The JSON spelling of the same columns scores the same (the Arrow one is the client's)
+    values = x.to_numpy(dtype=float).T
+    body = {n: [None if np.isnan(v) else v for v in col] for n, col in zip(x, values.tolist())}
+    by_json = httpx.post(f"{url}/predict_columns", json={"columns": body}).json()
+    assert by_json["risk"] == pytest.approx(by_columns["risk"].tolist(), abs=1e-12)
+    assert by_json["alert"] == by_columns["alert"].tolist()
 
     cols = {n: [0.5, None] for n in FEATURE_NAMES}
     name = FEATURE_NAMES[7]
@@ -396,6 +404,34 @@ def test_columns_score_as_rows_do_and_bad_columns_are_400s_naming_the_column(
     r = httpx.post(f"{url}/predict", json={"rows": [row]})
     assert r.status_code == 400, r.text[:300]
     assert name in r.text
+
+
+def test_arrow_columns_refuse_bad_streams_with_4xx_naming_the_column(
+    served: dict[str, Any], cohort_rows: pd.DataFrame
+) -> None:
+    url = f"{served['url']}/arrow/predict"
+    arrow = {"content-type": wire.MEDIA_TYPE}
+    x = cohort_rows[list(FEATURE_NAMES)].iloc[:3]
+    name = FEATURE_NAMES[7]
+    cases = {
+        "missing": (wire.encode(x, [n for n in FEATURE_NAMES if n != name]), 400, name),
+        "huge": (wire.encode(x.assign(**{name: 1e308}), FEATURE_NAMES), 400, name),
+        "not arrow": (b'{"columns": {}}', 400, "not an Arrow IPC stream"),
+        "truncated": (wire.encode(x, FEATURE_NAMES)[:999], 400, "not an Arrow IPC stream"),
+    }
+    for case, (body, status, says) in cases.items():
+        r = httpx.post(url, content=body, headers=arrow)
+        assert r.status_code == status, (case, r.status_code, r.text[:300])
+        assert says in r.json()["error"], (case, r.text[:300])
+    r = httpx.post(url, content=wire.encode(x, FEATURE_NAMES), headers={"content-type": "text/csv"})
+    assert r.status_code == 415 and wire.MEDIA_TYPE in r.json()["error"]
+    r = httpx.post(url, params={"shadow": "maybe"}, content=wire.encode(x, FEATURE_NAMES),
+                   headers=arrow)  # fmt: skip
+    assert r.status_code == 422 and "shadow" in r.text
+    # The service's body limit covers the mounted app too: refused before it is read.
+    big = b"\0" * (served["settings"].serving.max_request_bytes + 1)
+    r = httpx.post(url, content=big, headers=arrow)
+    assert r.status_code == 413, r.text[:300]
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -469,11 +505,29 @@ def test_no_input_gets_a_5xx(served: dict[str, Any], path: str, body: Any) -> No
         assert r.json()  # a body that says what was wrong
 
 
+@hsettings(max_examples=40, deadline=None, derandomize=True,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(body=st.binary(max_size=2000), cut=st.integers(0, 4000), flip=st.integers(0, 4000))
+def test_no_arrow_body_gets_a_5xx(served: dict[str, Any], body: bytes, cut: int, flip: int) -> None:
+    """Random bytes, and a valid stream cut short or with one byte changed."""
+    good = bytearray(wire.encode(pd.DataFrame([[0.5] * len(FEATURE_NAMES)], columns=list(
+        FEATURE_NAMES)), FEATURE_NAMES))  # fmt: skip
+    good[flip % len(good)] ^= 0xFF
+    for content in (body, bytes(good[: cut % len(good)]), bytes(good)):
+        r = httpx.post(f"{served['url']}/arrow/predict", content=content, timeout=30,
+                       headers={"content-type": wire.MEDIA_TYPE})  # fmt: skip
+        assert r.status_code < 500, (content[:64], r.text[:300])
+        if r.status_code >= 400:
+            assert r.json()["error"]
+
+
 def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
     doc = httpx.get(f"{served['url']}/docs.json").json()
     for path in ("/predict", "/predict_shadow", "/predict_columns", "/explain", "/score_vitals",
                  "/readyz", "/metrics"):  # fmt: skip
         assert path in doc["paths"]
+    arrow = httpx.get(f"{served['url']}/arrow/openapi.json").json()
+    assert "/predict" in arrow["paths"]
     # vigil_predictions appears once something was predicted: predict one row
     # here, so the test does not depend on which tests ran before it.
     row = dict.fromkeys(FEATURE_NAMES, 0.5)

@@ -143,6 +143,7 @@ def test_guard_limits_body_size_and_checks_the_api_key() -> None:
     assert _call(keyed, "/predict", []) == [[], 401]
     assert _call(keyed, "/predict", [(b"x-api-key", b"wrong")]) == [[], 401]
     assert _call(keyed, "/predict", [(b"x-api-key", b"s3cret")]) == [["/predict"], None]
+    assert _call(keyed, "/arrow/predict", []) == [[], 401]  # the mounted Arrow route too
     assert _call(keyed, "/readyz", []) == [["/readyz"], None]  # probes stay open
 
 
