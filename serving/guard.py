@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 PROTECTED = (
-    "/predict", "/predict_shadow", "/predict_columns", "/arrow/predict", "/explain", "/score_vitals",
+    "/predict", "/predict_shadow", "/predict_columns", "/arrow/predict", "/explain",
+    "/score_vitals",
 )  # fmt: skip
 
 

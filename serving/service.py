@@ -54,8 +54,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from features.online import OnlineFeatures
 from features.spec import FEATURE_NAMES
-from serving.explain import is_cheap, top_features
 from serving import wire
+from serving.explain import is_cheap, top_features
 from serving.guard import Guard
 from serving.model import LoadedModel, ModelSlot
 from stack.contracts import AdmissionEvent, VitalsEvent
@@ -340,9 +340,7 @@ class Vigil:
         body = await request.body()
 
         def score() -> PredictionColumns:
-            x = wire.decode(
-                body, _FEATURES, max_rows=MAX_ROWS, max_magnitude=MAX_MAGNITUDE
-            )
+            x = wire.decode(body, _FEATURES, max_rows=MAX_ROWS, max_magnitude=MAX_MAGNITUDE)
             frame = pd.DataFrame(x, columns=_FEATURES, copy=False)
             return self._score_columns(frame, shadow=shadow, explain=explain)
 

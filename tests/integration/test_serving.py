@@ -381,7 +381,10 @@ def test_columns_score_as_rows_do_and_bad_columns_are_400s_naming_the_column(
     assert set(shadow["role"]) == {"shadow"}
     # The JSON spelling of the same columns scores the same (the Arrow one is the client's)
     values = x.to_numpy(dtype=float).T
-    body = {n: [None if np.isnan(v) else v for v in col] for n, col in zip(x, values.tolist())}
+    body = {
+        n: [None if np.isnan(v) else v for v in col]
+        for n, col in zip(x, values.tolist(), strict=True)
+    }
     by_json = httpx.post(f"{url}/predict_columns", json={"columns": body}).json()
     assert by_json["risk"] == pytest.approx(by_columns["risk"].tolist(), abs=1e-12)
     assert by_json["alert"] == by_columns["alert"].tolist()
@@ -424,10 +427,12 @@ def test_arrow_columns_refuse_bad_streams_with_4xx_naming_the_column(
         assert r.status_code == status, (case, r.status_code, r.text[:300])
         assert says in r.json()["error"], (case, r.text[:300])
     r = httpx.post(url, content=wire.encode(x, FEATURE_NAMES), headers={"content-type": "text/csv"})
-    assert r.status_code == 415 and wire.MEDIA_TYPE in r.json()["error"]
+    assert r.status_code == 415
+    assert wire.MEDIA_TYPE in r.json()["error"]
     r = httpx.post(url, params={"shadow": "maybe"}, content=wire.encode(x, FEATURE_NAMES),
                    headers=arrow)  # fmt: skip
-    assert r.status_code == 422 and "shadow" in r.text
+    assert r.status_code == 422
+    assert "shadow" in r.text
     # The service's body limit covers the mounted app too: refused before it is read.
     big = b"\0" * (served["settings"].serving.max_request_bytes + 1)
     r = httpx.post(url, content=big, headers=arrow)

@@ -52,16 +52,26 @@ def test_columns_are_read_by_name_whatever_their_order_and_nulls_are_not_observe
 @pytest.mark.parametrize(
     ("columns", "says"),
     [
-        ({"heart_rate_last": pa.array([1.0]), "spo2_min": pa.array([1.0])},
-         "feature 'news2' is missing"),
-        ({**dict.fromkeys(NAMES, pa.array([1.0])), "hr_typo": pa.array([1.0])},
-         "column 'hr_typo' is not a feature"),
-        ({**dict.fromkeys(NAMES, pa.array([1.0])), "news2": pa.array(["high"])},
-         "column 'news2' is string, not a number"),
-        ({**dict.fromkeys(NAMES, pa.array([1.0, 2.0])), "spo2_min": pa.array([1.0, np.inf])},
-         "column 'spo2_min', row 1: inf"),
-        ({**dict.fromkeys(NAMES, pa.array([1.0])), "news2": pa.array([-1e308])},
-         "column 'news2', row 0"),
+        (
+            {"heart_rate_last": pa.array([1.0]), "spo2_min": pa.array([1.0])},
+            "feature 'news2' is missing",
+        ),
+        (
+            {**dict.fromkeys(NAMES, pa.array([1.0])), "hr_typo": pa.array([1.0])},
+            "column 'hr_typo' is not a feature",
+        ),
+        (
+            {**dict.fromkeys(NAMES, pa.array([1.0])), "news2": pa.array(["high"])},
+            "column 'news2' is string, not a number",
+        ),
+        (
+            {**dict.fromkeys(NAMES, pa.array([1.0, 2.0])), "spo2_min": pa.array([1.0, np.inf])},
+            "column 'spo2_min', row 1: inf",
+        ),
+        (
+            {**dict.fromkeys(NAMES, pa.array([1.0])), "news2": pa.array([-1e308])},
+            "column 'news2', row 0",
+        ),
         (dict.fromkeys(NAMES, pa.array([], type=pa.float64())), "0 rows"),
         (dict.fromkeys(NAMES, pa.array(np.zeros(101))), "101 rows: send 1 to 100"),
     ],
