@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pandas as pd
 
@@ -71,16 +72,23 @@ class ServiceClient:
         explanation of each row that crossed the threshold (``None`` for the others), or
         ``None`` throughout when the service left it to ``/explain`` (a model whose
         explanations are not cheap)."""
+        values = x[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+        return self.predict_matrix(values, shadow=shadow, explain=explain)
+
+    def predict_matrix(
+        self, values: npt.NDArray[np.float64], *, shadow: bool = False, explain: bool = False
+    ) -> pd.DataFrame:
+        """:meth:`predict_columns` of a rows x features matrix in ``FEATURE_NAMES`` order."""
         out = self._post(
             "/arrow/predict",
-            wire.encode(x, FEATURE_NAMES),  # NaN: not observed
+            wire.encode(values, FEATURE_NAMES),  # NaN: not observed
             params={"shadow": "true" if shadow else "false",
                     "explain": "true" if explain else "false"},
             headers={"content-type": wire.MEDIA_TYPE},
         )  # fmt: skip
         n = len(out["risk"])
-        if n != len(x):
-            raise RuntimeError(f"{self.url}: {n} predictions for {len(x)} rows")
+        if n != len(values):
+            raise RuntimeError(f"{self.url}: {n} predictions for {len(values)} rows")
         cols: dict[str, Any] = {
             "risk": np.asarray(out["risk"], dtype=float),
             "alert": np.asarray(out["alert"], dtype=bool),

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ import pyarrow as pa
 import typer
 
 from features.online import OnlineFeatures
+from features.spec import FEATURE_NAMES
 from serving.alerts import AlertPolicy
 from serving.client import (
     NoShadowModelError,
@@ -64,13 +65,13 @@ from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.db import connect, copy_table, migrate
 from stack.gctune import freeze_startup_heap
-from stack.kafka import Consumer, KafkaClient, Producer, Record, TopicPartition
+from stack.kafka import Consumer, KafkaClient, PartitionBatch, Producer, Record, TopicPartition
 from stack.localstack import endpoints
 from stack.logs import configure_logging
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.scorer")
-LAG_EVERY_S = 5.0  # consumer lag is measured this often (it costs two broker round trips)
+LAG_EVERY_S = 5.0  # consumer lag is measured this often (by a thread: broker round trips)
 
 PREDICTION_COLUMNS = (
     "event_id", "role", "patient_id", "ts", "as_of", "status", "risk", "alert", "threshold",
@@ -229,7 +230,7 @@ class Scorer:
         valid = self.validator.validate([event]).table.to_pandas().drop(columns="_index")
         vec = self._online_state().update(valid, now=now)  # a throwaway state
         try:
-            self.service.predict_columns(vec, explain=True)
+            self.service.predict_matrix(_features(vec), explain=True)
         except (ServiceUnavailableError, ServiceRejectedError) as exc:
             log.info("warm-up: the service did not answer (scoring will retry): %s", exc)
 
@@ -262,16 +263,31 @@ class Scorer:
         finally:
             c.close()
 
-    def _record_lag(self, consumer: Consumer) -> None:
-        """Lag per partition of ``vitals.raw`` for the metrics (best effort)."""
-        try:
-            parts = self.kafka.all_partitions([self.topics.vitals])
-            done = consumer.committed(parts)
-            for tp, (lo, hi) in consumer.watermarks(parts).items():
-                lag = hi - (done.get(tp) or lo)
-                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-        except Exception as exc:  # metrics must never stop scoring
-            log.warning("consumer lag not measured: %s", exc)
+    def _watch_lag(self, stop: threading.Event) -> None:
+        """Set the lag gauges of ``vitals.raw`` now and every :data:`LAG_EVERY_S` until
+        ``stop`` (best effort: metrics must never stop scoring).
+
+        A thread of its own with its own consumer (which reads the group's committed
+        offsets but never joins the group): the broker round trips take 0.1-0.4 s, which
+        in the scoring loop were a stall of every batch that met them.
+        """
+        c: Consumer | None = None
+        parts: list[TopicPartition] = []
+        while True:
+            try:
+                if c is None:
+                    c = self.kafka.consumer(self.cfg.group_id)
+                    parts = self.kafka.all_partitions([self.topics.vitals])
+                done = c.committed(parts)
+                for tp, (lo, hi) in c.watermarks(parts).items():
+                    lag = hi - (done.get(tp) or lo)
+                    self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            except Exception as exc:
+                log.warning("consumer lag not measured: %s", exc)
+            if stop.wait(LAG_EVERY_S):
+                break
+        if c is not None:
+            c.close()
 
     # ------------------------------------------------------------------ the service
     def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
@@ -288,22 +304,23 @@ class Scorer:
                     raise
                 delay = min(delay * 2, self.cfg.backoff_max_s)
 
-    def _score(self, x: pd.DataFrame, summary: ScoreSummary) -> pd.DataFrame:
-        """The champion's predictions, in micro-batches, retried while the service is away;
-        rows that crossed the threshold come with their top features (for alerts)."""
+    def _score(self, x: np.ndarray, summary: ScoreSummary) -> pd.DataFrame:
+        """The champion's predictions of the feature matrix ``x``, in micro-batches,
+        retried while the service is away; rows that crossed the threshold come with
+        their top features (for alerts)."""
         return self._in_micro_batches(
             x,
             lambda p: self._call(
-                "predict", lambda: self.service.predict_columns(p, explain=True), summary
+                "predict", lambda: self.service.predict_matrix(p, explain=True), summary
             ),
         )
 
     def _in_micro_batches(
-        self, x: pd.DataFrame, score: Callable[[pd.DataFrame], pd.DataFrame]
+        self, x: np.ndarray, score: Callable[[np.ndarray], pd.DataFrame]
     ) -> pd.DataFrame:
-        """``score`` over ``x`` in slices of ``scorer.micro_batch_rows``, concatenated."""
+        """``score`` over the rows of ``x`` in slices of ``scorer.micro_batch_rows``."""
         n = self.cfg.micro_batch_rows
-        parts = [score(x.iloc[a : a + n]) for a in range(0, len(x), n)]
+        parts = [score(x[a : a + n]) for a in range(0, len(x), n)]
         return pd.concat(parts, ignore_index=True) if parts else _NO_PREDICTIONS
 
     def _shadow_due(self) -> bool:
@@ -315,14 +332,14 @@ class Scorer:
         return self._shadow
 
     # ------------------------------------------------------------------ one batch
-    def process(self, recs: list[Record], producer: Producer, summary: ScoreSummary) -> None:
+    def process(self, recs: Polled, producer: Producer, summary: ScoreSummary) -> None:
         """Validate, featurise, score, alert and store one poll batch (not the commit)."""
         laps = _Laps(summary, self.metrics)
         now = pd.Timestamp.now(tz="UTC")
         scored_at = datetime.now(UTC)
         summary.records += len(recs)
-        res = self.validator.validate([r.value or b"" for r in recs])
-        dead = [(recs[i], reason, detail) for i, reason, detail in res.rejects]
+        res = self.validator.validate(recs.values)
+        dead = [(recs.record(i), reason, detail) for i, reason, detail in res.rejects]
         summary.invalid.update(reason for _r, reason, _d in dead)
         for _r, reason, _d in dead:
             self.metrics.invalid.labels(reason=reason).inc()
@@ -330,10 +347,7 @@ class Scorer:
         valid = res.table.to_pandas()
         summary.valid += len(valid)
         kafka_ts = pd.to_datetime(
-            [recs[i].timestamp_ms for i in valid["_index"].tolist()],
-            unit="ms",
-            utc=True,
-            cache=False,
+            recs.timestamps_ms[valid["_index"].to_numpy()], unit="ms", utc=True, cache=False
         )
         valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
         laps.lap("validate")
@@ -354,13 +368,14 @@ class Scorer:
         kts = fresh.set_index("event_id")["_kafka_ts"]
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).array)
         laps.lap("features")
-        preds = self._score(vec, summary) if len(vec) else _NO_PREDICTIONS
+        x = _features(vec)
+        preds = self._score(x, summary) if len(vec) else _NO_PREDICTIONS
         shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
             # The shadow never holds up the champion: one attempt, skipped on any failure.
             try:
                 shadow = self._in_micro_batches(
-                    vec, lambda p: self.service.predict_columns(p, shadow=True)
+                    x, lambda p: self.service.predict_matrix(p, shadow=True)
                 )
             except NoShadowModelError:
                 self._shadow, self._shadow_checked = False, time.monotonic()
@@ -431,6 +446,7 @@ class Scorer:
         summary.note_batch(len(recs), laps.steps)
         summary.batches += 1
         self._observe(latency_s, champion, status_rows, shadow, len(new_alerts), repeat, suppressed)
+        laps.lap("metrics")
 
     def _observe(
         self,
@@ -492,7 +508,7 @@ class Scorer:
         """Insert predictions, alerts and dead letters idempotently; returns new alert ids."""
         with self._transaction() as conn:
             if len(table):
-                copy_table(conn, "_p", _arrow_predictions(table))
+                copy_table(conn, "_p", _arrow_predictions(table), binary=True)
                 conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
             new: set[str] = set()
             if len(raised):
@@ -566,7 +582,11 @@ class Scorer:
         adm.assign(self.kafka.all_partitions([self.topics.admissions]))
         producer = self.kafka.producer()
         idle_since = time.monotonic()
-        lag_at = 0.0
+        lag_stop = threading.Event()
+        lag_thread = threading.Thread(
+            target=self._watch_lag, args=(lag_stop,), name="lag", daemon=True
+        )
+        lag_thread.start()
         if self.cfg.metrics_port is not None:
             self.metrics.serve(self.settings.serving.host, self.cfg.metrics_port)
         try:
@@ -574,8 +594,13 @@ class Scorer:
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
                 t_poll = time.perf_counter()
-                recs = consumer.poll_batch(self.settings.kafka.consumer.max_poll_records, 0.5)
-                recs = [r for r in recs if r.topic == self.topics.vitals]
+                recs = Polled(
+                    b
+                    for b in consumer.poll_columns(
+                        self.settings.kafka.consumer.max_poll_records, 0.5
+                    )
+                    if b.topic == self.topics.vitals
+                )
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
                 if not recs:
@@ -594,15 +619,14 @@ class Scorer:
                 except ServiceUnavailableError:
                     break  # stopped while waiting for the service: nothing committed
                 t_commit = time.perf_counter()
-                consumer.commit(_next_offsets(recs))
+                consumer.commit(recs.next_offsets())
                 summary.step_seconds["commit"] += time.perf_counter() - t_commit
                 summary.last_batch_s = time.monotonic() - t0
                 idle_since = time.monotonic()
-                if time.monotonic() - lag_at > LAG_EVERY_S:
-                    self._record_lag(consumer)
-                    lag_at = time.monotonic()
         finally:
             summary.seconds = time.monotonic() - t0
+            lag_stop.set()
+            lag_thread.join(timeout=30)
             producer.close()
             consumer.close()
             adm.close()
@@ -727,12 +751,39 @@ def _alert_message(a: pd.Series) -> bytes:
     )  # fmt: skip
 
 
-def _next_offsets(recs: list[Record]) -> dict[TopicPartition, int]:
-    out: dict[TopicPartition, int] = {}
-    for r in recs:
-        tp = TopicPartition(r.topic, r.partition)
-        out[tp] = max(out.get(tp, 0), r.offset + 1)
-    return out
+def _features(vec: pd.DataFrame) -> np.ndarray:
+    """The feature matrix of the vectors ``vec`` (rows x ``FEATURE_NAMES``), as sent."""
+    return vec[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+
+
+class Polled:
+    """One poll's records, as the columns of its partition batches laid end to end."""
+
+    def __init__(self, batches: Iterable[PartitionBatch]) -> None:
+        self.batches = [b for b in batches if len(b)]
+        self.values = [v or b"" for b in self.batches for v in b.values]
+        self.timestamps_ms = np.fromiter(
+            (t for b in self.batches for t in b.timestamps_ms), np.int64, len(self.values)
+        )
+        self._ends = np.cumsum([len(b) for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def record(self, i: int) -> Record:
+        """The ``i``-th record (for a dead letter: where it was, its key and bytes)."""
+        k = int(np.searchsorted(self._ends, i, side="right"))
+        b, j = self.batches[k], i - (int(self._ends[k - 1]) if k else 0)
+        return Record(b.topic, b.partition, b.offsets[j], b.keys[j], b.values[j],
+                      b.timestamps_ms[j])  # fmt: skip
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last record: what the commit stores."""
+        out: dict[TopicPartition, int] = {}
+        for b in self.batches:
+            tp = TopicPartition(b.topic, b.partition)
+            out[tp] = max(out.get(tp, 0), b.offsets[-1] + 1)
+        return out
 
 
 # --------------------------------------------------------------------------- CLI

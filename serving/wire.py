@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 
 MEDIA_TYPE = "application/vnd.apache.arrow.stream"
@@ -28,11 +27,13 @@ class WireError(ValueError):
     """The body is not a valid feature stream; the message says what and where."""
 
 
-def encode(x: pd.DataFrame, names: Sequence[str]) -> bytes:
-    """The columns ``names`` of ``x`` as one Arrow record batch (float64; NaN = not observed)."""
-    values = x[list(names)].to_numpy(dtype=np.float64)
+def encode(values: npt.NDArray[np.float64], names: Sequence[str]) -> bytes:
+    """A rows × ``names`` matrix as one Arrow record batch (float64; NaN = not observed)."""
+    if values.ndim != 2 or values.shape[1] != len(names):
+        raise ValueError(f"expected a rows x {len(names)} matrix, got shape {values.shape}")
+    columns = np.asfortranarray(values, dtype=np.float64)  # each column contiguous: no copy
     batch = pa.RecordBatch.from_arrays(
-        [pa.array(values[:, i]) for i in range(values.shape[1])], names=list(names)
+        [pa.array(columns[:, j]) for j in range(len(names))], names=list(names)
     )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:

@@ -231,3 +231,21 @@ def test_scorer_summary_drain_rate_leaves_out_startup_and_the_idle_tail() -> Non
     s.first_record_s, s.last_batch_s = 4.0, 24.0  # joined the group at 4 s, idle after 24 s
     assert s.drain_rate == 500.0
     assert s.to_dict()["events_per_s"] == 10_000 / 30.0
+
+
+def test_a_poll_s_batches_read_end_to_end_with_each_record_and_the_offsets_to_commit() -> None:
+    from serving.scorer import Polled
+    from stack.kafka import PartitionBatch, Record, TopicPartition
+
+    polled = Polled([
+        PartitionBatch("v", 2, [10, 11, 12], [1000, 1001, 1002], [b"a", b"b", None],
+                       [b"x", None, b"z"]),
+        PartitionBatch("v", 0, [], [], [], []),  # an empty batch is left out
+        PartitionBatch("v", 0, [7], [999], [b"c"], [b"w"]),
+    ])  # fmt: skip
+    assert len(polled) == 4
+    assert polled.values == [b"x", b"", b"z", b"w"]  # a null value validates as empty
+    assert polled.timestamps_ms.tolist() == [1000, 1001, 1002, 999]
+    assert polled.record(1) == Record("v", 2, 11, b"b", None, 1001)
+    assert polled.record(3) == Record("v", 0, 7, b"c", b"w", 999)
+    assert polled.next_offsets() == {TopicPartition("v", 2): 13, TopicPartition("v", 0): 8}

@@ -35,7 +35,7 @@ def _stream(columns: dict[str, pa.Array]) -> bytes:
 )
 def test_rows_round_trip_exactly_with_nan_for_not_observed(rows: list[list[float | None]]) -> None:
     x = pd.DataFrame(rows, columns=NAMES, dtype=float)
-    got = _decode(wire.encode(x, NAMES))
+    got = _decode(wire.encode(x.to_numpy(), NAMES))
     np.testing.assert_array_equal(got, x.to_numpy())  # NaN where NaN, bits elsewhere
 
 
@@ -100,15 +100,20 @@ def test_a_body_that_is_not_arrow_is_a_wire_error(body: bytes) -> None:
         _decode(body)
 
 
+def test_encode_refuses_a_matrix_of_another_width() -> None:
+    with pytest.raises(ValueError, match="rows x 3 matrix"):
+        wire.encode(np.zeros((2, 4)), NAMES)
+
+
 def test_a_truncated_stream_is_a_wire_error() -> None:
-    body = wire.encode(pd.DataFrame([[1.0, 2.0, 3.0]] * 10, columns=NAMES), NAMES)
+    body = wire.encode(np.array([[1.0, 2.0, 3.0]] * 10), NAMES)
     with pytest.raises(wire.WireError, match="not an Arrow IPC stream"):
         _decode(body[: len(body) // 2])
 
 
 def test_any_one_damaged_byte_gives_values_or_a_wire_error_never_another_exception() -> None:
     """The fuzz test against the server found a name byte that failed UTF-8 decoding."""
-    good = wire.encode(pd.DataFrame([[0.5, None, 3.0]] * 2, columns=NAMES), NAMES)
+    good = wire.encode(np.array([[0.5, np.nan, 3.0]] * 2), NAMES)
     outcomes = set()
     for i in range(len(good)):
         body = bytearray(good)
