@@ -75,8 +75,8 @@ models: up ## List registered model versions with aliases, gate verdicts and pro
 serve: up ## Serve @champion with BentoML on loopback (OpenAPI at /docs.json); Ctrl-C stops it
 	$(BIN)/python -m serving serve
 
-score: up ## Score vitals.raw with the served model → predictions/alerts (BOUNDED=1 stops when idle)
-	$(BIN)/python -m serving score $(if $(BOUNDED),--bounded)
+score: up ## Score vitals.raw with the served model → predictions/alerts (BOUNDED=1 stops when idle, WORKERS=N processes)
+	$(BIN)/python -m serving score $(if $(BOUNDED),--bounded) $(if $(WORKERS),--workers $(WORKERS))
 
 package: up ## Build a versioned Bento of the service with the champion model inside
 	$(BIN)/python -m serving package

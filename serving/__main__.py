@@ -38,11 +38,19 @@ def score(
     bounded: bool = typer.Option(False, help="Stop once the topic has been idle a while."),
     max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
     summary_json: str = typer.Option(None, help="Also write the run's summary to this file."),
+    workers: int = typer.Option(
+        None, min=1, help="Scoring processes in the group (default: scorer.workers)."
+    ),
+    worker_index: int = typer.Option(None, hidden=True, help="Run as worker i of a parent."),
+    parent_pid: int = typer.Option(None, hidden=True, help="A worker's parent process."),
 ) -> None:
     """Consume vitals.raw, score every event, raise alerts."""
     from serving.scorer import main
 
-    main(bounded=bounded, max_seconds=max_seconds, summary_json=summary_json)
+    main(
+        bounded=bounded, max_seconds=max_seconds, summary_json=summary_json, workers=workers,
+        worker_index=worker_index, parent_pid=parent_pid,
+    )  # fmt: skip
 
 
 @app.command()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,10 @@ class ModelUnavailableError(RuntimeError):
     """The registry has no usable model for the alias; the message says what to do."""
 
 
+_FEATURES = list(FEATURE_NAMES)
+Risk = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
@@ -38,9 +43,56 @@ class LoadedModel:
     threshold: float
     feature_set_version: str
     model: Any
+    _direct: Risk | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_direct", direct_risk(self.model))
 
     def risk(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
-        return np.asarray(self.model.predict_proba(x[list(FEATURE_NAMES)])[:, 1], dtype=float)
+        """The positive-class probability of each row of ``x`` (its feature columns)."""
+        if self._direct is not None:
+            same = list(x.columns) == _FEATURES
+            return self._direct((x if same else x[_FEATURES]).to_numpy(dtype=np.float64))
+        return np.asarray(self.model.predict_proba(x[_FEATURES])[:, 1], dtype=float)
+
+
+def direct_risk(model: Any, probe_rows: int = 256) -> Risk | None:
+    """For an XGBoost classifier, its booster's prediction straight from a float matrix
+    (features in ``FEATURE_NAMES`` order), else None.
+
+    ``predict_proba`` on a frame spends ~3 ms a call whatever its size converting the
+    frame (``_transform_pandas_df``), and more per row than the booster's own prediction:
+    for the scorer's 1,000-row calls 7.5 ms against 4.4 ms, for one row 2.3 ms against
+    0.2 ms. The shortcut is taken only if it gives ``predict_proba``'s numbers on a probe
+    of random rows (with missing values), so a model it does not fit (another objective,
+    an early-stopped iteration range it misreads) keeps the general path.
+    """
+    from xgboost import XGBClassifier
+
+    if type(model) is not XGBClassifier or model.n_classes_ != 2:
+        return None
+    booster = model.get_booster()
+    if booster.feature_names not in (None, _FEATURES):
+        return None
+    best = getattr(model, "best_iteration", None)  # set by early stopping only
+    iterations = (0, best + 1) if isinstance(best, int) else (0, 0)
+
+    def risk(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        p = booster.inplace_predict(
+            values, iteration_range=iterations, missing=model.missing, validate_features=False
+        )
+        return np.asarray(p, dtype=float)
+
+    rng = np.random.default_rng(0)
+    probe = rng.normal(0.0, 50.0, size=(probe_rows, len(_FEATURES)))
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    expected = np.asarray(
+        model.predict_proba(pd.DataFrame(probe, columns=_FEATURES))[:, 1], dtype=float
+    )
+    if not np.array_equal(risk(probe), expected):
+        log.warning("XGBoost's direct prediction differs from predict_proba: not used")
+        return None
+    return risk
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

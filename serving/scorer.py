@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -104,6 +105,7 @@ class ScoreSummary:
     batches: int = 0
     retries: int = 0
     seconds: float = 0.0
+    started_at: float = field(default_factory=time.time)  # epoch seconds of the start
     first_record_s: float | None = None  # from the start (migrations, group join) to data
     last_batch_s: float | None = None  # from the start to the end of the last batch
     # The most recent events' latencies (a scorer runs for weeks: the summary must not
@@ -115,6 +117,8 @@ class ScoreSummary:
     step_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     # The slowest batches, with their steps: where a latency tail comes from.
     slowest_batches: list[dict[str, Any]] = field(default_factory=list)
+    # A merged summary (serving.workers): the events each worker scored.
+    per_worker_scored: list[int] = field(default_factory=list)
 
     def note_batch(self, events: int, steps: dict[str, float]) -> None:
         """Keep the batch among :data:`SLOWEST_KEPT` slowest if it is one of them."""
@@ -138,8 +142,12 @@ class ScoreSummary:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float("nan")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, latencies: bool = False) -> dict[str, Any]:
+        """The summary as JSON-ready values; with ``latencies``, the raw ``latency_ms``
+        too (a worker's summary, merged by its parent: percentiles do not add up)."""
         out = {k: v for k, v in self.__dict__.items() if k != "latency_ms"}
+        if latencies:
+            out["latency_ms"] = list(self.latency_ms)
         out["invalid"] = dict(self.invalid)
         out["status"] = dict(self.status)
         out["versions"] = dict(self.versions)
@@ -567,15 +575,31 @@ class Scorer:
             self._conn = None
 
     # ------------------------------------------------------------------ the loop
-    def run(self, *, bounded: bool = False, max_seconds: float | None = None) -> ScoreSummary:
-        """Consume until stopped (SIGTERM, ``stop``), ``max_seconds``, or idle when ``bounded``."""
+    def prepare(self) -> None:
+        """Migrate the database and, for a new group starting at ``latest``, commit the
+        topic's end for it: once per group, before its consumers start (so workers do
+        not race each other to it)."""
         migrate(self.settings)
-        self._seed_alert_policy()
-        self._warm_up()
-        summary = ScoreSummary()
-        t0 = time.monotonic()
         if self.cfg.new_group_starts_at == "latest":
             self._start_new_group_at_end()
+
+    def run(
+        self,
+        *,
+        bounded: bool = False,
+        max_seconds: float | None = None,
+        prepared: bool = False,
+        parent_pid: int | None = None,
+    ) -> ScoreSummary:
+        """Consume until stopped (SIGTERM, ``stop``), ``max_seconds``, or idle when
+        ``bounded``. A worker (``serving.workers``) runs ``prepared`` by its parent, and
+        stops when its parent ``parent_pid`` is gone."""
+        if not prepared:
+            self.prepare()
+        self._seed_alert_policy()
+        self._warm_up()
+        t0 = time.monotonic()
+        summary = ScoreSummary()  # started_at: now
         consumer = self.kafka.consumer(self.cfg.group_id)
         consumer.subscribe([self.topics.vitals])
         adm = self.kafka.consumer(None)
@@ -592,6 +616,9 @@ class Scorer:
         try:
             while not self.stop.is_set():
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                    break
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("the parent process %d is gone: stopping", parent_pid)
                     break
                 t_poll = time.perf_counter()
                 recs = Polled(
@@ -791,16 +818,46 @@ def main(
     bounded: bool = typer.Option(False, help="Stop after the topic has been idle for a while."),
     max_seconds: float = typer.Option(None, help="Stop after this many seconds."),
     summary_json: str = typer.Option(None, help="Also write the run's summary to this file."),
+    workers: int = typer.Option(
+        None, min=1, help="Scoring processes in the group (default: scorer.workers)."
+    ),
+    worker_index: int = typer.Option(None, hidden=True, help="Run as worker i of a parent."),
+    parent_pid: int = typer.Option(None, hidden=True, help="A worker's parent process."),
 ) -> None:
     """Score every vital-sign event from Kafka with the served champion."""
     settings = load_settings()
     configure_logging(settings.logging)
+    n = workers or settings.scorer.workers
+    if worker_index is None and n > 1:
+        from serving.workers import run_workers
+
+        s, codes = run_workers(settings, n, bounded=bounded, max_seconds=max_seconds)
+        _report(s, summary_json)
+        if any(codes):
+            raise typer.Exit(1)
+        return
+    if worker_index is not None:
+        from serving.workers import worker_settings
+
+        settings = worker_settings(settings, worker_index)
     scorer = Scorer(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: scorer.stop.set())
     # Full collections would otherwise walk the startup heap (~0.1 s) in mid-batch.
     log.info("startup heap frozen: %d objects", freeze_startup_heap())
-    s = scorer.run(bounded=bounded, max_seconds=max_seconds)
+    s = scorer.run(
+        bounded=bounded,
+        max_seconds=max_seconds,
+        prepared=worker_index is not None,
+        parent_pid=parent_pid,
+    )
+    if worker_index is not None:  # for the parent to merge: with the raw latencies
+        Path(summary_json).write_text(json.dumps(s.to_dict(latencies=True), default=str))
+        return
+    _report(s, summary_json)
+
+
+def _report(s: ScoreSummary, summary_json: str | None) -> None:
     d = s.to_dict()
     if summary_json:
         Path(summary_json).write_text(json.dumps(d, default=str, indent=1))

@@ -60,7 +60,8 @@ def decode(
     if len(set(got)) != len(got):
         twice = next(n for n in got if got.count(n) > 1)
         raise WireError(f"column {twice!r} appears more than once")
-    missing = [n for n in names if n not in set(got)]
+    present = set(got)
+    missing = [n for n in names if n not in present]
     if missing:
         raise WireError(f"feature {missing[0]!r} is missing ({len(missing)} missing in all)")
     unknown = sorted(set(got) - set(names))

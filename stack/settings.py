@@ -382,6 +382,9 @@ class ScorerSettings(_Strict):
     """The Kafka scoring consumer: micro-batches, alert policy, retries."""
 
     group_id: str = "vigil-scorer"
+    workers: int = Field(
+        1, ge=1, description="scoring processes in the group (serving.workers): one per core"
+    )
     new_group_starts_at: Literal["earliest", "latest"] = Field(
         "latest", description="a group with no committed offsets: score history, or from now"
     )

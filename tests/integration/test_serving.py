@@ -6,19 +6,25 @@ a challenger); each test has its own topics, consumer group and database.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import psycopg
 import pytest
+import yaml
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -35,7 +41,7 @@ from serving.scorer import Scorer
 from serving.server import ServingProcess
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints, free_port
-from stack.settings import Settings
+from stack.settings import REPO_ROOT, Settings
 from tests.conftest import TINY_TRAINING
 from training.job import run_training
 from training.promotion import run_promote
@@ -606,3 +612,62 @@ def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
         assert summary.retries == 0
     finally:
         reg.client.set_registered_model_alias(reg.name, CHALLENGER, served["challenger"])
+
+
+def _score_process(s: Settings, tmp: Path, *args: str) -> psutil.Popen:
+    cfg = tmp / "scorer.yaml"
+    cfg.write_text(yaml.safe_dump(s.model_dump(mode="json")))
+    env = dict(os.environ, VIGIL_CONFIG=str(cfg))
+    return psutil.Popen([sys.executable, "-m", "serving", "score", *args], env=env, cwd=REPO_ROOT)
+
+
+def test_two_workers_share_the_group_and_store_every_event_once(
+    scorer_settings: Settings, tmp_path: Path
+) -> None:
+    s = _faulty(scorer_settings, seed=23)
+    sent, _ = simulate_to_kafka(s)
+    out = tmp_path / "summary.json"
+    proc = _score_process(s, tmp_path, "--workers", "2", "--bounded", "--summary-json", str(out))
+    assert proc.wait(timeout=300) == 0
+    summary = json.loads(out.read_text())
+    # Kafka split the partitions: both workers scored, and together every event once.
+    assert len(summary["per_worker_scored"]) == 2
+    assert min(summary["per_worker_scored"]) > 0
+    assert sum(summary["per_worker_scored"]) == summary["scored"]
+    champion = _query(s, "SELECT count(*), count(DISTINCT event_id), "
+                         "count(*) FILTER (WHERE status = 'scored') FROM predictions "
+                         "WHERE role = 'champion'")  # fmt: skip
+    assert champion == [(sent.stats.valid_events, sent.stats.valid_events, summary["scored"])]
+    dead = _query(s, "SELECT count(*) FROM scoring_dead_letters")
+    assert dead == [(sum(sent.stats.malformed.values()),)]
+    assert summary["records"] == sent.stats.valid_events + summary["duplicates"] + dead[0][0]
+    assert summary["latency_p99_ms"] >= summary["latency_p50_ms"] > 0
+    assert 0 < summary["first_record_s"] < summary["last_batch_s"] <= summary["seconds"]
+
+
+def test_workers_stop_when_their_parent_is_killed(
+    scorer_settings: Settings, tmp_path: Path
+) -> None:
+    proc = _score_process(scorer_settings, tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        port = scorer_settings.scorer.metrics_port
+        while True:  # both workers serve their metrics (port, port + 1) once running
+            assert time.monotonic() < deadline, "the workers did not start"
+            assert proc.poll() is None
+            try:
+                if all(httpx.get(f"http://127.0.0.1:{p}/metrics").status_code == 200
+                       for p in (port, port + 1)):  # fmt: skip
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        workers = proc.children()
+        assert len(workers) == 2
+        proc.kill()
+        _gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, "a worker outlived its parent"
+    finally:
+        for p in [*proc.children(recursive=True), proc]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

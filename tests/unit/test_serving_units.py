@@ -249,3 +249,47 @@ def test_a_poll_s_batches_read_end_to_end_with_each_record_and_the_offsets_to_co
     assert polled.record(1) == Record("v", 2, 11, b"b", None, 1001)
     assert polled.record(3) == Record("v", 0, 7, b"c", b"w", 999)
     assert polled.next_offsets() == {TopicPartition("v", 2): 13, TopicPartition("v", 0): 8}
+
+
+def _features_data(rows: int = 600) -> tuple[pd.DataFrame, np.ndarray]:
+    from features.spec import FEATURE_NAMES
+
+    rng = np.random.default_rng(3)
+    x = pd.DataFrame(rng.normal(size=(rows, len(FEATURE_NAMES))), columns=list(FEATURE_NAMES))
+    x = x.mask(rng.random(x.shape) < 0.2)
+    y = ((x.iloc[:, 0].fillna(0) + x.iloc[:, 5].fillna(0)) > 0.8).to_numpy(dtype=int)
+    return x, y
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_xgboost_is_served_straight_from_the_matrix_with_predict_proba_s_numbers(
+    early_stopping: bool,
+) -> None:
+    from serving.model import LoadedModel
+
+    x, y = _features_data()
+    model = build("xgboost", {"n_estimators": 60, "max_depth": 3}, positive_share=0.3, seed=0,
+                  n_jobs=1)  # fmt: skip
+    if early_stopping:  # predict_proba then uses the best iteration only
+        model.set_params(early_stopping_rounds=3)
+        model.fit(x[:400], y[:400], eval_set=[(x[400:], y[400:])], verbose=False)
+        assert model.best_iteration < 59
+    else:
+        model.fit(x, y)
+    m = LoadedModel("m", "champion", "1", 0.5, "v", model)
+    assert m._direct is not None
+    expected = model.predict_proba(x)[:, 1].astype(float)
+    np.testing.assert_array_equal(m.risk(x), expected)
+    np.testing.assert_array_equal(m.risk(x[x.columns[::-1]]), expected)  # columns by name
+
+
+def test_other_models_keep_predict_proba() -> None:
+    from serving.model import LoadedModel
+
+    x, y = _features_data()
+    for family, params in (("logistic_regression", {"C": 1.0}),
+                           ("random_forest", {"n_estimators": 5})):  # fmt: skip
+        model = build(family, params, positive_share=0.3, seed=0, n_jobs=1).fit(x.fillna(0), y)
+        m = LoadedModel("m", "champion", "1", 0.5, "v", model)
+        assert m._direct is None
+        np.testing.assert_array_equal(m.risk(x.fillna(0)), model.predict_proba(x.fillna(0))[:, 1])
