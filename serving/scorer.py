@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pandas as pd
 import psycopg
@@ -778,9 +779,10 @@ def _alert_message(a: pd.Series) -> bytes:
     )  # fmt: skip
 
 
-def _features(vec: pd.DataFrame) -> np.ndarray:
+def _features(vec: pd.DataFrame) -> npt.NDArray[np.float64]:
     """The feature matrix of the vectors ``vec`` (rows x ``FEATURE_NAMES``), as sent."""
-    return vec[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    values: npt.NDArray[np.float64] = vec[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    return values
 
 
 class Polled:
