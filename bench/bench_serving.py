@@ -193,15 +193,10 @@ def _paced_latency(
     # A topic of its own: with Tansu a new group's "latest" is the start of the last
     # batch, so on the stream part's topic it would also score a few hundred old events.
     tag = uuid.uuid4().hex[:6]
-    topics = settings.kafka.topics.model_copy(
-        update={"vitals": f"{settings.kafka.topics.vitals}.paced-{tag}"}
-    )
-    admin = client.admin()
-    admin.ensure_topics({topics.vitals: settings.kafka.partitions})
-    admin.close()
-    s = settings.model_copy(
+    s = _own_topic(settings, f"paced-{tag}")
+    topics = s.kafka.topics
+    s = s.model_copy(
         update={
-            "kafka": settings.kafka.model_copy(update={"topics": topics}),
             "scorer": settings.scorer.model_copy(
                 update={
                     "group_id": f"paced-{tag}",
@@ -239,6 +234,20 @@ def _paced_latency(
             "p99_ms": result["latency_p99_ms"], "scored": result["scored"],
             "batches": result["batches"], "step_seconds": result["step_seconds"],
             "slowest_batches": result["slowest_batches"]}  # fmt: skip
+
+
+def _own_topic(settings: Settings, tag: str) -> Settings:
+    """``settings`` with a ``vitals.raw`` topic of its own (created), so a part scores
+    only its own events."""
+    topics = settings.kafka.topics.model_copy(
+        update={"vitals": f"{settings.kafka.topics.vitals}.{tag}"}
+    )
+    admin = KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers).admin()
+    admin.ensure_topics({topics.vitals: settings.kafka.partitions})
+    admin.close()
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"topics": topics})}
+    )
 
 
 def _bench_scorer(ward: Settings, kclient: str, tag: str) -> Settings:
@@ -389,7 +398,7 @@ def main(
             stream["paced"]["met"] = stream["paced"]["p99_ms"] <= 250
             typer.echo(f"paced: {stream['paced']}")
         if "rss" in parts:
-            big = with_simulator(base, patients=10_000, hours=rss_hours, seed=12)
+            big = _own_topic(with_simulator(base, patients=10_000, hours=rss_hours, seed=12), "rss")
             big_sent, _ = simulate_to_kafka(big)
             sc = _scorer_subprocess(_bench_scorer(big, "kafka-python", "rss"), tmp, "rss")
             stream["rss_10000_patients"] = {

@@ -8,9 +8,9 @@ Each poll batch of ``vitals.raw``:
    aggregation, the batch path's own transform), which yields one feature vector per
    accepted event; events beyond the lateness bound or from the future are stored with
    that status instead of a risk;
-3. is scored by the service in micro-batches sent column by column (``/predict_columns``;
-   also with ``shadow`` when a ``@challenger`` exists: stored with role ``shadow``, never
-   alerting);
+3. is scored by the service in micro-batches of feature columns sent as Arrow
+   (``/arrow/predict``, ``serving.wire``; also with ``shadow`` when a ``@challenger``
+   exists: stored with role ``shadow``, never alerting);
 4. passes the alert policy (``serving.alerts``), events scored for the first time only (a
    redelivered event's alert was decided and stored with its first prediction); alerts
    are explained by the call that scored them where the model's explanations are cheap,
