@@ -67,7 +67,15 @@ from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.db import connect, copy_table, migrate
 from stack.gctune import freeze_startup_heap
-from stack.kafka import Consumer, KafkaClient, PartitionBatch, Producer, Record, TopicPartition
+from stack.kafka import (
+    CommitFailedError,
+    Consumer,
+    KafkaClient,
+    PartitionBatch,
+    Producer,
+    Record,
+    TopicPartition,
+)
 from stack.localstack import endpoints
 from stack.logs import configure_logging
 from stack.settings import Settings, load_settings
@@ -105,6 +113,7 @@ class ScoreSummary:
     replayed_alerts: int = 0  # crossed the threshold again on redelivery: decided before
     batches: int = 0
     retries: int = 0
+    uncommitted_batches: int = 0  # stored, but the group rebalanced before the commit
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # epoch seconds of the start
     first_record_s: float | None = None  # from the start (migrations, group join) to data
@@ -647,7 +656,11 @@ class Scorer:
                 except ServiceUnavailableError:
                     break  # stopped while waiting for the service: nothing committed
                 t_commit = time.perf_counter()
-                consumer.commit(recs.next_offsets())
+                try:
+                    consumer.commit(recs.next_offsets())
+                except CommitFailedError as exc:  # stored already: the new owner re-scores
+                    summary.uncommitted_batches += 1
+                    log.warning("batch stored but not committed (the group rebalanced): %s", exc)
                 summary.step_seconds["commit"] += time.perf_counter() - t_commit
                 summary.last_batch_s = time.monotonic() - t0
                 idle_since = time.monotonic()

@@ -32,6 +32,33 @@ class KafkaUnavailableError(ConnectionError):
     """The broker could not be reached; the message names the bootstrap servers."""
 
 
+class CommitFailedError(RuntimeError):
+    """The group rebalanced under this consumer before it committed: the partitions'
+    offsets stay where they were, and their (new) owner re-delivers what was not
+    committed. A consumer that stores idempotently logs it and goes on."""
+
+
+def rebalanced(exc: BaseException) -> bool:
+    """Whether a client's commit error means "the group moved on", for either client."""
+    from kafka import errors as kp
+
+    if isinstance(exc, kp.CommitFailedError | kp.RebalanceInProgressError
+                  | kp.IllegalGenerationError | kp.UnknownMemberIdError
+                  | kp.FencedInstanceIdError):  # fmt: skip
+        return True
+    try:
+        from confluent_kafka import KafkaError, KafkaException
+    except ImportError:  # confluent-kafka is optional
+        return False
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    err = exc.args[0]
+    codes = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+             KafkaError.UNKNOWN_MEMBER_ID, KafkaError._ASSIGNMENT_LOST,
+             KafkaError.FENCED_INSTANCE_ID}  # fmt: skip
+    return isinstance(err, KafkaError) and err.code() in codes
+
+
 @dataclass(frozen=True, slots=True)
 class TopicPartition:
     topic: str
@@ -260,9 +287,14 @@ class _KpConsumer:
         from kafka.structs import OffsetAndMetadata
 
         if offsets:
-            self._c.commit(
-                {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-            )
+            try:
+                self._c.commit(
+                    {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+                )
+            except Exception as exc:
+                if rebalanced(exc):
+                    raise CommitFailedError(f"offsets not committed: {exc!r}") from exc
+                raise
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         out: dict[TopicPartition, int | None] = {}
@@ -467,9 +499,14 @@ class _CkConsumer:
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if offsets:
-            self._c.commit(
-                offsets=[self._tp(tp, off) for tp, off in offsets.items()], asynchronous=False
-            )
+            try:
+                self._c.commit(
+                    offsets=[self._tp(tp, off) for tp, off in offsets.items()], asynchronous=False
+                )
+            except Exception as exc:
+                if rebalanced(exc):
+                    raise CommitFailedError(f"offsets not committed: {exc!r}") from exc
+                raise
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         res = self._c.committed([self._tp(tp) for tp in partitions], timeout=15)
