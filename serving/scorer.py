@@ -260,14 +260,33 @@ class Scorer:
         if res.table.num_rows:
             self.online.admit(res.table.to_pandas())
 
-    def _start_new_group_at_end(self) -> None:
-        """A group that has never committed starts at the end of the topic (from now on)."""
+    def _start_new_group_at_end(self, settle_s: float = 5.0) -> None:
+        """A group that has never committed starts at the end of the topic (from now on).
+
+        The end is read, not taken from the high watermarks: Tansu reports a partition's
+        high watermark as its last record *batch*'s base offset + 1, so a group started
+        there scored up to a batch of old events per partition (the demo saw p99
+        latencies of minutes). The records from the reported watermark on are read
+        (at most ``settle_s``, in case producers are live) and the group starts after
+        the last one.
+        """
         c = self.kafka.consumer(self.cfg.group_id)
         try:
             parts = self.kafka.all_partitions([self.topics.vitals])
             c.assign(parts)
-            if all(v is None for v in c.committed(parts).values()):
-                c.commit({tp: hi for tp, (_lo, hi) in c.watermarks(parts).items()})
+            if any(v is not None for v in c.committed(parts).values()):
+                return
+            ends = {tp: hi for tp, (_lo, hi) in c.watermarks(parts).items()}
+            c.assign(parts, dict(ends))
+            deadline = time.monotonic() + settle_s
+            while time.monotonic() < deadline:
+                batches = c.poll_columns(50_000, 0.3)
+                if not batches:
+                    break
+                for b in batches:
+                    tp = TopicPartition(b.topic, b.partition)
+                    ends[tp] = max(ends[tp], b.offsets[-1] + 1)
+            c.commit(ends)
         finally:
             c.close()
 

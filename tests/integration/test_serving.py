@@ -671,3 +671,30 @@ def test_workers_stop_when_their_parent_is_killed(
         for p in [*proc.children(recursive=True), proc]:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+def test_a_new_group_at_latest_scores_only_what_comes_after_it_started(
+    scorer_settings: Settings,
+) -> None:
+    """Tansu's high watermark is the last batch's base offset + 1: a group started there
+    scored the last batch of history too (minutes-old events in the demo's live part)."""
+    history, _ = simulate_to_kafka(with_simulator(scorer_settings, seed=31))
+    assert history.stats.valid_events > 1000
+    s = scorer_settings.model_copy(
+        update={"scorer": scorer_settings.scorer.model_copy(
+            update={"new_group_starts_at": "latest", "idle_timeout_s": 8.0})}
+    )  # fmt: skip
+    scorer = Scorer(s)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(s=scorer.run(bounded=True)))
+    worker.start()
+    try:
+        assert scorer.ready.wait(120), "the scorer did not get its partitions"
+        live = with_simulator(s, patients=5, hours=0.5, seed=32)
+        sent, _ = simulate_to_kafka(live)
+    finally:
+        worker.join(timeout=300)
+    summary = result["s"]
+    stored = _query(s, "SELECT count(*) FROM predictions WHERE role = 'champion'")
+    assert stored == [(sent.stats.valid_events,)]  # the live events, and none of history
+    assert summary.valid == sent.stats.valid_events + summary.duplicates
