@@ -40,7 +40,7 @@ from serving.scorer import Scorer, ScoreSummary
 from serving.server import ServingProcess
 from stack.kafka import KafkaClient
 from stack.lake import Lake
-from stack.localstack import endpoints, up
+from stack.localstack import endpoints, ensure_topics, up
 from stack.logs import configure_logging
 from stack.settings import LoggingSettings, Settings, load_settings
 from training.job import TrainingDataError, TrainSummary, run_training
@@ -224,17 +224,30 @@ def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any
         episodes={**settings.simulator.episodes.model_dump(), "deterioration_rate_per_day": 1.0},
     )
     # A consumer group of this run's own, starting from now: earlier demos' events (and
-    # this run's backfill) are history, not live traffic.
+    # this run's backfill) are history, not live traffic. The live ward's events go to
+    # topics of their own (``*.live``): on the backfill's topics the next demo's landing
+    # would land them too, and its reconciliation (sent == landed) would fail.
+    topics = ward.kafka.topics
+    live_topics = topics.model_copy(
+        update={
+            "vitals": f"{topics.vitals}.live",
+            "admissions": f"{topics.admissions}.live",
+            "outcomes": f"{topics.outcomes}.live",
+            "dead_letters": f"{topics.dead_letters}.live",
+        }
+    )
     ward = ward.model_copy(
         update={
+            "kafka": ward.kafka.model_copy(update={"topics": live_topics}),
             "scorer": ward.scorer.model_copy(
                 update={
                     "group_id": f"vigil-demo-{ward.simulator.seed}",
                     "new_group_starts_at": "latest",
                 }
-            )
+            ),
         }
     )
+    ensure_topics(ward)
     scorer = Scorer(ward)
     result: dict[str, ScoreSummary] = {}
     worker = threading.Thread(target=lambda: result.update(s=scorer.run(bounded=False)))
