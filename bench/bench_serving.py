@@ -195,17 +195,7 @@ def _paced_latency(
     tag = uuid.uuid4().hex[:6]
     s = _own_topic(settings, f"paced-{tag}")
     topics = s.kafka.topics
-    s = s.model_copy(
-        update={
-            "scorer": settings.scorer.model_copy(
-                update={
-                    "group_id": f"paced-{tag}",
-                    "new_group_starts_at": "latest",
-                    "idle_timeout_s": 30.0,
-                }
-            ),
-        }
-    )
+    s = s.with_scorer(group_id=f"paced-{tag}", new_group_starts_at="latest", idle_timeout_s=30.0)
     result: dict[str, Any] = {}
     t = threading.Thread(
         target=lambda: result.update(_scorer_subprocess(s, tmp, f"paced-{workers}", workers))
@@ -255,15 +245,12 @@ def _bench_scorer(ward: Settings, kclient: str, tag: str) -> Settings:
     return ward.model_copy(
         update={
             "kafka": ward.kafka.model_copy(update={"client": kclient}),
-            "scorer": ward.scorer.model_copy(
-                update={
-                    "group_id": f"bench-{tag}-{uuid.uuid4().hex[:6]}",
-                    "new_group_starts_at": "earliest",
-                    "idle_timeout_s": 5.0,
-                }
-            ),
             "serving": ward.serving.model_copy(update={"shadow_alias": None}),
         }
+    ).with_scorer(
+        group_id=f"bench-{tag}-{uuid.uuid4().hex[:6]}",
+        new_group_starts_at="earliest",
+        idle_timeout_s=5.0,
     )
 
 

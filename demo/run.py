@@ -237,16 +237,8 @@ def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any
         }
     )
     ward = ward.model_copy(
-        update={
-            "kafka": ward.kafka.model_copy(update={"topics": live_topics}),
-            "scorer": ward.scorer.model_copy(
-                update={
-                    "group_id": f"vigil-demo-{ward.simulator.seed}",
-                    "new_group_starts_at": "latest",
-                }
-            ),
-        }
-    )
+        update={"kafka": ward.kafka.model_copy(update={"topics": live_topics})}
+    ).with_scorer(group_id=f"vigil-demo-{ward.simulator.seed}", new_group_starts_at="latest")
     ensure_topics(ward)
     scorer = Scorer(ward)
     result: dict[str, ScoreSummary] = {}

@@ -46,9 +46,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     port = settings.scorer.metrics_port
     if port is None:
         return settings
-    return settings.model_copy(
-        update={"scorer": settings.scorer.model_copy(update={"metrics_port": port + index})}
-    )
+    return settings.with_scorer(metrics_port=port + index)
 
 
 def run_workers(

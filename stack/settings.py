@@ -489,6 +489,11 @@ class Settings(_Strict):
     eda: EdaSettings = EdaSettings()
     logging: LoggingSettings = LoggingSettings()
 
+    def with_scorer(self, **changes: Any) -> Settings:
+        """These settings with the scorer's keys ``changes`` replaced (validated)."""
+        scorer = ScorerSettings.model_validate({**self.scorer.model_dump(), **changes})
+        return self.model_copy(update={"scorer": scorer})
+
     def resolve(self, path: Path | str) -> Path:
         """A path from config, made absolute against the repository root."""
         p = Path(path)

@@ -680,10 +680,7 @@ def test_a_new_group_at_latest_scores_only_what_comes_after_it_started(
     scored the last batch of history too (minutes-old events in the demo's live part)."""
     history, _ = simulate_to_kafka(with_simulator(scorer_settings, seed=31))
     assert history.stats.valid_events > 1000
-    s = scorer_settings.model_copy(
-        update={"scorer": scorer_settings.scorer.model_copy(
-            update={"new_group_starts_at": "latest", "idle_timeout_s": 8.0})}
-    )  # fmt: skip
+    s = scorer_settings.with_scorer(new_group_starts_at="latest", idle_timeout_s=8.0)
     scorer = Scorer(s)
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(s=scorer.run(bounded=True)))

@@ -73,3 +73,17 @@ def test_naive_simulator_start_is_rejected() -> None:
 def test_empty_segment_in_override_name_is_rejected() -> None:
     with pytest.raises(ConfigError, match="empty key segment"):
         env_overrides({"VIGIL__KAFKA____CLIENT": "confluent"})
+
+
+def test_with_scorer_replaces_scorer_keys_and_validates_them() -> None:
+    from pydantic import ValidationError
+
+    from stack.settings import Settings
+
+    s = Settings()
+    t = s.with_scorer(workers=2, group_id="g")
+    assert (t.scorer.workers, t.scorer.group_id) == (2, "g")
+    assert t.scorer.micro_batch_rows == s.scorer.micro_batch_rows  # the rest kept
+    assert s.scorer.workers == 1  # the original untouched
+    with pytest.raises(ValidationError, match="workers"):
+        s.with_scorer(workers=0)
