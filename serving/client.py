@@ -14,6 +14,12 @@ from features.spec import FEATURE_NAMES
 from serving import wire
 
 
+def feature_matrix(x: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """The feature columns of ``x`` as a rows x ``FEATURE_NAMES`` float matrix, as sent."""
+    values: npt.NDArray[np.float64] = x[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    return values
+
+
 class ServiceUnavailableError(ConnectionError):
     """The service did not answer usefully (down, timing out, or a 5xx): retry later."""
 
@@ -68,17 +74,17 @@ class ServiceClient:
     ) -> pd.DataFrame:
         """``predict`` sent column by column, as an Arrow IPC stream (``/arrow/predict``):
         a frame of risk, alert, threshold, model_name, model_version and role, one row per
-        row of ``x`` (the scorer's path). With ``explain``, also ``top_features``: the
+        row of ``x``. With ``explain``, also ``top_features``: the
         explanation of each row that crossed the threshold (``None`` for the others), or
         ``None`` throughout when the service left it to ``/explain`` (a model whose
         explanations are not cheap)."""
-        values = x[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-        return self.predict_matrix(values, shadow=shadow, explain=explain)
+        return self.predict_matrix(feature_matrix(x), shadow=shadow, explain=explain)
 
     def predict_matrix(
         self, values: npt.NDArray[np.float64], *, shadow: bool = False, explain: bool = False
     ) -> pd.DataFrame:
-        """:meth:`predict_columns` of a rows x features matrix in ``FEATURE_NAMES`` order."""
+        """:meth:`predict_columns` of a rows x features matrix in ``FEATURE_NAMES`` order
+        (:func:`feature_matrix`): the scorer's path."""
         out = self._post(
             "/arrow/predict",
             wire.encode(values, FEATURE_NAMES),  # NaN: not observed

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pandas as pd
 import psycopg
@@ -54,13 +53,13 @@ import pyarrow as pa
 import typer
 
 from features.online import OnlineFeatures
-from features.spec import FEATURE_NAMES
 from serving.alerts import AlertPolicy
 from serving.client import (
     NoShadowModelError,
     ServiceClient,
     ServiceRejectedError,
     ServiceUnavailableError,
+    feature_matrix,
 )
 from serving.metrics import ScorerMetrics
 from stack.batchvalidate import BatchValidator
@@ -248,7 +247,7 @@ class Scorer:
         valid = self.validator.validate([event]).table.to_pandas().drop(columns="_index")
         vec = self._online_state().update(valid, now=now)  # a throwaway state
         try:
-            self.service.predict_matrix(_features(vec), explain=True)
+            self.service.predict_matrix(feature_matrix(vec), explain=True)
         except (ServiceUnavailableError, ServiceRejectedError) as exc:
             log.info("warm-up: the service did not answer (scoring will retry): %s", exc)
 
@@ -405,7 +404,7 @@ class Scorer:
         kts = fresh.set_index("event_id")["_kafka_ts"]
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).array)
         laps.lap("features")
-        x = _features(vec)
+        x = feature_matrix(vec)
         preds = self._score(x, summary) if len(vec) else _NO_PREDICTIONS
         shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
@@ -809,12 +808,6 @@ def _alert_message(a: pd.Series) -> bytes:
             "top_features": a["top_features"],
         }
     )  # fmt: skip
-
-
-def _features(vec: pd.DataFrame) -> npt.NDArray[np.float64]:
-    """The feature matrix of the vectors ``vec`` (rows x ``FEATURE_NAMES``), as sent."""
-    values: npt.NDArray[np.float64] = vec[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
-    return values
 
 
 class Polled:

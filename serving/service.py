@@ -11,9 +11,9 @@
 - ``POST /predict_columns``: the same rows sent column by column,
   ``{"columns": {<every feature>: [number | null, ...]}, "shadow": false}`` →
   ``{"risk": [...], "alert": [...], "threshold", "model_name", "model_version", "role"}``.
-  The scorer's path: no per-row objects on either side (for 1,000 rows the body is built
-  ~4x and validated ~3x faster than ``/predict``'s); not adaptively batched, since its
-  callers send large batches already.
+  No per-row objects on either side (for 1,000 rows the body is built ~4x and validated
+  ~3x faster than ``/predict``'s); not adaptively batched, since its callers send large
+  batches already.
 - ``POST /arrow/predict``: the same as ``/predict_columns`` with the columns sent as an
   Arrow IPC stream (``application/vnd.apache.arrow.stream``, ``serving.wire``), and
   ``?shadow=true`` / ``?explain=true`` as query parameters; the answer is

@@ -57,14 +57,14 @@ def decode(
         got = table.column_names  # names are UTF-8 in a valid stream
     except (pa.ArrowException, OSError, ValueError) as exc:  # UnicodeDecodeError included
         raise WireError(f"the body is not an Arrow IPC stream: {exc}") from exc
-    if len(set(got)) != len(got):
+    present = set(got)
+    if len(present) != len(got):
         twice = next(n for n in got if got.count(n) > 1)
         raise WireError(f"column {twice!r} appears more than once")
-    present = set(got)
     missing = [n for n in names if n not in present]
     if missing:
         raise WireError(f"feature {missing[0]!r} is missing ({len(missing)} missing in all)")
-    unknown = sorted(set(got) - set(names))
+    unknown = sorted(present.difference(names))
     if unknown:
         raise WireError(f"column {unknown[0]!r} is not a feature of this feature set")
     rows = table.num_rows
