@@ -8,7 +8,6 @@ parent writes the effective settings to a YAML file under the run dir and points
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -16,24 +15,26 @@ from pathlib import Path
 import psutil
 import yaml
 
+from serving.launch import PROMETHEUS_DIR_ENV
 from stack.localstack import ManagedService, spawn
 from stack.settings import REPO_ROOT, Settings
 
 
 class ServingProcess(ManagedService):
     name = "bentoml"
-    marker = "bentoml"
+    marker = "serving.launch"
 
     def pid(self) -> int | None:
-        # `bentoml serve` becomes the circus arbiter and retitles itself "circusd"; its
-        # workers are its children (each in a session of its own), stopped with it.
+        # `bentoml serve` (run by serving.launch) becomes the circus arbiter, retitled
+        # "circusd"; its workers are its children (each in a session of its own),
+        # stopped with it.
         try:
             pid = int(self.pid_file.read_text().strip())
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
             cmd = " ".join(proc.cmdline())
-            return pid if "circusd" in cmd or "bentoml" in cmd else None
+            return pid if "circusd" in cmd or self.marker in cmd else None
         except (FileNotFoundError, ValueError, psutil.Error):
             return None
 
@@ -53,10 +54,16 @@ class ServingProcess(ManagedService):
         with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
             return bool(r.status == 200)
 
+    @property
+    def prometheus_dir(self) -> Path:
+        """This service's own Prometheus multiprocess directory (``serving.launch``)."""
+        return self.run / f"prometheus-{self.port}"
+
     def command(self) -> list[str]:
-        exe = Path(sys.executable).parent / "bentoml"
         return [
-            str(exe) if exe.exists() else shutil.which("bentoml") or "bentoml",
+            sys.executable,
+            "-m",
+            "serving.launch",  # bentoml's CLI, with this service's own metrics directory
             "serve",
             "serving.service:Vigil",
             "--host",
@@ -73,6 +80,7 @@ class ServingProcess(ManagedService):
         env = dict(os.environ)
         env["VIGIL_CONFIG"] = str(config)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env[PROMETHEUS_DIR_ENV] = str(self.prometheus_dir)
         env.setdefault("BENTOML_DO_NOT_TRACK", "true")
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         spawn(self.command(), self.log, self.pid_file, env=env)

@@ -564,6 +564,50 @@ def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
     } <= (names)
 
 
+def _predictions_counted(url: str) -> float:
+    """The rows a service says (``/metrics``) it has scored."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    return sum(
+        s.value
+        for f in families
+        if f.name == "vigil_predictions"
+        for s in f.samples
+        if s.name == "vigil_predictions_total"
+    )
+
+
+def test_each_service_keeps_its_own_metrics(served: dict[str, Any], tmp_path: Path) -> None:
+    """A second service (another stack's, a test's) must neither wipe nor show the first
+    one's metrics: BentoML's shared multiprocess directory did both."""
+    base: Settings = served["settings"]
+    url, model = served["url"], base.training.registered_model
+    row = dict.fromkeys(FEATURE_NAMES, 0.5)
+    assert httpx.post(f"{url}/predict", json={"rows": [row] * 3}).status_code == 200
+    before = _predictions_counted(url)
+    assert before >= 3
+    other = ServingProcess(
+        base.model_copy(
+            update={
+                "run_dir": str(tmp_path / "run"),
+                "serving": base.serving.model_copy(update={"port": free_port()}),
+            }
+        )
+    )
+    other.start_or_explain()
+    try:
+        assert other.prometheus_dir != served["proc"].prometheus_dir
+        assert _predictions_counted(url) == before  # its files survived the other's start
+        assert _predictions_counted(other.url) == 0  # and are not the other's
+        assert httpx.post(f"{other.url}/predict", json={"rows": [row] * 2}).status_code == 200
+        assert _predictions_counted(other.url) == 2
+        assert _predictions_counted(url) == before
+    finally:
+        other.stop()
+    metrics = httpx.get(f"{url}/metrics").text
+    assert f'vigil_model_info{{alias="champion",model="{model}"' in metrics
+    assert _predictions_counted(url) == before
+
+
 def test_warm_up_calls_the_service_but_keeps_no_state_and_tolerates_its_absence(
     scorer_settings: Settings, served: dict[str, Any]
 ) -> None:
