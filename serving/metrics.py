@@ -34,6 +34,10 @@ class ScorerMetrics:
         self.retries = Counter("vigil_scorer_service_retries_total",
                                "Calls to the service retried while it was unavailable",
                                registry=r)  # fmt: skip
+        self.replayed = Counter("vigil_scorer_replayed_events_total",
+                                "History folded into the online features unscored when "
+                                "partitions were taken over (serving.replay)",
+                                registry=r)  # fmt: skip
         self.latency = Histogram("vigil_scorer_event_to_prediction_seconds",
                                  "From the event's Kafka timestamp to its stored prediction",
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip

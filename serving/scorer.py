@@ -26,6 +26,12 @@ meanwhile. SIGTERM finishes the batch in hand, commits and exits.
 
 Admissions (age, sex, SpO2 scale) are read from the start of the ``admissions`` topic
 by a group-less consumer, so a restarted scorer knows every patient on the ward.
+
+Partitions the scorer is given — at its start, and by each rebalance among workers —
+are taken over before they are scored: their last ``scorer.warmup_minutes`` of events
+before the group's committed offsets are replayed into the online state unscored
+(``serving.replay``), so a restart or a hand-over does not start every patient's
+windows empty, and the alert policy is read again from the alerts table.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from serving.client import (
     feature_matrix,
 )
 from serving.metrics import ScorerMetrics
+from serving.replay import HistoryReplay
 from stack.batchvalidate import BatchValidator
 from stack.contracts import AdmissionEvent, VitalsEvent
 from stack.db import connect, copy_table, migrate
@@ -80,6 +87,7 @@ from stack.logs import configure_logging
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.scorer")
+ADMISSIONS_WAIT_S = 10.0  # a takeover waits this long at most for the admissions so far
 LAG_EVERY_S = 5.0  # consumer lag is measured this often (by a thread: broker round trips)
 
 PREDICTION_COLUMNS = (
@@ -113,6 +121,8 @@ class ScoreSummary:
     batches: int = 0
     retries: int = 0
     uncommitted_batches: int = 0  # stored, but the group rebalanced before the commit
+    replayed_events: int = 0  # history folded in unscored when partitions came (replay)
+    takeovers: int = 0  # times this scorer was given partitions (its start, rebalances)
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # epoch seconds of the start
     first_record_s: float | None = None  # from the start (migrations, group join) to data
@@ -210,6 +220,7 @@ class Scorer:
         self._shadow_checked = 0.0
         self._shadow = True
         self._conn: psycopg.Connection[Any] | None = None
+        self._adm_next: dict[TopicPartition, int] = {}  # admissions read up to here
 
     # ------------------------------------------------------------------ startup
     def _online_state(self) -> OnlineFeatures:
@@ -251,13 +262,30 @@ class Scorer:
         except (ServiceUnavailableError, ServiceRejectedError) as exc:
             log.info("warm-up: the service did not answer (scoring will retry): %s", exc)
 
-    def _admissions(self, consumer: Consumer) -> None:
-        recs = consumer.poll_batch(50_000, 0.0)
-        if not recs:
-            return
-        res = self.adm_validator.validate([r.value or b"" for r in recs])
-        if res.table.num_rows:
-            self.online.admit(res.table.to_pandas())
+    def _admissions(self, consumer: Consumer, *, to_end: bool = False) -> None:
+        """Fold in the admissions that have arrived; ``to_end``: every one on the topic
+        now, waiting up to :data:`ADMISSIONS_WAIT_S` (a takeover: a fresh consumer's
+        first poll returns nothing yet, and the first batch's vectors need the ages,
+        sexes and SpO2 scales)."""
+        ends: dict[TopicPartition, int] = {}
+        if to_end:
+            parts = self.kafka.all_partitions([self.topics.admissions])
+            ends = {tp: hi for tp, (lo, hi) in consumer.watermarks(parts).items() if hi > lo}
+        deadline = time.monotonic() + ADMISSIONS_WAIT_S
+        while True:
+            recs = consumer.poll_batch(50_000, 0.2 if ends else 0.0)
+            for r in recs:
+                tp = TopicPartition(r.topic, r.partition)
+                self._adm_next[tp] = max(self._adm_next.get(tp, 0), r.offset + 1)
+            if recs:
+                res = self.adm_validator.validate([r.value or b"" for r in recs])
+                if res.table.num_rows:
+                    self.online.admit(res.table.to_pandas())
+            reached = all(self._adm_next.get(tp, 0) >= hi for tp, hi in ends.items())
+            if reached or time.monotonic() > deadline:
+                if not reached:
+                    log.warning("admissions not read to their end in %.0f s", ADMISSIONS_WAIT_S)
+                return
 
     def _start_new_group_at_end(self, settle_s: float = 5.0) -> None:
         """A group that has never committed starts at the end of the topic (from now on).
@@ -324,6 +352,51 @@ class Scorer:
                 break
         if c is not None:
             c.close()
+
+    def _take_over(
+        self,
+        consumer: Consumer,
+        adm: Consumer,
+        gained: set[TopicPartition],
+        summary: ScoreSummary,
+    ) -> None:
+        """Partitions given to this scorer (its start, a rebalance), before it scores
+        them: the admissions so far, the last ``warmup_minutes`` of their history
+        replayed into the online state unscored (``serving.replay``), and the alert
+        policy read again from the alerts table (another worker may have alerted on
+        their patients meanwhile)."""
+        t0 = time.perf_counter()
+        committed = consumer.committed(sorted(gained, key=lambda tp: (tp.topic, tp.partition)))
+        self._admissions(adm, to_end=True)
+        self._seed_alert_policy()
+        now = pd.Timestamp.now(tz="UTC")
+        counts = self.online.counts.copy()  # the replay is not this run's traffic
+
+        def fold(events: pd.DataFrame) -> None:
+            self.online.update(events, now=now)
+
+        reader = self.kafka.consumer(None)
+        try:
+            done = HistoryReplay(
+                reader,
+                self.validator,
+                fold,
+                minutes=self.cfg.warmup_minutes,
+                poll_records=self.settings.kafka.consumer.max_poll_records,
+            ).run(committed)
+        finally:
+            reader.close()
+            self.online.counts = counts
+        summary.takeovers += 1
+        summary.replayed_events += done.events
+        self.metrics.replayed.inc(done.events)
+        seconds = time.perf_counter() - t0
+        summary.step_seconds["replay"] += seconds
+        log.info(
+            "took over %d partition(s): replayed %d events (%d records) of the last %d "
+            "minutes unscored in %.1f s",
+            len(gained), done.events, done.records, self.cfg.warmup_minutes, seconds,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ the service
     def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
@@ -624,7 +697,6 @@ class Scorer:
         stops when its parent ``parent_pid`` is gone."""
         if not prepared:
             self.prepare()
-        self._seed_alert_policy()
         self._warm_up()
         t0 = time.monotonic()
         summary = ScoreSummary()  # started_at: now
@@ -634,6 +706,7 @@ class Scorer:
         adm.assign(self.kafka.all_partitions([self.topics.admissions]))
         producer = self.kafka.producer()
         idle_since = time.monotonic()
+        held: set[TopicPartition] = set()
         lag_stop = threading.Event()
         lag_thread = threading.Thread(
             target=self._watch_lag, args=(lag_stop,), name="lag", daemon=True
@@ -656,10 +729,16 @@ class Scorer:
                     )
                     if b.topic == self.topics.vitals
                 )
-                if not self.ready.is_set() and consumer.assignment():
+                assigned = consumer.assignment()
+                if assigned != held:
+                    if assigned - held:
+                        self._take_over(consumer, adm, assigned - held, summary)
+                        idle_since = time.monotonic()
+                    held = assigned
+                if not self.ready.is_set() and assigned:
                     self.ready.set()
                 if not recs:
-                    if not consumer.assignment():
+                    if not assigned:
                         idle_since = time.monotonic()  # still joining the group: not idle
                     elif bounded and time.monotonic() - idle_since > self.cfg.idle_timeout_s:
                         break
