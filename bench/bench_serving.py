@@ -8,8 +8,9 @@ Stream: a ward's events pre-produced to ``vitals.raw``; then, per Kafka client, 
 consume rate of the same topic (the ceiling; median of three rounds) and the scorer's
 sustained events/s from ``vitals.raw`` to stored predictions with one and with two worker
 processes (``make score WORKERS=2``), in a subprocess whose RSS is sampled; the
-event→prediction latency at a paced offered load (one worker); and the scorer's peak RSS
-over a 10,000-patient ward.
+event→prediction latency at a paced offered load (one worker); the scorer's peak RSS
+over a 10,000-patient ward; and the history replay of a scorer started on an 8-hour ward
+in progress (``serving.replay``).
 
     python -m bench.bench_serving [--seconds 15 --concurrency 8 --patients 1000 --hours 2]
     python -m bench.bench_serving --parts paced     # one part; the others keep their figures
@@ -292,6 +293,24 @@ def _stream_part(ward: Settings, kclient: str, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def _replay_part(base: Settings, hours: float, tmp: Path) -> dict[str, Any]:
+    """A scorer that starts on a ward in progress: a new group at ``latest``, so before
+    it scores it replays the last ``warmup_minutes`` of event time unscored
+    (``serving.replay``). How long that takes, how much it read, and its RSS."""
+    ward = _own_topic(with_simulator(base, patients=1000, hours=hours, seed=13), "replay")
+    sent, _ = simulate_to_kafka(ward)
+    s = _bench_scorer(ward, "kafka-python", "replay").with_scorer(new_group_starts_at="latest")
+    sc = _scorer_subprocess(s, tmp, "replay")
+    seconds = sc["step_seconds"]["replay"]
+    return {
+        "patients": 1000, "hours": hours, "events_on_topic": sent.stats.valid_events,
+        "warmup_minutes": s.scorer.warmup_minutes, "replayed_events": sc["replayed_events"],
+        "share_of_topic_replayed": sc["replayed_events"] / sent.stats.valid_events,
+        "replay_seconds": seconds, "replayed_events_per_s": sc["replayed_events"] / seconds,
+        "scored": sc["scored"], "peak_rss_mb": sc["peak_rss_mb"], "client": "kafka-python",
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------- main
 def main(
     seconds: float = typer.Option(15.0, help="Seconds of load per HTTP case."),
@@ -300,8 +319,11 @@ def main(
     hours: float = typer.Option(2.0),
     paced_rate: float = typer.Option(2000.0),
     rss_hours: float = typer.Option(1.0, help="RSS part: hours of a 10,000-patient ward."),
+    replay_hours: float = typer.Option(
+        8.0, help="Replay part: hours of a 1,000-patient ward (longer than the window)."
+    ),
     parts: str = typer.Option(
-        "http,stream,paced,rss", help="Parts to run; the others keep their last figures."
+        "http,stream,paced,rss,replay", help="Parts to run; the others keep their last figures."
     ),
 ) -> None:
     pkgs = ("bentoml", "mlflow", "kafka-python", "confluent-kafka")
@@ -396,6 +418,9 @@ def main(
                 "met": sc["peak_rss_mb"] <= 1536,
             }  # fmt: skip
             typer.echo(f"rss: {stream['rss_10000_patients']}")
+        if "replay" in parts:
+            stream["replay"] = _replay_part(base, replay_hours, tmp)
+            typer.echo(f"replay: {stream['replay']}")
         result["stream"] = stream
         svc.stop()
     path = write_result("serving", result)
