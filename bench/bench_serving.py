@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,7 @@ def _replay_part(base: Settings, hours: float, tmp: Path) -> dict[str, Any]:
         "share_of_topic_replayed": sc["replayed_events"] / sent.stats.valid_events,
         "replay_seconds": seconds, "replayed_events_per_s": sc["replayed_events"] / seconds,
         "scored": sc["scored"], "peak_rss_mb": sc["peak_rss_mb"], "client": "kafka-python",
+        "when": datetime.now(UTC).isoformat(),  # the part may run alone (--parts replay)
     }  # fmt: skip
 
 
