@@ -241,6 +241,13 @@ class OnlineFeatures:
         # (ns since epoch), as of the newest event; rebuilt from ``events`` after late ones.
         self.ref_val = np.full((capacity, 2), np.nan)
         self.ref_ts = np.full((capacity, 2), NONE, dtype=np.int64)
+        # Stays: is the first minute the stay's own (not where a replay cut in), and
+        # have its final first hours been handed out (:meth:`stay_facts`)?
+        self.trusted = np.ones(capacity, dtype=bool)
+        self.reported = np.zeros(capacity, dtype=bool)
+        # First hours restored whole (:meth:`restore_stays`): their sums are final, so
+        # minutes folded in later never add to them again.
+        self.base_final = np.zeros(capacity, dtype=bool)
         self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ patients
@@ -273,6 +280,9 @@ class OnlineFeatures:
         self.static = np.concatenate([self.static, np.tile(static_vector(None), (extra, 1))])
         self.ref_val = pad(self.ref_val, np.nan)
         self.ref_ts = pad(self.ref_ts, NONE)
+        self.trusted = pad(self.trusted, True)
+        self.reported = pad(self.reported, False)
+        self.base_final = pad(self.base_final, False)
 
     def admit(self, admissions: pd.DataFrame) -> None:
         """Record admission facts (``patient_id``, ``age``, ``sex``, ``spo2_scale``)."""
@@ -291,9 +301,64 @@ class OnlineFeatures:
         arrays = sum(
             a.nbytes
             for a in (self.ring, self.pre, self.bmin, self.bmax, self.plast, self.base_n,
-                      self.base_s, self.first, self.newest, self.ref_val, self.ref_ts)
+                      self.base_s, self.first, self.newest, self.ref_val, self.ref_ts,
+                      self.trusted, self.reported, self.base_final)
         )  # fmt: skip
         return int(arrays + self.static.nbytes + self.events.nbytes())
+
+    # ------------------------------------------------------------------ stays
+    def stay_facts(self) -> pd.DataFrame:
+        """Stays whose first hours are final, each handed out once, for a store that
+        outlives this state (the scorer's ``stay_baselines``): ``patient_id``,
+        ``first_minute`` (epoch minutes), ``base_n`` and ``base_s`` (per stat vital).
+
+        Final: the newest minute is ``BASELINE_MINUTES`` + the lateness bound past the
+        first, so no event still accepted can touch the first hours. Stays whose start
+        this state may not have seen (:meth:`distrust`) are not handed out.
+        """
+        n = len(self.slots)
+        first, newest = self.first[:n], self.newest[:n]
+        final = (first != NONE) & (newest - first >= BASELINE_MINUTES + self.lateness)
+        idx = np.flatnonzero(final & self.trusted[:n] & ~self.reported[:n])
+        self.reported[idx] = True
+        return pd.DataFrame(
+            {
+                "patient_id": self._names()[idx],
+                "first_minute": self.first[idx],
+                "base_n": list(self.base_n[idx]),
+                "base_s": list(self.base_s[idx]),
+            }
+        )
+
+    def distrust(self, patient_ids: list[str], up_to_minute: int) -> None:
+        """These patients' first minute, if not after ``up_to_minute``, may be where a
+        replay of history began rather than their stay: :meth:`stay_facts` leaves them
+        out (until :meth:`restore_stays` puts the real start back)."""
+        slots = np.array([self.slots[p] for p in patient_ids if p in self.slots], dtype=np.int64)
+        if len(slots):
+            first = self.first[slots]
+            self.trusted[slots[(first != NONE) & (first <= up_to_minute)]] = False
+
+    def restore_stays(self, facts: pd.DataFrame) -> int:
+        """Put back the first minute and first-hours sums of stays (``stay_facts`` of an
+        earlier state) for known patients: a replay of recent history began after their
+        stay did (or, at its edge, missed a few of its first events). ``stay_minutes``
+        and the baseline features are then the whole stay's. Returns how many."""
+        if facts.empty:
+            return 0
+        slots = np.array([self.slots.get(p, -1) for p in facts["patient_id"].tolist()])
+        first = facts["first_minute"].to_numpy(dtype=np.int64)
+        take = slots >= 0  # final facts of the whole stay: never worse than a replay's
+        s = slots[take].astype(np.int64)
+        self.first[s] = first[take]
+        self.base_n[s] = np.stack(facts["base_n"].to_numpy()[take]) if len(s) else 0
+        self.base_s[s] = np.stack(facts["base_s"].to_numpy()[take]) if len(s) else 0
+        self.trusted[s] = True
+        self.reported[s] = True
+        # Final: the facts may already hold minutes still to come here (a worker that
+        # stored them had scored past the offsets this one resumes from).
+        self.base_final[s] = True
+        return int(take.sum())
 
     # ------------------------------------------------------------------ update
     def update(self, events: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
@@ -483,7 +548,9 @@ class OnlineFeatures:
         cur = self.first[slots]
         fresh = cur == NONE
         self.first[slots[fresh]] = candidate[fresh]
-        earlier = ~fresh & (candidate < cur)  # rare: a late event before the stay's start
+        # Rare: a late event before the stay's start (never for first hours restored
+        # whole: their first minute is the stay's).
+        earlier = ~fresh & (candidate < cur) & ~self.base_final[slots]
         moved: I64 = slots[earlier]
         if len(moved):
             self.first[moved] = candidate[earlier]
@@ -499,7 +566,7 @@ class OnlineFeatures:
         """Add (or take away) the ring's values at these minutes to the baseline sums."""
         first = self.first[slots]
         k = minutes - first
-        keep = (first != NONE) & (k >= 0) & (k < BASELINE_MINUTES)
+        keep = (first != NONE) & (k >= 0) & (k < BASELINE_MINUTES) & ~self.base_final[slots]
         slots, minutes = slots[keep], minutes[keep]
         if len(slots) == 0:
             return

@@ -16,10 +16,15 @@ lookup (``ListOffsets``) with the partition's first offset whatever the time. Th
 start is bisected over offsets: each probe reads a few records at an offset and takes
 the median of their event times, so one faulty clock does not move it.
 
-What it restores exactly: every windowed feature (240-minute window and the lateness
-bound within ``warmup_minutes``), and the stay-level ones (minutes since the first
-reading, the first-four-hours baseline) for stays that began within the replayed
-history. A stay that began earlier is seen from the start of the replay.
+The replay restores every windowed feature (the 240-minute window and the 45-minute
+lateness bound fit in the default 300 minutes). The stay-level ones (minutes since the
+first usable reading, the first-four-hours baseline) need the stay's start, which may be
+days back: the scorer stores each stay's first minute and first-hours sums once they are
+final (``stay_baselines``, :meth:`features.online.OnlineFeatures.stay_facts`: the newest
+minute 240 + 45 past the first), and puts them back after a replay
+(:meth:`~features.online.OnlineFeatures.restore_stays`). The 15 minutes of margin make
+every stay that began before the cut final somewhere, although a patient's newest
+reading may lag the partition's and the bisected start is a few records off.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +53,7 @@ class Replayed:
     """What a replay read: per partition the offsets replayed, and the events folded."""
 
     ranges: dict[TopicPartition, tuple[int, int]]
+    since: dict[TopicPartition, float] = field(default_factory=dict)  # cut, event minutes
     events: int = 0
     seconds: float = 0.0
 
@@ -130,18 +136,19 @@ class HistoryReplay:
         minutes = event_minutes(self.validator, self._read(tp, offset, stop, PROBE_RECORDS))
         return float(np.median(minutes)) if len(minutes) else None
 
-    def start_offset(self, tp: TopicPartition, low: int, committed: int) -> int:
-        """Where ``tp``'s replay starts: ``minutes`` of event time before the events
-        just before ``committed``."""
+    def start_offset(self, tp: TopicPartition, low: int, committed: int) -> tuple[int, float]:
+        """Where ``tp``'s replay starts, and its cut (event minutes): ``minutes`` of event
+        time before the events just before ``committed``."""
         if committed <= low or self.minutes <= 0:
-            return committed
+            return committed, float("nan")
         newest = self._median_minute(tp, max(low, committed - PROBE_RECORDS), committed)
         if newest is None:
-            return committed
+            return committed, float("nan")
         since = newest - self.minutes
-        return first_offset_since(
+        start = first_offset_since(
             lambda o: self._median_minute(tp, o, committed), low, committed, since
         )
+        return start, since
 
     def run(self, committed: Mapping[TopicPartition, int | None]) -> Replayed:
         """Replay each partition's history before its ``committed`` offset (``None``:
@@ -151,12 +158,13 @@ class HistoryReplay:
         if self.minutes <= 0 or not held:
             return Replayed({}, seconds=time.monotonic() - t0)
         ranges: dict[TopicPartition, tuple[int, int]] = {}
+        cuts: dict[TopicPartition, float] = {}
         for tp, (low, _high) in self.c.watermarks(held).items():
             end = int(committed[tp] or 0)
-            start = self.start_offset(tp, low, end)
+            start, since = self.start_offset(tp, low, end)
             if start < end:
-                ranges[tp] = (start, end)
-        done = Replayed(ranges)
+                ranges[tp], cuts[tp] = (start, end), since
+        done = Replayed(ranges, cuts)
         if ranges:
             done.events = self._replay(ranges)
         done.seconds = time.monotonic() - t0

@@ -59,6 +59,7 @@ import pyarrow as pa
 import typer
 
 from features.online import OnlineFeatures
+from features.spec import FEATURE_SET_VERSION
 from serving.alerts import AlertPolicy
 from serving.client import (
     NoShadowModelError,
@@ -123,6 +124,7 @@ class ScoreSummary:
     uncommitted_batches: int = 0  # stored, but the group rebalanced before the commit
     replayed_events: int = 0  # history folded in unscored when partitions came (replay)
     takeovers: int = 0  # times this scorer was given partitions (its start, rebalances)
+    restored_stays: int = 0  # stays whose first hours came from stay_baselines (replay)
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # epoch seconds of the start
     first_record_s: float | None = None  # from the start (migrations, group join) to data
@@ -371,8 +373,11 @@ class Scorer:
         self._seed_alert_policy()
         now = pd.Timestamp.now(tz="UTC")
         counts = self.online.counts.copy()  # the replay is not this run's traffic
+        known = set(self.online.slots)
+        replayed: set[str] = set()
 
         def fold(events: pd.DataFrame) -> None:
+            replayed.update(events["patient_id"].unique().tolist())
             self.online.update(events, now=now)
 
         reader = self.kafka.consumer(None)
@@ -387,6 +392,15 @@ class Scorer:
         finally:
             reader.close()
             self.online.counts = counts
+        # Stays that began before the replayed history: their first minute and first
+        # hours from the store (the scorer that saw them begin wrote them); the others
+        # near the cut may have lost their start, so are not stored from this state.
+        restored = 0
+        if replayed:
+            cut = max(done.since.values(), default=0.0) + self.settings.features.lateness_minutes
+            self.online.distrust(sorted(replayed - known), int(cut))
+            restored = self.online.restore_stays(self._stays(sorted(replayed)))
+        summary.restored_stays += restored
         summary.takeovers += 1
         summary.replayed_events += done.events
         self.metrics.replayed.inc(done.events)
@@ -394,8 +408,8 @@ class Scorer:
         summary.step_seconds["replay"] += seconds
         log.info(
             "took over %d partition(s): replayed %d events (%d records) of the last %d "
-            "minutes unscored in %.1f s",
-            len(gained), done.events, done.records, self.cfg.warmup_minutes, seconds,
+            "minutes unscored, restored %d stays' first hours, in %.1f s",
+            len(gained), done.events, done.records, self.cfg.warmup_minutes, restored, seconds,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the service
@@ -534,7 +548,7 @@ class Scorer:
             raised = raised.assign(top_features=[tops[e] for e in raised["event_id"].tolist()])
         laps.lap("alerts")
 
-        new_alerts = self._store(table, raised, dead, scored_at)
+        new_alerts = self._store(table, raised, dead, scored_at, self.online.stay_facts())
         laps.lap("store")
         topic = self.topics.predictions
         for key, message in zip(
@@ -584,6 +598,19 @@ class Scorer:
             m.model.labels(last["model_name"], last["model_version"]).set(1)
         m.last_batch.set(time.time())
 
+    def _stays(self, patient_ids: list[str]) -> pd.DataFrame:
+        """The stored stay facts (``stay_baselines``) of these patients."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT patient_id, first_minute, base_n, base_s FROM stay_baselines "
+                "WHERE feature_set = %s AND patient_id = ANY(%s)",
+                (FEATURE_SET_VERSION, patient_ids),
+            ).fetchall()
+        return pd.DataFrame(
+            [(p, _epoch_minute(f), np.array(n), np.array(s)) for p, f, n, s in rows],
+            columns=["patient_id", "first_minute", "base_n", "base_s"],
+        )
+
     def _already_stored(self, event_ids: list[str]) -> set[str]:
         """Of these events, those whose champion prediction an earlier delivery stored."""
         if not event_ids:
@@ -613,9 +640,22 @@ class Scorer:
         raised: pd.DataFrame,
         dead: list[tuple[Record, str, str]],
         seen_at: datetime,
+        stays: pd.DataFrame | None = None,
     ) -> set[str]:
-        """Insert predictions, alerts and dead letters idempotently; returns new alert ids."""
+        """Insert predictions, alerts, dead letters and final stay facts idempotently;
+        returns new alert ids."""
         with self._transaction() as conn:
+            if stays is not None and len(stays):
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO stay_baselines VALUES (%s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        [
+                            (pid, FEATURE_SET_VERSION, _minute_ts(first), n.tolist(),
+                             s.tolist(), seen_at)
+                            for pid, first, n, s in stays.itertuples(index=False)
+                        ],
+                    )  # fmt: skip
             if len(table):
                 copy_table(conn, "_p", _arrow_predictions(table), binary=True)
                 conn.execute("INSERT INTO predictions SELECT * FROM _p ON CONFLICT DO NOTHING")
@@ -854,6 +894,14 @@ _MESSAGE_COLUMNS = (
     "event_id", "patient_id", "ts", "as_of", "risk", "alert", "threshold", "model_name",
     "model_version", "role",
 )  # fmt: skip
+
+
+def _minute_ts(epoch_minute: int) -> datetime:
+    return datetime.fromtimestamp(int(epoch_minute) * 60, UTC)
+
+
+def _epoch_minute(ts: datetime) -> int:
+    return int(ts.timestamp()) // 60
 
 
 def _iso_ms(col: pd.Series) -> list[str | None]:

@@ -255,6 +255,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP TABLE vitals_minute_unpartitioned;
         """,
     ),
+    (
+        6,
+        "Serving: stay facts (first usable minute, first-hours sums) the scorer restores"
+        " after replaying recent history",
+        """
+        CREATE TABLE stay_baselines (
+            patient_id   text        NOT NULL,
+            feature_set  text        NOT NULL,
+            first_minute timestamptz NOT NULL,
+            base_n       bigint[]    NOT NULL,
+            base_s       bigint[]    NOT NULL,
+            stored_at    timestamptz NOT NULL,
+            PRIMARY KEY (patient_id, feature_set)
+        );
+        COMMENT ON TABLE stay_baselines IS
+            'features.online.OnlineFeatures.stay_facts: per stay, once its first hours are'
+            ' final; base_n/base_s per vital in features.spec.STAT_VITALS order (counts,'
+            ' sums of values on the 0.01 grid)';
+        """,
+    ),
 ]
 
 

@@ -401,10 +401,11 @@ class ScorerSettings(_Strict):
         9108, gt=0, lt=65536, description="Prometheus /metrics of the scorer (null: none)"
     )
     warmup_minutes: int = Field(
-        285,
+        300,
         ge=0,
         description="event minutes replayed unscored into the online features before "
-        "scoring partitions taken over (start, rebalance): window + lateness; 0: none",
+        "scoring partitions taken over (start, rebalance): window + lateness + a margin "
+        "(serving.replay); 0: none",
     )
 
 

@@ -39,6 +39,7 @@ from serving.client import ServiceClient
 from serving.model import ModelSlot, ModelUnavailableError, tracking_uri
 from serving.scorer import Scorer
 from serving.server import ServingProcess
+from stack.db import migrate
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints, free_port
 from stack.settings import REPO_ROOT, Settings
@@ -762,6 +763,46 @@ def _champion_risks(s: Settings) -> pd.Series:
     return pd.Series(dict(rows), dtype=float)
 
 
+def _restart_from(s: Settings, at: float) -> tuple[dict[Any, int], int]:
+    """Per partition of ``s``'s topic the offset ``at`` of the way through; the records
+    before them."""
+    client = KafkaClient(s.kafka, endpoints(s).bootstrap_servers)
+    c = client.consumer(None)
+    try:
+        marks = c.watermarks(client.all_partitions([s.kafka.topics.vitals]))
+    finally:
+        c.close()
+    cut = {tp: lo + int((hi - lo) * at) for tp, (lo, hi) in marks.items()}
+    return cut, sum(cut[tp] - lo for tp, (lo, _hi) in marks.items())
+
+
+def _restarted(
+    s: Settings, cut: dict[Any, int], minutes: int, stays: list[tuple[Any, ...]] | None = None
+) -> tuple[Any, pd.Series]:
+    """A scorer of a group that had committed ``cut``, into a database of its own (with
+    ``stays``: the stay facts the first scorer stored), replaying ``minutes``."""
+    client = KafkaClient(s.kafka, endpoints(s).bootstrap_servers)
+    group = f"{s.scorer.group_id}-{uuid.uuid4().hex[:4]}"
+    c = client.consumer(group)  # the group has scored up to the cut and stopped
+    c.assign(list(cut))
+    c.commit(cut)
+    c.close()
+    with _own_database(s) as own:
+        migrate(own)
+        if stays:
+            with psycopg.connect(endpoints(own).database_url) as conn, conn.cursor() as cur:
+                cur.executemany("INSERT INTO stay_baselines VALUES (%s, %s, %s, %s, %s, %s)", stays)
+        scorer = Scorer(own.with_scorer(group_id=group, warmup_minutes=minutes))
+        return scorer.run(bounded=True), _champion_risks(own)
+
+
+def _same(r: pd.Series, reference: pd.Series) -> float:
+    """The share of ``r``'s risks equal to the uninterrupted scorer's."""
+    common = r.index.intersection(reference.index)
+    assert len(common) == len(r) > 1000
+    return float((abs(r[common] - reference[common]) < 1e-12).mean())
+
+
 def test_a_restarted_scorer_replays_history_and_scores_as_if_it_had_never_stopped(
     scorer_settings: Settings,
 ) -> None:
@@ -774,45 +815,44 @@ def test_a_restarted_scorer_replays_history_and_scores_as_if_it_had_never_stoppe
     whole = Scorer(s).run(bounded=True)
     assert whole.replayed_events == 0  # a new group from the start: nothing before it
     reference = _champion_risks(s)
+    cut, before = _restart_from(s, 0.5)
 
-    client = KafkaClient(s.kafka, endpoints(s).bootstrap_servers)
-    parts = client.all_partitions([s.kafka.topics.vitals])
-    probe = client.consumer(None)
-    marks = probe.watermarks(parts)
-    probe.close()
-    half = {tp: lo + (hi - lo) // 2 for tp, (lo, hi) in marks.items()}
-    first_half = sum(half[tp] - lo for tp, (lo, _hi) in marks.items())
-
-    def restarted(minutes: int) -> tuple[Any, pd.Series]:
-        group = f"{s.scorer.group_id}-r{minutes}"
-        c = client.consumer(group)  # the group has scored the first half and stopped
-        c.assign(parts)
-        c.commit(half)
-        c.close()
-        with _own_database(s) as own:
-            summary = Scorer(own.with_scorer(group_id=group, warmup_minutes=minutes)).run(
-                bounded=True
-            )
-            return summary, _champion_risks(own)
-
-    replayed, risks = restarted(285)
-    assert replayed.records == whole.records - first_half  # only what was not committed
-    # The whole first half of this 2.5-hour ward is within 285 minutes: all replayed.
+    replayed, risks = _restarted(s, cut, 300)
+    assert replayed.records == whole.records - before  # only what was not committed
+    # The whole first half of this 2.5-hour ward is within 300 minutes: all replayed.
     assert replayed.replayed_events == whole.valid - replayed.valid
     assert replayed.takeovers == 1
-    cold, cold_risks = restarted(0)
+    cold, cold_risks = _restarted(s, cut, 0)
     assert cold.replayed_events == 0
-
-    def same(r: pd.Series) -> float:
-        common = r.index.intersection(reference.index)
-        assert len(common) == len(r) > 1000
-        return float((abs(r[common] - reference[common]) < 1e-12).mean())
-
     # An event's vector also holds what came in its poll (a later reading of its minute),
     # and polls differ between runs: two uninterrupted runs agree on 94-100 % of risks.
     # The replay is at that floor; without it, no risk of the second half is the same.
-    assert same(risks) > 0.85
-    assert same(cold_risks) < 0.1
+    assert _same(risks, reference) > 0.85
+    assert _same(cold_risks, reference) < 0.1
+
+
+def test_stays_older_than_the_replay_get_their_start_and_first_hours_back(
+    scorer_settings: Settings,
+) -> None:
+    """Restarted 6 hours into an 8-hour ward, the replay of 300 minutes begins after
+    most stays did: their first minute and first-hours sums come from the facts the
+    first scorer stored (``stay_baselines``) once they were final."""
+    s = with_simulator(scorer_settings, seed=42, patients=20, hours=8)
+    simulate_to_kafka(s)
+    whole = Scorer(s).run(bounded=True)
+    assert whole.restored_stays == 0  # a new group from the start: nothing to restore
+    reference = _champion_risks(s)
+    stays = _query(s, "SELECT * FROM stay_baselines")
+    assert len(stays) >= 15  # nearly every stay's first hours became final in 8 hours
+    cut, _before = _restart_from(s, 0.75)
+    with_stays, risks = _restarted(s, cut, 300, stays)
+    assert with_stays.restored_stays > 10
+    without, risks_without = _restarted(s, cut, 300)
+    assert without.restored_stays == 0
+    # With the facts: at the floor of two uninterrupted runs (94-100 %, polls differ);
+    # without, every vector of the stays older than the replay is off (57-72 % same).
+    assert _same(risks, reference) > 0.85
+    assert _same(risks_without, reference) < _same(risks, reference) - 0.15
 
 
 def test_a_takeover_reads_every_admission_before_it_scores(scorer_settings: Settings) -> None:

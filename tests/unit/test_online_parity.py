@@ -318,3 +318,105 @@ def test_group_helpers_match_pandas_groupby(rows: list[tuple[int, int]]) -> None
         present = np.unique(groups)
         assert np.array_equal(lo[present], by.min().to_numpy())
         assert np.array_equal(hi[present], by.max().to_numpy())
+
+
+# ------------------------------------------------------------------ restart and replay
+def _replay_start(events: pd.DataFrame, end: int, minutes: int) -> tuple[int, int]:
+    """Where a history replay of ``minutes`` before arrival ``end`` starts (as the scorer
+    finds it: bisection on the median event minute of 64 arrivals), and its cut minute."""
+    from serving.replay import PROBE_RECORDS, first_offset_since
+
+    ts = events["ts"].to_numpy("datetime64[m]").astype(np.int64)
+
+    def minute_at(o: int) -> float:
+        return float(np.median(ts[o : min(o + PROBE_RECORDS, end)]))
+
+    since = minute_at(max(0, end - PROBE_RECORDS)) - minutes
+    return first_offset_since(minute_at, 0, end, since), int(since)
+
+
+def _fold(online: OnlineFeatures, events: pd.DataFrame, batch: int = 150) -> None:
+    for a in range(0, len(events), batch):
+        online.update(events.iloc[a : a + batch], now=NOW)
+
+
+@pytest.mark.parametrize("restore", ["stored_before_the_restart", "stored_ahead", None])
+def test_a_state_rebuilt_from_recent_history_and_stay_facts_equals_the_batch_path(
+    restore: str | None,
+) -> None:
+    """A scorer restarted hours into a ward replays the last 300 minutes of the stream
+    into a fresh state, and takes the stays' first minute and first-hours sums from the
+    store the first scorer filled (``stay_facts``): every vector after the restart is
+    the batch path's.
+
+    Also when that scorer had gone further than the offsets this one resumes from (it
+    stored, then died before committing): its facts already hold minutes still to come
+    here, which must not be added twice. The restart is then put 10 minutes before the
+    end of a stay's first four hours. Without the facts, stays older than the replay are
+    wrong in ``stay_minutes`` and the baseline features."""
+    lateness = 45
+    events, admissions = _simulated(seed=12, patients=30, hours=8)
+    restart = int(len(events) * 0.75)
+    before = OnlineFeatures(capacity=4, lateness_minutes=lateness)
+    before.admit(admissions)
+    if restore == "stored_ahead":
+        _fold(before, events)
+        facts = before.stay_facts()
+        straddled = pd.Timestamp(int(facts["first_minute"].min()) * 60, unit="s", tz="UTC")
+        restart = int(np.argmax(events["ts"] >= straddled + pd.Timedelta(minutes=230)))
+    else:
+        _fold(before, events.iloc[:restart])
+        facts = before.stay_facts()
+        assert before.stay_facts().empty  # each stay is handed out once
+    assert len(facts) > 5
+
+    start, since = _replay_start(events, restart, 300)  # scorer.warmup_minutes
+    assert 0 <= start < restart
+    after = OnlineFeatures(capacity=4, lateness_minutes=lateness)
+    after.admit(admissions)
+    _fold(after, events.iloc[start:restart])
+    after.distrust(list(after.slots), since + lateness)
+    if restore:  # the stays it holds (not: the discharged ones)
+        assert 0 < after.restore_stays(facts) <= len(facts)
+
+    ref = reference_features(events, admissions)
+    done = _completion(events, ref)
+    pending = done >= restart  # rows whose inputs complete after the restart
+    bad: list[str] = []
+    compared = 0
+    for a in range(restart, len(events), 150):
+        after.update(events.iloc[a : a + 150], now=NOW)
+        ready = np.nonzero(pending & (done < a + 150))[0]
+        pending[ready] = False
+        rows = ref.iloc[ready]
+        ready = ready[after.answerable(rows["patient_id"].tolist(), rows["ts"])]
+        rows = ref.iloc[ready]
+        if rows.empty:
+            continue
+        got = after.features_at(rows["patient_id"].tolist(), rows["ts"])
+        x, y = rows[list(FEATURE_NAMES)].to_numpy(), got[list(FEATURE_NAMES)].to_numpy()
+        ok = np.isclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True)
+        bad += [FEATURE_NAMES[j] for j in np.nonzero(~ok.all(axis=0))[0]]
+        compared += len(rows)
+    assert compared > 500
+    if restore:
+        assert not bad
+    else:
+        assert "stay_minutes" in bad
+
+
+def test_stays_are_handed_out_once_and_only_those_seen_to_begin() -> None:
+    events, admissions = _simulated(seed=13, patients=20, hours=8)
+    restart = int(len(events) * 0.75)
+    before = OnlineFeatures(capacity=4)
+    before.admit(admissions)
+    _fold(before, events.iloc[:restart])
+    facts = before.stay_facts()
+    assert len(facts) > 5
+    assert before.stay_facts().empty
+    start, since = _replay_start(events, restart, 300)
+    after = OnlineFeatures(capacity=4)
+    _fold(after, events.iloc[start:restart])
+    after.distrust(list(after.slots), since + 45)
+    # What it may hand out: only stays it saw begin, none of those the replay cut.
+    assert set(after.stay_facts()["patient_id"]).isdisjoint(set(facts["patient_id"]))
