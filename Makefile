@@ -110,7 +110,7 @@ demo-airflow: setup ## The main job through Airflow: ingest → ETL → features
 test: setup ## Run every test (unit, integration on the real embedded stack, e2e), two workers
 	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-test-fast: setup ## Unit tests only: no servers, a few seconds
+test-fast: setup ## Unit tests only: no servers, about a minute
 	$(BIN)/pytest -q -m "not integration and not e2e and not slow"
 
 test-integration: setup ## Integration and e2e tests only
