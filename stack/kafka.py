@@ -17,6 +17,7 @@ Offsets are always explicit: stages commit exactly what they have made durable.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,25 @@ if TYPE_CHECKING:  # annotations only: the fetch process starts without pydantic
     from stack.settings import KafkaSettings
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+class _CancelledRefreshIsDebug(logging.Filter):
+    """kafka-python logs an ERROR, "Metadata refresh: failed Cancelled", when a client
+    is closed with a metadata refresh in flight: our own close cancelled it, nothing
+    failed (the demo printed it as an error). That record is logged at DEBUG instead;
+    every other failure keeps its level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        cancelled = bool(args) and type(args[0]).__name__ == "Cancelled"
+        if record.msg == "Metadata refresh: failed %s" and cancelled:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # As a DEBUG record would be: kept only where DEBUG is logged.
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("kafka.cluster").addFilter(_CancelledRefreshIsDebug())
 
 
 class KafkaUnavailableError(ConnectionError):

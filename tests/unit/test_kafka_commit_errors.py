@@ -41,3 +41,28 @@ def test_a_rebalance_under_the_commit_is_recognised(exc: BaseException) -> None:
 )
 def test_other_commit_errors_are_not_taken_for_a_rebalance(exc: BaseException) -> None:
     assert not rebalanced(exc)
+
+
+def test_a_refresh_cancelled_by_our_own_close_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    import stack.kafka  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("kafka.cluster")
+    with caplog.at_level(logging.DEBUG, logger="kafka.cluster"):
+        log.error("Metadata refresh: failed %s", Cancelled())
+        log.error("Metadata refresh: failed %s", KafkaConnectionError("broker gone"))
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels == [
+        ("DEBUG", "Metadata refresh: failed Cancelled"),
+        ("ERROR", "Metadata refresh: failed KafkaConnectionError: broker gone"),
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kafka.cluster"):  # the usual level
+        log.error("Metadata refresh: failed %s", Cancelled())
+        log.error("Metadata refresh: failed %s", KafkaConnectionError("broker gone"))
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
