@@ -233,6 +233,7 @@ class OnlineFeatures:
         self.first = np.full(capacity, NONE, dtype=np.int64)
         self.newest = np.full(capacity, NONE, dtype=np.int64)
         self.static = np.tile(static_vector(None), (capacity, 1))
+        self._admitted: dict[str, F] = {}  # admission facts, by patient (slot or not)
         self.events = _Retained()
         self._ids: set[str] = set()
         self._expire_at = 0
@@ -253,11 +254,15 @@ class OnlineFeatures:
     # ------------------------------------------------------------------ patients
     def _slot_of(self, pids: npt.NDArray[np.object_]) -> I64:
         slots = self.slots
-        for pid in pd.unique(pids).tolist():
-            if pid not in slots:
-                slots[pid] = len(slots)
+        new = [pid for pid in pd.unique(pids).tolist() if pid not in slots]
+        for pid in new:
+            slots[pid] = len(slots)
         if len(slots) > len(self.first):
             self._grow(len(slots))
+        for pid in new:
+            vec = self._admitted.get(pid)
+            if vec is not None:
+                self.static[slots[pid]] = vec
         return np.array([slots[p] for p in pids.tolist()], dtype=np.int64)
 
     def _grow(self, need: int) -> None:
@@ -285,16 +290,32 @@ class OnlineFeatures:
         self.base_final = pad(self.base_final, False)
 
     def admit(self, admissions: pd.DataFrame) -> None:
-        """Record admission facts (``patient_id``, ``age``, ``sex``, ``spo2_scale``)."""
+        """Record admission facts (``patient_id``, ``age``, ``sex``, ``spo2_scale``).
+
+        A patient gets a slot (the bulk of the state) only when their first vital sign
+        arrives: a scorer worker reads every admission of the ward, but holds state for
+        the patients of its own partitions only.
+        """
         if admissions.empty:
             return
-        slots = self._slot_of(admissions["patient_id"].to_numpy(dtype=object))
-        for slot, row in zip(slots.tolist(), admissions.to_dict("records"), strict=True):
-            self.static[slot] = static_vector(row)
+        for pid, row in zip(
+            admissions["patient_id"].tolist(), admissions.to_dict("records"), strict=True
+        ):
+            vec = static_vector(row)
+            self._admitted[pid] = vec
+            slot = self.slots.get(pid)
+            if slot is not None:
+                self.static[slot] = vec
 
     @property
     def patients(self) -> int:
+        """Patients with state (a vital sign seen)."""
         return len(self.slots)
+
+    @property
+    def admissions(self) -> int:
+        """Patients whose admission facts are known."""
+        return len(self._admitted)
 
     def memory_bytes(self) -> int:
         """Bytes held by the state arrays and the retained events."""

@@ -865,6 +865,6 @@ def test_a_takeover_reads_every_admission_before_it_scores(scorer_settings: Sett
     try:
         adm.assign(scorer.kafka.all_partitions([scorer_settings.kafka.topics.admissions]))
         scorer._admissions(adm, to_end=True)
-        assert scorer.online.patients == sent.stats.admissions > 0
+        assert scorer.online.admissions == sent.stats.admissions > 0
     finally:
         adm.close()

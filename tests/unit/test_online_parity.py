@@ -420,3 +420,23 @@ def test_stays_are_handed_out_once_and_only_those_seen_to_begin() -> None:
     after.distrust(list(after.slots), since + 45)
     # What it may hand out: only stays it saw begin, none of those the replay cut.
     assert set(after.stay_facts()["patient_id"]).isdisjoint(set(facts["patient_id"]))
+
+
+def test_only_patients_with_vital_signs_hold_state_and_keep_their_admission() -> None:
+    """A scorer worker reads the whole ward's admissions: a patient gets a slot (the
+    bulk of the state) with their first vital sign, and their admission facts then."""
+    events, admissions = _simulated(seed=14, patients=12, hours=1)
+    online = OnlineFeatures(capacity=2)
+    online.admit(admissions)
+    assert (online.patients, online.admissions) == (0, len(admissions))
+    one = admissions["patient_id"].iloc[3]
+    vec = online.update(events[events["patient_id"] == one], now=NOW)
+    assert online.patients == 1
+    row = admissions.set_index("patient_id").loc[one]
+    assert (vec["age"] == row["age"]).all()
+    assert (vec["female"] == float(row["sex"] == "F")).all()
+    # An admission that comes after the vital signs still reaches the patient's state.
+    late = admissions.iloc[[3]].assign(age=row["age"] + 1)
+    online.admit(late)
+    again = online.features_at([one], pd.Series([vec["as_of"].iloc[-1]]))
+    assert again["age"].iloc[0] == row["age"] + 1
