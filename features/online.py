@@ -266,7 +266,11 @@ class OnlineFeatures:
         return np.array([slots[p] for p in pids.tolist()], dtype=np.int64)
 
     def _grow(self, need: int) -> None:
+        # Doubling, but not past the patients admitted when they are that many: the
+        # ward's admissions bound the patients a state can be asked to hold.
         cap = max(need, 2 * len(self.first))
+        if len(self._admitted) >= need:
+            cap = min(cap, len(self._admitted))
         extra = cap - len(self.first)
 
         def pad(a: np.ndarray, fill: float | int) -> np.ndarray:
