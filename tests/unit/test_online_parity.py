@@ -440,3 +440,15 @@ def test_only_patients_with_vital_signs_hold_state_and_keep_their_admission() ->
     online.admit(late)
     again = online.features_at([one], pd.Series([vec["as_of"].iloc[-1]]))
     assert again["age"].iloc[0] == row["age"] + 1
+
+
+def test_the_state_grows_by_doubling_but_not_past_the_admitted_patients() -> None:
+    events, admissions = _simulated(seed=15, patients=40, hours=0.5)
+    admitted = OnlineFeatures(capacity=4)
+    admitted.admit(admissions)
+    _fold(admitted, events, batch=10)  # patients arrive a few at a time
+    assert admitted.patients == len(admissions) == 40
+    assert len(admitted.first) == 40  # 4, 8, 16, 32, then the 40 admitted: not 64
+    unknown = OnlineFeatures(capacity=4)
+    _fold(unknown, events, batch=10)  # no admissions: plain doubling
+    assert len(unknown.first) > 40  # past the ward: nothing bounds it
