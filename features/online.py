@@ -372,12 +372,13 @@ class OnlineFeatures:
         if facts.empty:
             return 0
         slots = np.array([self.slots.get(p, -1) for p in facts["patient_id"].tolist()])
-        first = facts["first_minute"].to_numpy(dtype=np.int64)
         take = slots >= 0  # final facts of the whole stay: never worse than a replay's
+        if not take.any():
+            return 0
         s = slots[take].astype(np.int64)
-        self.first[s] = first[take]
-        self.base_n[s] = np.stack(facts["base_n"].to_numpy()[take]) if len(s) else 0
-        self.base_s[s] = np.stack(facts["base_s"].to_numpy()[take]) if len(s) else 0
+        self.first[s] = facts["first_minute"].to_numpy(dtype=np.int64)[take]
+        self.base_n[s] = np.stack(facts["base_n"].to_numpy()[take])
+        self.base_s[s] = np.stack(facts["base_s"].to_numpy()[take])
         self.trusted[s] = True
         self.reported[s] = True
         # Final: the facts may already hold minutes still to come here (a worker that

@@ -136,10 +136,10 @@ class HistoryReplay:
         minutes = event_minutes(self.validator, self._read(tp, offset, stop, PROBE_RECORDS))
         return float(np.median(minutes)) if len(minutes) else None
 
-    def start_offset(self, tp: TopicPartition, low: int, committed: int) -> tuple[int, float]:
+    def _start_offset(self, tp: TopicPartition, low: int, committed: int) -> tuple[int, float]:
         """Where ``tp``'s replay starts, and its cut (event minutes): ``minutes`` of event
         time before the events just before ``committed``."""
-        if committed <= low or self.minutes <= 0:
+        if committed <= low:
             return committed, float("nan")
         newest = self._median_minute(tp, max(low, committed - PROBE_RECORDS), committed)
         if newest is None:
@@ -161,7 +161,7 @@ class HistoryReplay:
         cuts: dict[TopicPartition, float] = {}
         for tp, (low, _high) in self.c.watermarks(held).items():
             end = int(committed[tp] or 0)
-            start, since = self.start_offset(tp, low, end)
+            start, since = self._start_offset(tp, low, end)
             if start < end:
                 ranges[tp], cuts[tp] = (start, end), since
         done = Replayed(ranges, cuts)
