@@ -668,7 +668,9 @@ class OnlineFeatures:
         for a in range(0, len(slots), chunk):
             s, m = slots[a : a + chunk], minutes[a : a + chunk]
             first = self.first[s]
-            stay = np.where(m >= first, m - first, np.nan).astype(np.float64)
+            # No usable minute yet (every reading so far impossible): no stay to measure;
+            # the batch path has no row for such an event at all.
+            stay = np.where((first != NONE) & (m >= first), m - first, np.nan)
             out[a : a + chunk] = compute(self._stats(s, m), stay, self.static[s])
         return out
 
@@ -750,7 +752,8 @@ class OnlineFeatures:
         age_f[~has_last[:, : len(CHANNELS)]] = np.nan
 
         # Baseline: the whole first hours once they are over, else the window so far.
-        over = (m - self.first[s]) >= BASELINE_MINUTES - 1
+        first = self.first[s]
+        over = (first != NONE) & ((m - first) >= BASELINE_MINUTES - 1)
         base_n = np.where(over[:, None], self.base_n[s], totals[:, _W240, 0])
         base_s = np.where(over[:, None], self.base_s[s], totals[:, _W240, 1])
         return WindowStats(

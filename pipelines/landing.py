@@ -2,8 +2,18 @@
 
 Vitals, outcomes and admissions are validated against their contracts and written as Parquet,
 partitioned by event date and hour (``raw/vitals/date=YYYY-MM-DD/hour=HH/``). Messages
-that cannot be decoded or break the contract go, with their original bytes and the
-reason, to ``raw/deadletter/`` and to the dead-letter topic.
+that cannot be decoded or break the contract (``stack.contracts``: ids, event-time
+window, bounded numbers included) go, with their original bytes and the reason, to
+``raw/deadletter/`` — partitioned by the hour they *landed*, never by a value the
+producer chose — and to the dead-letter topic. A Kafka timestamp outside
+``KAFKA_TS_RANGE_MS`` is stored as null.
+
+Hostile input and outages (``stack.resilience``): a validation step that fails on a poll
+is retried on halves until the records it fails on are alone, and those become dead
+letters (``internal_error``); the broker, the lake or the fetch process being away is
+waited out with backoff — for ever when continuous, up to ``landing.outage_max_wait_s``
+when bounded, then the run fails with the dependency named. Nothing is committed that
+is not written, so a wait loses nothing.
 
 Exactly once into the lake, across crashes, by a write-ahead journal per consumer group:
 
@@ -31,9 +41,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -43,16 +55,30 @@ import numpy as np
 import pyarrow as pa
 import typer
 
-from stack.batchvalidate import BatchValidator, arrow_schema
-from stack.contracts import RAW_OUTCOMES_ZONE, AdmissionEvent, OutcomeEvent, VitalsEvent
+from stack.batchvalidate import BatchResult, BatchValidator, arrow_schema
+from stack.contracts import (
+    RAW_OUTCOMES_ZONE,
+    AdmissionEvent,
+    OutcomeEvent,
+    VitalsEvent,
+    sane_kafka_ts_ms,
+)
 from stack.gctune import throughput_gc
-from stack.kafka import Consumer, KafkaClient, PartitionBatch, Producer, TopicPartition
-from stack.kafkafetch import Fetcher, InlineFetcher, ProcessFetcher
+from stack.kafka import (
+    Consumer,
+    KafkaClient,
+    PartitionBatch,
+    Producer,
+    TopicPartition,
+    is_broker_outage,
+)
+from stack.kafkafetch import Fetcher, FetchError, InlineFetcher, ProcessFetcher
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.logs import configure_logging
 from stack.memory import peak_rss_mb
 from stack.metrics import record_stage
+from stack.resilience import Outage, isolate
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.landing")
@@ -102,6 +128,7 @@ class LandingSummary:
     first_record_s: float | None = None  # startup: connect, offsets, first fetch
     committed: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    outages: dict[str, int] = field(default_factory=dict)  # dependency -> outages waited out
 
     @property
     def rate(self) -> float:
@@ -132,6 +159,7 @@ class LandingSummary:
             "startup_s": round(self.first_record_s or 0.0, 3),
             "committed": self.committed,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "outages": self.outages,
         }
 
 
@@ -158,7 +186,8 @@ class _Buffer:
         cols["kafka_topic"] = pa.repeat(pa.scalar(topic, pa.string()), len(index))
         cols["kafka_partition"] = pa.array(kafka.partitions[index], pa.int32())
         cols["kafka_offset"] = pa.array(kafka.offsets[index], pa.int64())
-        cols["kafka_ts"] = pa.array(kafka.timestamps_ms[index] * 1000, pa.int64()).cast(_TS)
+        ts = kafka.timestamps_ms[index]
+        cols["kafka_ts"] = pa.array(ts * 1000, pa.int64(), mask=ts < 0).cast(_TS)
         cols["landed_at"] = pa.nulls(rows.num_rows, _TS)  # set at flush
         return pa.table(cols, schema=schema)
 
@@ -179,7 +208,7 @@ class _Buffer:
             "kafka_topic": [x.topic for x in d],
             "kafka_partition": [x.partition for x in d],
             "kafka_offset": [x.offset for x in d],
-            "kafka_ts": [x.timestamp_ms * 1000 for x in d],
+            "kafka_ts": [x.timestamp_ms * 1000 if x.timestamp_ms >= 0 else None for x in d],
             "landed_at": [landed_at] * len(d),
         }
         return (
@@ -223,7 +252,10 @@ class _Columns:
                 np.array([b.partition for b in batches], np.int32), [len(b) for b in batches]
             ),
             offsets=np.concatenate([np.array(b.offsets, np.int64) for b in batches]),
-            timestamps_ms=np.concatenate([np.array(b.timestamps_ms, np.int64) for b in batches]),
+            # The producer sets them: out of range (year 20000) means unknown (-1).
+            timestamps_ms=sane_kafka_ts_ms(
+                np.concatenate([np.array(b.timestamps_ms, np.int64) for b in batches])
+            ),
             batches=batches,
         )
 
@@ -256,6 +288,86 @@ def _by_hour(table: pa.Table, ts_col: str) -> dict[str, pa.Table]:
     return out
 
 
+def _is_io_outage(exc: BaseException) -> bool:
+    """The lake failing to write (a full disk, a vanished mount, S3 away): wait it out."""
+    return isinstance(exc, OSError)
+
+
+def _validate_isolated(validator: BatchValidator, values: list[bytes | None]) -> BatchResult:
+    """``validator.validate(values)``; should it fail (a bug: validation is pure and must
+    never raise), the records it fails on are isolated and rejected as ``internal_error``,
+    and the rest validated as usual."""
+    try:
+        return validator.validate(values)
+    except Exception as first:
+        log.error("validation failed on a poll; isolating the records: %s", type(first).__name__)
+    iso = isolate(
+        range(len(values)),
+        lambda part: validator.validate([values[i] for i in part]),
+        poison=lambda exc: isinstance(exc, Exception),
+    )
+    tables, rejects = [], []
+    for part, res in iso.done:
+        where = np.array(part, dtype=np.int64)
+        local = res.table.column("_index").to_numpy()
+        tables.append(res.table.set_column(
+            res.table.schema.get_field_index("_index"), "_index", pa.array(where[local])
+        ))  # fmt: skip
+        rejects += [(part[i], reason, detail) for i, reason, detail in res.rejects]
+    rejects += [
+        (i, "internal_error", f"validation failed: {type(exc).__name__}") for i, exc in iso.failed
+    ]
+    table = pa.concat_tables(tables).sort_by("_index") if tables else validator.validate([]).table
+    return BatchResult(table=table, rejects=sorted(rejects), slow_path=len(values))
+
+
+class _RestartingFetcher:
+    """A :class:`Fetcher` that is started again from where the lander is when it fails
+    (the fetch process died, the broker went away): the lander owns the positions, so a
+    new fetcher loses and repeats nothing."""
+
+    def __init__(self, make: Callable[[], Fetcher], outage: Outage) -> None:
+        self._make = make
+        self._current: Fetcher | None = make()  # started early: a child connects meanwhile
+        self._started = False
+        self.outage = outage
+        self._peak = 0.0
+
+    def start(self, position: dict[TopicPartition, int]) -> None:
+        assert self._current is not None
+        self._current.start(position)
+        self._started = True
+
+    def poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
+        return self.outage.call(lambda: self._poll(position), retry_on=_fetch_failed)
+
+    def _poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
+        if self._current is None:
+            self._current = self._make()
+            self._current.start(dict(position))
+        try:
+            return self._current.poll()
+        except Exception:
+            self.close()
+            raise
+
+    def peak_rss_mb(self) -> float:
+        return max(self._peak, self._current.peak_rss_mb() if self._current else 0.0)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._peak = max(self._peak, self._current.peak_rss_mb())
+            try:
+                self._current.close()
+            except Exception as exc:  # closing a dead fetcher: nothing left to save
+                log.debug("closing a failed fetcher: %s", exc)
+            self._current = None
+
+
+def _fetch_failed(exc: BaseException) -> bool:
+    return isinstance(exc, FetchError) or is_broker_outage(exc)
+
+
 class Lander:
     """Drains the vitals, outcomes and admissions topics into the raw lake."""
 
@@ -266,11 +378,14 @@ class Lander:
         self.client = client or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
         self.lake = Lake(settings.resolve(settings.lake.root))
         self.journal = f"_landing/{self.cfg.group_id}/pending.json"
-        self._vitals = BatchValidator(VitalsEvent)
-        self._outcomes = BatchValidator(OutcomeEvent)
-        self._admissions = BatchValidator(AdmissionEvent)
+        bounds = settings.contract.bounds()
+        self._vitals = BatchValidator(VitalsEvent, bounds)
+        self._outcomes = BatchValidator(OutcomeEvent, bounds)
+        self._admissions = BatchValidator(AdmissionEvent, bounds)
         self._stop = False
+        self._stop_event = threading.Event()
         self._failpoint = self._parse_failpoint()
+        self.outages: dict[str, Outage] = {}
 
     @staticmethod
     def _parse_failpoint() -> int | None:
@@ -302,8 +417,25 @@ class Lander:
         self.lake.delete(self.journal)
 
     # ------------------------------------------------------------------ flush
+    def _outage(self, what: str, *, bounded: bool) -> Outage:
+        """The waiter for one dependency (one per run, so its counts add up)."""
+        if what not in self.outages:
+            self.outages[what] = Outage(
+                what,
+                initial_s=self.cfg.backoff_initial_s,
+                max_s=self.cfg.backoff_max_s,
+                max_wait_s=self.cfg.outage_max_wait_s if bounded else None,
+            )
+        return self.outages[what]
+
     def _flush(
-        self, buf: _Buffer, consumer: Consumer, dlq: Producer | None, summary: LandingSummary
+        self,
+        buf: _Buffer,
+        consumer: Consumer,
+        dlq: Producer | None,
+        summary: LandingSummary,
+        *,
+        bounded: bool,
     ) -> None:
         if not buf.last_offsets:
             return
@@ -312,7 +444,8 @@ class Lander:
             RAW_VITALS: _by_hour(vitals, "ts"),
             RAW_OUTCOMES: _by_hour(outcomes, "ts"),
             RAW_ADMISSIONS: _by_hour(admissions, "ts"),
-            RAW_DEAD: _by_hour(dead, "kafka_ts"),
+            # By the hour they landed: a dead letter's own times are not to be trusted.
+            RAW_DEAD: _by_hour(dead, "landed_at"),
         }
         name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         plan = [
@@ -323,29 +456,23 @@ class Lander:
         offsets: dict[str, dict[str, int]] = {}
         for tp, off in buf.next_offsets.items():
             offsets.setdefault(tp.topic, {})[str(tp.partition)] = off
-        self.lake.write_json(
-            {"files": [rel for rel, _ in plan], "offsets": offsets, "run_id": summary.run_id},
-            self.journal,
-        )
-        for rel, table in plan:
-            self.lake.write_parquet(table, rel)
+
+        def write() -> None:  # idempotent: the same journal, the same atomic files
+            self.lake.write_json(
+                {"files": [rel for rel, _ in plan], "offsets": offsets, "run_id": summary.run_id},
+                self.journal,
+            )
+            for rel, table in plan:
+                self.lake.write_parquet(table, rel)
+
+        self._outage("lake", bounded=bounded).call(write, retry_on=_is_io_outage)
         summary.flushes += 1
         if self._failpoint is not None and summary.flushes >= self._failpoint:
             os._exit(17)  # simulated crash: files written, offsets not committed
+        broker = self._outage("kafka", bounded=bounded)
         if dlq is not None and buf.dead:
-            for d in buf.dead:
-                dlq.send(
-                    self.topics.dead_letters,
-                    d.value or b"",
-                    key=d.key,
-                    headers=[
-                        ("reason", d.reason.encode()),
-                        ("detail", d.detail.encode()),
-                        ("source", f"{d.topic}/{d.partition}/{d.offset}".encode()),
-                    ],
-                )
-            dlq.flush()
-        consumer.commit(buf.next_offsets)
+            broker.call(lambda: self._send_dead(dlq, buf.dead), retry_on=is_broker_outage)
+        broker.call(lambda: consumer.commit(buf.next_offsets), retry_on=is_broker_outage)
         self.lake.delete(self.journal)
         summary.files.extend(rel for rel, _ in plan)
         summary.vitals += vitals.num_rows
@@ -363,6 +490,21 @@ class Lander:
                 "files": len(plan),
             },
         )
+
+    def _send_dead(self, dlq: Producer, dead: list[_Dead]) -> None:
+        """Every dead letter to the topic (all again after a failure: at least once)."""
+        for d in dead:
+            dlq.send(
+                self.topics.dead_letters,
+                d.value or b"",
+                key=d.key,
+                headers=[
+                    ("reason", d.reason.encode()),
+                    ("detail", d.detail.encode()),
+                    ("source", f"{d.topic}/{d.partition}/{d.offset}".encode()),
+                ],
+            )
+        dlq.flush()
 
     # ------------------------------------------------------------------ main loop
     def _take(self, batches: list[PartitionBatch], buf: _Buffer, summary: LandingSummary) -> int:
@@ -387,7 +529,7 @@ class Lander:
             else:
                 validator, schema, out = self._outcomes, OUTCOMES_SCHEMA, buf.outcomes
             cols = _Columns.of(group)
-            result = validator.validate(cols.values)
+            result = _validate_isolated(validator, cols.values)
             if result.table.num_rows:
                 out.append(_Buffer.with_kafka(result.table, topic, cols, schema))
             buf.dead.extend(
@@ -410,37 +552,49 @@ class Lander:
         Args:
             bounded: drain and exit (Airflow) rather than run until stopped.
             max_seconds: stop (after a final flush) once this much time has passed.
+
+        Raises:
+            OutageError: bounded, and the broker or the lake stayed away longer than
+                ``landing.outage_max_wait_s`` (nothing was committed that is not written).
         """
         summary = LandingSummary(
             run_id=uuid.uuid4().hex[:12], mode="bounded" if bounded else "continuous"
         )
         t0 = time.monotonic()
+        self.outages = {}
         # Reads only (this process owns the group's offsets); started first, so that a
         # fetch process starts up while this one finds out where to resume.
-        fetcher = self._fetcher()
+        fetch = _RestartingFetcher(self._fetcher, self._outage("fetch", bounded=bounded))
         consumer: Consumer | None = None
         dlq: Producer | None = None
         previous_handlers: dict[int, Any] = {}
+        broker = self._outage("kafka", bounded=bounded)
         with throughput_gc():  # fewer GC passes over live batches
             try:
                 for validator in (self._vitals, self._outcomes, self._admissions):
                     validator.warm_up()  # while the fetch process starts: both cores busy
-                if not self.settings.kafka.bootstrap_servers:
-                    ensure_topics(self.settings)  # the embedded broker forgets topics
                 topics = [self.topics.vitals, self.topics.outcomes, self.topics.admissions]
-                partitions = self.client.all_partitions(topics)
-                consumer = self.client.consumer(self.cfg.group_id)  # offsets and commits
+
+                def connect() -> tuple[list[TopicPartition], Consumer]:
+                    if not self.settings.kafka.bootstrap_servers:
+                        ensure_topics(self.settings)  # the embedded broker forgets topics
+                    partitions = self.client.all_partitions(topics)
+                    return partitions, self.client.consumer(self.cfg.group_id)
+
+                partitions, consumer = broker.call(connect, retry_on=is_broker_outage)
                 dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
                 self._recover(consumer, summary)
                 # Resume from the group's committed offsets (or the earliest).
-                marks = consumer.watermarks(partitions)
-                committed = consumer.committed(partitions)
+                c = consumer
+                marks = broker.call(lambda: c.watermarks(partitions), retry_on=is_broker_outage)
+                committed = broker.call(lambda: c.committed(partitions), retry_on=is_broker_outage)
                 position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
                 end = {tp: high for tp, (_low, high) in marks.items()}
-                fetcher.start(position)
+                fetch.start(position)
                 buf = _Buffer()
                 last_flush = last_data = time.monotonic()
                 previous_handlers = self._install_signal_handlers()
+                fetch.outage.stop = broker.stop = self._stop_event
                 caught_up = False
                 while not self._stop:
                     if bounded and all(position[tp] >= end[tp] for tp in partitions):
@@ -450,7 +604,7 @@ class Lander:
                         if caught_up:
                             break
                         caught_up = True
-                    batches = fetcher.poll()
+                    batches = fetch.poll(position)
                     if summary.first_record_s is None and any(len(b) for b in batches):
                         summary.first_record_s = time.monotonic() - t0
                     taken = self._take(batches, buf, summary)
@@ -471,21 +625,22 @@ class Lander:
                     if buf.count >= self.cfg.flush_records or (
                         buf.count and mono - last_flush >= self.cfg.flush_seconds
                     ):
-                        self._flush(buf, consumer, dlq, summary)
+                        self._flush(buf, consumer, dlq, summary, bounded=bounded)
                         buf, last_flush = _Buffer(), mono
                     if max_seconds is not None and mono - t0 > max_seconds:
                         break
-                self._flush(buf, consumer, dlq, summary)
+                self._flush(buf, consumer, dlq, summary, bounded=bounded)
             finally:
                 for sig, handler in previous_handlers.items():
                     signal.signal(sig, handler)
-                fetcher.close()
-                summary.peak_rss_mb = peak_rss_mb() + fetcher.peak_rss_mb()
+                fetch.close()
+                summary.peak_rss_mb = peak_rss_mb() + fetch.peak_rss_mb()
                 if consumer is not None:
                     consumer.close()
                 if dlq is not None:
                     dlq.close()
         summary.seconds = time.monotonic() - t0
+        summary.outages = {k: o.outages for k, o in self.outages.items() if o.outages}
         self.lake.write_json(
             summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json"
         )
@@ -498,6 +653,7 @@ class Lander:
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
             self._stop = True
+            self._stop_event.set()  # ends an outage's wait too
 
         previous: dict[int, Any] = {}
         try:

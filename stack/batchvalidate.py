@@ -11,12 +11,17 @@ definition of the contract and the one source of rejection reasons:
    a failing read is split (at the row Arrow names, else in halves) until the bad
    messages are isolated, and those go to pydantic;
 3. vectorised checks re-state what the Arrow types cannot (required fields present,
-   literals, UUID and timestamp syntax, finite numbers); rows failing them go to pydantic,
-   which either accepts them (a rarer spelling the fast path does not try to understand)
-   or rejects them with its reason.
+   literals, UUID and timestamp syntax, finite numbers, id patterns and lengths, number
+   bounds, the contract's time range); rows failing them go to pydantic, which either
+   accepts them (a rarer spelling the fast path does not try to understand) or rejects
+   them with its reason.
 
 So the fast path only ever *accepts* messages pydantic accepts too; a parity test holds it
 to that. Output rows keep the input order.
+
+With :class:`~stack.contracts.EventTimeBounds`, rows whose ``ts`` lies outside the
+configured window around the receiver's clock are rejected too (``time_out_of_bounds``):
+the one check of the contract that needs a clock and the configuration.
 """
 
 from __future__ import annotations
@@ -26,17 +31,18 @@ import re
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import chain, compress
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ValidationError
 
-from stack.contracts import violation_reason
+from stack.contracts import TIME_MAX, TIME_MIN, EventTimeBounds, time_range_check, violation_reason
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
 _UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -56,7 +62,10 @@ class _Field:
     kind: str  # "uuid" | "str" | "datetime" | "float" | "int" | "bool" | "literal_str" | …
     required: bool
     literals: tuple[Any, ...] = ()
-    bounds: tuple[int | None, int | None] = (None, None)  # inclusive, from ge/le
+    bounds: tuple[float | None, float | None] = (None, None)  # inclusive, from ge/le
+    pattern: str | None = None  # strings: the regex they must match (anchored)
+    max_length: int | None = None  # strings: characters at most
+    time_range: bool = False  # datetimes: the contract's [TIME_MIN, TIME_MAX)
 
 
 def _unwrap_optional(ann: Any) -> tuple[Any, bool]:
@@ -67,25 +76,43 @@ def _unwrap_optional(ann: Any) -> tuple[Any, bool]:
     return ann, False
 
 
+def _unwrap_annotated(ann: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, FieldInfo(...), ...]`` → ``(T, constraints)``."""
+    if get_origin(ann) is not Annotated:
+        return ann, []
+    base, *extras = get_args(ann)
+    meta: list[Any] = []
+    for extra in extras:
+        meta.extend(getattr(extra, "metadata", [extra]))
+    return base, meta
+
+
+def _meta(meta: list[Any], attr: str) -> Any:
+    return next((getattr(m, attr) for m in meta if getattr(m, attr, None) is not None), None)
+
+
 def _describe(model: type[BaseModel]) -> list[_Field]:
     out = []
     for name, info in model.model_fields.items():
         ann, _optional = _unwrap_optional(info.annotation)
+        ann, inner = _unwrap_annotated(ann)
+        meta = [*info.metadata, *inner]
         required = info.is_required()
+        bounds = (_meta(meta, "ge"), _meta(meta, "le"))
         if ann is UUID:
             out.append(_Field(name, "uuid", required))
         elif ann is str:
-            out.append(_Field(name, "str", required))
+            pattern, longest = _meta(meta, "pattern"), _meta(meta, "max_length")
+            out.append(_Field(name, "str", required, pattern=pattern, max_length=longest))
         elif ann is AwareDatetime or ann is datetime:
-            out.append(_Field(name, "datetime", required))
+            ranged = any(isinstance(m, AfterValidator) and m.func is time_range_check for m in meta)
+            out.append(_Field(name, "datetime", required, time_range=ranged))
         elif ann is float:
-            out.append(_Field(name, "float", required))
+            out.append(_Field(name, "float", required, bounds=bounds))
         elif ann is bool:
             out.append(_Field(name, "bool", required))
         elif ann is int:
-            lo = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
-            hi = next((m.le for m in info.metadata if hasattr(m, "le")), None)
-            out.append(_Field(name, "int", required, bounds=(lo, hi)))
+            out.append(_Field(name, "int", required, bounds=bounds))
         elif get_origin(ann) is Literal:
             lits = get_args(ann)
             if all(isinstance(v, str) for v in lits):
@@ -140,11 +167,23 @@ class BatchResult:
     slow_path: int = 0  # messages pydantic had to look at (bad or unusual spelling)
 
 
-class BatchValidator:
-    """Validates lists of JSON messages against one contract model."""
+_US = 1_000_000
+_TIME_MIN_US = int(TIME_MIN.timestamp()) * _US
+_TIME_MAX_US = int(TIME_MAX.timestamp()) * _US
 
-    def __init__(self, model: type[BaseModel]) -> None:
+
+class BatchValidator:
+    """Validates lists of JSON messages against one contract model.
+
+    Args:
+        model: the contract.
+        bounds: the configured event-time window (``ts``), checked against the clock at
+            each :meth:`validate`; None checks only the contract's own range.
+    """
+
+    def __init__(self, model: type[BaseModel], bounds: EventTimeBounds | None = None) -> None:
         self.model = model
+        self.bounds = bounds
         self.fields = _describe(model)
         self.out_schema = arrow_schema(model)
         self._read = pj.ParseOptions(
@@ -161,7 +200,33 @@ class BatchValidator:
         """
         self._checks(self._read.explicit_schema.empty_table(), [])
 
-    def validate(self, values: Sequence[bytes | None]) -> BatchResult:
+    def validate(self, values: Sequence[bytes | None], now: datetime | None = None) -> BatchResult:
+        """Valid rows and rejects of ``values``; ``now``: the clock for the configured
+        event-time window (default: the wall clock)."""
+        result = self._validate(values)
+        if self.bounds is None or result.table.num_rows == 0:
+            return result
+        return self._bounded(result, now or datetime.now(UTC))
+
+    def _bounded(self, result: BatchResult, now: datetime) -> BatchResult:
+        """``result`` with rows outside the configured event-time window rejected."""
+        assert self.bounds is not None
+        table = result.table
+        ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        early, late = self.bounds.violations(ts, now)
+        out = early | late
+        if not out.any():
+            return result
+        index = table.column("_index").to_numpy()
+        rejects = list(result.rejects)
+        for i in np.flatnonzero(out).tolist():
+            rejects.append((int(index[i]), "time_out_of_bounds", self.bounds.detail(early[i])))
+        rejects.sort()
+        return BatchResult(
+            table=table.filter(pa.array(~out)), rejects=rejects, slow_path=result.slow_path
+        )
+
+    def _validate(self, values: Sequence[bytes | None]) -> BatchResult:
         # Arrow forgives things pydantic does not (a byte-order mark at the start of its
         # buffer), so only plain objects take the fast path; the odd rest goes to pydantic.
         # A message cut short in transit (no closing brace) is sure to fail the read: it
@@ -240,11 +305,18 @@ class BatchValidator:
             if f.kind == "uuid":
                 ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _UUID_RE), False))
                 col = pc.utf8_lower(col)
+            elif f.kind == "str":
+                if f.pattern is not None:
+                    match = pc.match_substring_regex(col, f.pattern)
+                    ok = pc.and_(ok, pc.fill_null(match, not f.required))
+                if f.max_length is not None:
+                    short = pc.less_equal(pc.utf8_length(col), f.max_length)
+                    ok = pc.and_(ok, pc.fill_null(short, not f.required))
             elif f.kind == "datetime":
                 ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _TS_RE), False))
             elif f.kind == "float":
                 ok = pc.and_(ok, pc.fill_null(pc.is_finite(col), True))
-            elif f.kind == "int":
+            if f.kind in ("int", "float"):
                 lo, hi = f.bounds
                 if lo is not None:
                     ok = pc.and_(ok, pc.fill_null(pc.greater_equal(col, lo), True))
@@ -280,6 +352,14 @@ class BatchValidator:
                     cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
                 except pa.ArrowInvalid:  # something the calendar check missed: pydantic
                     return self._with_index.empty_table(), idx
+            if f.time_range:  # outside the contract's range: pydantic names the reason
+                us = pc.cast(cols[f.name], pa.int64())
+                inside = pc.and_(pc.greater_equal(us, _TIME_MIN_US), pc.less(us, _TIME_MAX_US))
+                inside = pc.fill_null(inside, not f.required)
+                if not pc.all(inside).as_py():
+                    doubtful += pc.filter(index, pc.invert(inside)).to_pylist()
+                    cols = {k: pc.filter(v, inside) for k, v in cols.items()}
+                    index = pc.filter(index, inside)
         cols["_index"] = index
         return pa.table(cols, schema=self._with_index), doubtful
 

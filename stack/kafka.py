@@ -52,6 +52,10 @@ class KafkaUnavailableError(ConnectionError):
     """The broker could not be reached; the message names the bootstrap servers."""
 
 
+class KafkaDeliveryError(ConnectionError):
+    """Messages sent were not acknowledged (the broker away or refusing): send again."""
+
+
 class CommitFailedError(RuntimeError):
     """The group rebalanced under this consumer before it committed: the partitions'
     offsets stay where they were, and their (new) owner re-delivers what was not
@@ -77,6 +81,25 @@ def rebalanced(exc: BaseException) -> bool:
              KafkaError.UNKNOWN_MEMBER_ID, KafkaError._ASSIGNMENT_LOST,
              KafkaError.FENCED_INSTANCE_ID}  # fmt: skip
     return isinstance(err, KafkaError) and err.code() in codes
+
+
+def is_broker_outage(exc: BaseException) -> bool:
+    """Whether an error means "the broker is away or slow" (retry later), for either
+    client: a failed bootstrap, a timeout, a lost connection, a retriable broker error.
+    A rebalance (:func:`rebalanced`) is not an outage: the group moved on."""
+    if isinstance(exc, KafkaUnavailableError | KafkaDeliveryError):
+        return True
+    if rebalanced(exc):
+        return False
+    from kafka import errors as kp
+
+    if isinstance(exc, kp.KafkaError):
+        return True
+    try:
+        from confluent_kafka import KafkaException
+    except ImportError:
+        return False
+    return isinstance(exc, KafkaException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +140,12 @@ class PartitionBatch:
 
 class Producer(Protocol):
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
     ) -> None: ...
     def flush(self, timeout_s: float = 60.0) -> None: ...
     def close(self) -> None: ...
@@ -213,16 +241,23 @@ class _KpProducer:
         self._errors.append(exc)
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
     ) -> None:
-        fut = self._p.send(topic, value=value, key=key, headers=list(headers) or None)
+        fut = self._p.send(
+            topic, value=value, key=key, headers=list(headers) or None, timestamp_ms=timestamp_ms
+        )
         fut.add_errback(self._on_error)
 
     def flush(self, timeout_s: float = 60.0) -> None:
         self._p.flush(timeout=timeout_s)
         if self._errors:
             err, self._errors = self._errors[0], []
-            raise RuntimeError(f"Kafka delivery failed: {err!r}") from err
+            raise KafkaDeliveryError(f"Kafka delivery failed: {err!r}") from err
 
     def close(self) -> None:
         self._p.close()
@@ -399,13 +434,20 @@ class _CkProducer:
             self._errors.append(err)
 
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Headers = (),
+        timestamp_ms: int | None = None,
     ) -> None:
+        extra: dict[str, Any] = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
         while True:
             try:
                 self._p.produce(
-                    topic, value=value, key=key, headers=list(headers) or None, on_delivery=self._cb
-                )
+                    topic, value=value, key=key, headers=list(headers) or None,
+                    on_delivery=self._cb, **extra,
+                )  # fmt: skip
                 break
             except BufferError:
                 self._p.poll(0.05)  # local queue full: serve delivery reports, then retry
@@ -414,13 +456,24 @@ class _CkProducer:
     def flush(self, timeout_s: float = 60.0) -> None:
         left = self._p.flush(timeout_s)
         if left:
-            raise RuntimeError(f"Kafka delivery incomplete: {left} messages still queued")
+            raise KafkaDeliveryError(f"Kafka delivery incomplete: {left} messages still queued")
         if self._errors:
             err, self._errors = self._errors[0], []
-            raise RuntimeError(f"Kafka delivery failed: {err}")
+            raise KafkaDeliveryError(f"Kafka delivery failed: {err}")
 
     def close(self) -> None:
         self.flush()
+
+
+def _consume_error(err: Any) -> None:
+    """A consume error from librdkafka: fatal ones raise (the client is unusable); the
+    rest (a broker gone for a while, a partition moving) are logged, and the client
+    recovers by itself, as kafka-python's does silently."""
+    from confluent_kafka import KafkaException
+
+    if err.fatal():
+        raise KafkaException(err)
+    logging.getLogger("vigil.kafka").warning("Kafka consume error (retried): %s", err)
 
 
 class _CkConsumer:
@@ -479,9 +532,9 @@ class _CkConsumer:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"Kafka consume error: {err}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    _consume_error(err)
+                continue
             raw_headers: Any = m.headers() or []
             headers = tuple((str(k), v if isinstance(v, bytes) else b"") for k, v in raw_headers)
             out.append(
@@ -504,9 +557,9 @@ class _CkConsumer:
         for m in self._c.consume(num_messages=max_records, timeout=timeout_s):
             err = m.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"Kafka consume error: {err}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    _consume_error(err)
+                continue
             where = (str(m.topic()), int(m.partition() or 0))
             batch = out.get(where)
             if batch is None:

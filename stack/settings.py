@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stack.contracts import DeteriorationKind
+from stack.contracts import DeteriorationKind, EventTimeBounds
 
 ENV_PREFIX = "VIGIL__"
 CONFIG_ENV = "VIGIL_CONFIG"
@@ -217,6 +217,14 @@ class LandingSettings(_Strict):
         "process",
         description="read Kafka in a child process (overlaps with validating and writing)"
         " or inline in the lander's own process",
+    )
+    backoff_initial_s: float = Field(0.5, gt=0, description="an outage's first retry wait...")
+    backoff_max_s: float = Field(20.0, gt=0, description="...doubling up to this")
+    outage_max_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="a bounded drain gives up (fails, naming the dependency) when the broker"
+        " or the lake stays away this long; a continuous one waits for ever",
     )
 
 
@@ -469,6 +477,29 @@ class EdaSettings(_Strict):
     reports_dir: Path = Path("reports/eda")
 
 
+class ContractSettings(_Strict):
+    """The door of every consumer (lander, scorer): which event times are accepted at all.
+
+    Outside this window an event is a dead letter (``time_out_of_bounds``); inside it the
+    stages' own rules still apply (the ETL quarantines events a few minutes ahead).
+    """
+
+    earliest_event_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC), description="older events are refused"
+    )
+    max_future_minutes: float = Field(
+        1440.0, gt=0, description="events further ahead of the receiver's clock are refused"
+    )
+
+    @field_validator("earliest_event_time")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+
+    def bounds(self) -> EventTimeBounds:
+        return EventTimeBounds(self.earliest_event_time, timedelta(minutes=self.max_future_minutes))
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -491,6 +522,7 @@ class Settings(_Strict):
     scorer: ScorerSettings = ScorerSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     eda: EdaSettings = EdaSettings()
+    contract: ContractSettings = ContractSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def with_scorer(self, **changes: Any) -> Settings:

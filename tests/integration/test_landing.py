@@ -9,21 +9,27 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import psutil
 import pyarrow.compute as pc
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from pipelines.landing import RAW_ADMISSIONS, RAW_DEAD, RAW_OUTCOMES, RAW_VITALS, Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import MALFORMED_KINDS
+from stack.contracts import VitalsEvent
 from stack.kafka import KafkaClient
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
-from stack.settings import Settings
+from stack.settings import Settings, TopicNames
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +246,140 @@ def test_live_mode_is_paced_to_the_clock(stack_settings: Settings) -> None:
     backfill, _ = simulate_to_kafka(with_simulator(stack_settings, patients=5, hours=0.5))
     assert backfill.messages == sent.messages
     assert Lander(s).run(bounded=True).records == 2 * sent.messages
+
+
+# --------------------------------------------------------------------------- hostile input
+def _event(**over: object) -> bytes:
+    good = {
+        "event_id": str(uuid.uuid4()), "schema_version": 1, "patient_id": "pt-h",
+        "device_id": "dev-h", "ts": "2026-01-05T00:00:00Z", "heart_rate": 80,
+    }  # fmt: skip
+    return orjson.dumps({**good, **over})
+
+
+GOOD_KEYS = set(orjson.loads(_event()))
+YEAR_20000_MS = 568_024_668_000_000  # 20000-01-01: a Kafka timestamp any producer may set
+
+
+def test_a_hostile_kafka_timestamp_is_a_null_not_a_crash(stack_settings: Settings) -> None:
+    """Year 20000 on an undecodable message crashed the lander ("year 20000 is out of
+    range": dead letters were partitioned by the producer's timestamp), and valid
+    messages on other partitions landed 0 rows."""
+    s = stack_settings
+    ensure_topics(s)
+    producer = KafkaClient(s.kafka, endpoints(s).bootstrap_servers).producer()
+    vitals = s.kafka.topics.vitals
+    producer.send(vitals, b"\xff\x00 not json", key=b"pt-h", timestamp_ms=YEAR_20000_MS)
+    producer.send(vitals, _event(), key=b"pt-h", timestamp_ms=YEAR_20000_MS)
+    for i in range(30):
+        producer.send(vitals, _event(patient_id=f"pt-{i}"), key=f"pt-{i}".encode())
+    producer.send(vitals, _event(patient_id="pt\u0000x"), key=b"pt-h")
+    producer.send(vitals, _event(ts="2300-01-01T00:00:00Z"), key=b"pt-h")
+    producer.send(vitals, _event(ts="1999-06-01T00:00:00Z"), key=b"pt-h")
+    producer.flush()
+    producer.close()
+
+    summary = Lander(s).run(bounded=True)
+    lake = _lake(s)
+    assert summary.records == 35
+    assert summary.vitals == 31
+    landed = lake.read_table(RAW_VITALS)
+    assert sorted(x is None for x in landed["kafka_ts"].to_pylist()) == [False] * 30 + [True]
+    dead = lake.read_table(RAW_DEAD).to_pylist()
+    assert Counter(r["reason"] for r in dead) == {
+        "bad_json": 1, "bad_id": 1, "time_out_of_bounds": 2,
+    }  # fmt: skip
+    assert [r["kafka_ts"] for r in dead if r["reason"] == "bad_json"] == [None]
+    # Dead letters sit under the hour they landed, whatever they claim.
+    folders = {"/".join(f.split("/")[2:4]) for f in lake.files(RAW_DEAD)}
+    assert len(folders) == 1
+    assert next(iter(folders)).startswith(f"date={time.strftime('%Y-', time.gmtime())}")
+    _assert_exactly_once(s, lake)
+
+
+@st.composite
+def _hostile_message(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, int | None]:
+    """A message a producer could send: arbitrary bytes, or an event with extreme fields."""
+    kind = draw(st.sampled_from(["bytes", "event", "good"]))
+    if kind == "bytes":
+        value = draw(st.one_of(st.none(), st.binary(max_size=300)))
+    elif kind == "good":
+        value = _event(patient_id=f"pt-{draw(st.integers(0, 9))}")
+    else:
+        over = draw(
+            st.dictionaries(
+                st.sampled_from(["patient_id", "device_id", "ts", "heart_rate", "spo2",
+                                 "consciousness", "on_oxygen", "event_id", "extra"]),
+                st.one_of(
+                    st.text(max_size=70), st.floats(allow_nan=True),
+                    st.integers(-(2**63), 2**64 - 1),
+                    st.booleans(), st.none(),
+                    st.sampled_from(["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                                     "2026-01-05T00:00:00+23:59", "20000-01-01T00:00:00Z"]),
+                ),
+                max_size=3,
+            )
+        )  # fmt: skip
+        value = orjson.dumps({**orjson.loads(_event()), **over}, option=orjson.OPT_NON_STR_KEYS)
+    key = draw(st.one_of(st.none(), st.binary(max_size=40)))
+    ts = draw(st.one_of(st.none(), st.integers(0, 2**62), st.just(YEAR_20000_MS)))
+    return value, key, ts
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages=st.lists(_hostile_message(), min_size=1, max_size=60))
+def test_no_message_stops_the_lander_and_each_lands_in_exactly_one_place(
+    stack_settings: Settings, messages: list[tuple[bytes | None, bytes | None, int | None]]
+) -> None:
+    s = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(
+                update={"topics": TopicNames(**_fresh_topics())}
+            )
+        }
+    )
+    tag = uuid.uuid4().hex[:6]  # the fixture's folder is shared by every example
+    s = s.model_copy(
+        update={
+            "landing": s.landing.model_copy(update={"group_id": f"h-{tag}"}),
+            "lake": s.lake.model_copy(update={"root": f"{s.lake.root}-{tag}"}),
+        }
+    )
+    ensure_topics(s)
+    producer = KafkaClient(s.kafka, endpoints(s).bootstrap_servers).producer()
+    for value, key, ts in messages:
+        producer.send(s.kafka.topics.vitals, value or b"", key=key, timestamp_ms=ts)
+    producer.flush()
+    producer.close()
+
+    summary = Lander(s).run(bounded=True)
+    lake = _lake(s)
+    assert summary.records == len(messages)
+    seen = _offsets(lake)
+    assert sum(seen.values()) == len(messages)
+    assert max(seen.values()) == 1
+    assert summary.vitals + sum(summary.dead_letters.values()) == len(messages)
+    # Every message the contract accepts landed as a row; no other did.
+    landed = lake.read_table(RAW_VITALS)
+    ids = Counter(landed["event_id"].to_pylist()) if landed.num_rows else Counter()
+    bounds = s.contract.bounds()
+    valid: Counter[str] = Counter()
+    for value, _key, _ts in messages:
+        try:
+            event = VitalsEvent.model_validate_json(value or b"")
+        except ValidationError:
+            continue
+        ts_us = np.array([int(event.ts.timestamp() * 1_000_000)])
+        early, late = bounds.violations(ts_us, datetime.now(UTC))
+        if not (early[0] or late[0]):
+            valid[str(event.event_id)] += 1
+    assert ids == valid
+
+
+def _fresh_topics() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "vitals": f"vitals.raw.{tag}", "outcomes": f"outcomes.{tag}",
+        "admissions": f"admissions.{tag}", "dead_letters": f"vitals.deadletter.{tag}",
+        "predictions": f"predictions.{tag}", "alerts": f"alerts.{tag}",
+    }  # fmt: skip

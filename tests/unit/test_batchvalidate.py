@@ -5,15 +5,27 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
+import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from stack.batchvalidate import BatchValidator, arrow_schema
-from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent, violation_reason
+from stack.contracts import (
+    KAFKA_TS_RANGE_MS,
+    AdmissionEvent,
+    EventTimeBounds,
+    OutcomeEvent,
+    VitalsEvent,
+    sane_kafka_ts_ms,
+    violation_reason,
+)
 from tests.unit.test_contracts import EVENT
 
 BASE: dict[str, Any] = {**EVENT, "systolic_bp": 120.0}
@@ -37,8 +49,19 @@ FIELD_SPECIFIC: dict[str, list[Any]] = {
     ],
     "schema_version": [2, "1", 1.0],
     "consciousness": ["a", "X", "AV"],
-    "heart_rate": [1e308, -0.0, 12345678901234567890],
+    "heart_rate": [1e308, -0.0, 12345678901234567890, 1e6, -1e6, 1000000.5, -1e6 - 1],
 }  # fmt: skip
+# Hostile but parseable: the contract's id rules and its time range.
+FIELD_SPECIFIC["ts"] += [
+    "1969-12-31T23:59:59Z", "1970-01-01T00:00:00Z", "1970-01-01T00:30:00+01:00",
+    "2199-12-31T23:59:59.999999Z", "2200-01-01T00:00:00Z", "2199-12-31T23:00:00-01:00",
+]  # fmt: skip
+HOSTILE_IDS: list[Any] = [
+    "pt\u0000x", "pt\n1", "pt\t1", " pt-1", "pt 1", "pt/1", "../etc", "a" * 64, "a" * 65,
+    "-pt", ".pt", "pt-\u00e9", "pt-\u202e1", "pt:1.a_b-c", "PT-01", "0",
+]  # fmt: skip
+FIELD_SPECIFIC["patient_id"] = HOSTILE_IDS
+FIELD_SPECIFIC["device_id"] = HOSTILE_IDS
 
 
 ADMISSION: dict[str, Any] = {
@@ -189,3 +212,69 @@ def test_a_message_cut_short_skips_the_arrow_read() -> None:
     r = v.validate([good] * 500 + [good[:-10]] + [good] * 499)
     assert reads == [999], "the truncated message should not have cost a failed read"
     assert [(i, reason) for i, reason, _d in r.rejects] == [(500, "bad_json")]
+
+
+# --------------------------------------------------------------------------- hostile input
+BOUNDS = EventTimeBounds(
+    earliest=datetime(2000, 1, 1, tzinfo=UTC), max_future=timedelta(minutes=1440)
+)
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("ts", "verdict"),
+    [
+        ("1999-12-31T23:59:59.999Z", "time_out_of_bounds"),
+        ("2000-01-01T00:00:00Z", "accept"),
+        ("2026-01-06T12:00:00Z", "accept"),  # exactly a day ahead of the clock
+        ("2026-01-06T12:00:00.001Z", "time_out_of_bounds"),
+        ("2199-12-31T23:59:59Z", "time_out_of_bounds"),
+        ("2300-01-01T00:00:00Z", "time_out_of_bounds"),  # the contract's own range
+        ("0001-01-01T00:00:00Z", "time_out_of_bounds"),
+    ],
+)
+def test_the_configured_time_window_rejects_with_a_named_reason(ts: str, verdict: str) -> None:
+    msgs = [orjson.dumps({**BASE, "event_id": str(uuid.uuid4())}) for _ in range(50)]
+    msgs[17] = orjson.dumps({**BASE, "event_id": str(uuid.uuid4()), "ts": ts})
+    r = BatchValidator(VitalsEvent, BOUNDS).validate(msgs, now=NOW)
+    got = {i: reason for i, reason, _d in r.rejects}
+    assert got.get(17, "accept") == verdict
+    assert set(got) <= {17}
+    assert r.table.num_rows == 50 - len(got)
+    assert 17 not in got or "2026-01-05" not in next(d for i, _r, d in r.rejects if i == 17)
+
+
+def test_without_bounds_only_the_contracts_range_applies() -> None:
+    old = orjson.dumps({**BASE, "ts": "1980-01-01T00:00:00Z"})
+    assert BatchValidator(VitalsEvent).validate([old]).table.num_rows == 1
+    assert BatchValidator(VitalsEvent, BOUNDS).validate([old], now=NOW).table.num_rows == 0
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=50))
+def test_kafka_timestamps_outside_the_range_become_unknown(ts: list[int]) -> None:
+    arr = np.array(ts, dtype=np.int64)
+    out = sane_kafka_ts_ms(arr)
+    lo, hi = KAFKA_TS_RANGE_MS
+    assert ((out == arr) | (out == -1)).all()
+    assert ((out == -1) | ((out >= lo) & (out < hi))).all()
+    assert (out[(arr >= lo) & (arr < hi)] == arr[(arr >= lo) & (arr < hi)]).all()
+    # Every sane value converts to a time in pandas' nanosecond range.
+    pd.to_datetime(out[out >= 0], unit="ms", utc=True)
+
+
+@given(
+    st.text(max_size=80),
+    st.sampled_from(["patient_id", "device_id"]),
+)
+def test_any_id_gets_the_same_verdict_from_both_paths(text: str, field: str) -> None:
+    good = orjson.dumps({**BASE, "event_id": str(uuid.uuid4())})
+    raw = orjson.dumps({**BASE, field: text})
+    r = BatchValidator(VitalsEvent).validate([good, raw, good])
+    verdict, expected = _pydantic(raw)
+    rejects = {i: reason for i, reason, _d in r.rejects}
+    if verdict == "accept":
+        assert 1 not in rejects
+    else:
+        assert rejects[1] == expected == "bad_id"
+    if verdict == "accept":
+        assert all(c.isascii() and c.isprintable() and c not in " /\\" for c in text)

@@ -452,3 +452,75 @@ def test_the_state_grows_by_doubling_but_not_past_the_admitted_patients() -> Non
     unknown = OnlineFeatures(capacity=4)
     _fold(unknown, events, batch=10)  # no admissions: plain doubling
     assert len(unknown.first) > 40  # past the ward: nothing bounds it
+
+
+# --------------------------------------------------------------------------- hostile input
+MAX_MAGNITUDE = 1e9  # the service refuses a feature beyond this (serving.service)
+
+
+def _events(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    raw = [orjson.dumps(r) for r in rows]
+    table = BatchValidator(VitalsEvent).validate(raw).table
+    return table.to_pandas().drop(columns="_index")
+
+
+def test_a_first_event_whose_every_vital_is_impossible_gives_bounded_features() -> None:
+    """Its stay length was ~4.6e18 minutes (the "no minute yet" sentinel subtracted):
+    the service refused the whole micro-batch with 400 and scoring stopped."""
+    base = {"schema_version": 1, "patient_id": "pt-z", "device_id": "dev-z",
+            "consciousness": None, "on_oxygen": None}  # fmt: skip
+    rows = [
+        {**base, "event_id": str(uuid.uuid4()), "ts": "2026-05-31T23:00:00Z",
+         "heart_rate": 999999.0, "spo2": -5.0, "resp_rate": 0.0, "temperature": 1e6,
+         "systolic_bp": -1e6, "diastolic_bp": 1e6},
+    ]  # fmt: skip
+    vec = OnlineFeatures().update(_events(rows), now=NOW)
+    values = vec[list(FEATURE_NAMES)].to_numpy(dtype=float)
+    assert np.isnan(vec["stay_minutes"]).all()
+    assert (np.isnan(values) | (np.abs(values) <= MAX_MAGNITUDE)).all()
+
+
+_VITAL = st.one_of(
+    st.none(),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1e6, -1e6, 1e-300, 37.0, 98.6, 250.0]),
+)
+
+
+@st.composite
+def _hostile_ward(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Contract-valid events at the edges: extreme readings, far-apart and equal times,
+    few patients sharing devices, resent ids."""
+    n = draw(st.integers(1, 60))
+    start = draw(st.sampled_from(["2026-05-31T20:00:00Z", "2000-01-01T00:00:00Z",
+                                  "2026-06-01T00:04:59Z", "2026-06-01T00:30:00Z"]))  # fmt: skip
+    t0 = pd.Timestamp(start)
+    rows, ids = [], []
+    for _ in range(n):
+        resend = ids and draw(st.booleans()) and draw(st.booleans())
+        eid = draw(st.sampled_from(ids)) if resend else str(uuid.uuid4())
+        ids.append(eid)
+        ts = t0 + pd.Timedelta(seconds=draw(st.integers(-3 * 86400, 86400 * 400)))
+        rows.append({
+            "event_id": eid, "schema_version": 1,
+            "patient_id": f"pt-{draw(st.integers(0, 3))}", "device_id": "dev-1",
+            "ts": ts.isoformat().replace("+00:00", "Z"),
+            **{v: draw(_VITAL) for v in VITALS},
+            "consciousness": draw(st.sampled_from([None, "A", "C", "V", "P", "U"])),
+            "on_oxygen": draw(st.sampled_from([None, True, False])),
+        })  # fmt: skip
+    return rows
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ward=_hostile_ward(), split=st.integers(1, 60))
+def test_no_contract_valid_events_give_a_feature_the_service_would_refuse(
+    ward: list[dict[str, Any]], split: int
+) -> None:
+    state = OnlineFeatures()
+    events = _events(ward)
+    for a in range(0, len(events), split):
+        vec = state.update(events.iloc[a : a + split], now=NOW)
+        values = vec[list(FEATURE_NAMES)].to_numpy(dtype=float)
+        big = ~np.isnan(values) & ~(np.abs(values) <= MAX_MAGNITUDE)
+        assert not big.any(), vec.loc[big.any(axis=1), list(FEATURE_NAMES)].iloc[:1].T
