@@ -40,7 +40,7 @@ from serving.scorer import Scorer, ScoreSummary
 from serving.server import ServingProcess
 from stack.kafka import KafkaClient
 from stack.lake import Lake
-from stack.localstack import endpoints, ensure_topics, up
+from stack.localstack import endpoints, ensure_topics, mask_url, up
 from stack.logs import configure_logging
 from stack.settings import LoggingSettings, Settings, load_settings
 from training.job import TrainingDataError, TrainSummary, run_training
@@ -155,7 +155,7 @@ def run_demo(settings: Settings, console: Console, live_seconds: float = 60.0) -
         f"MLflow UI     {ep.mlflow_uri}  (experiment {settings.mlflow.experiment_prefix}-"
         f"{settings.training.experiment}, model {settings.training.registered_model})"
     )
-    console.print(f"PostgreSQL    {ep.database_url}")
+    console.print(f"PostgreSQL    {mask_url(ep.database_url)}")
     console.print(f"Kafka         {ep.bootstrap_servers} (memory storage: `make down` forgets it)")
     live = None
     if gate is not None and live_seconds > 0:

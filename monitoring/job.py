@@ -50,6 +50,7 @@ from stack.contracts import RAW_OUTCOMES_ZONE, REFERENCE_ARTIFACT
 from stack.lake import Lake
 from stack.localstack import mlflow_tracking_uri
 from stack.metrics import record_stage
+from stack.modelsafety import load_registered
 from stack.settings import Settings
 
 log = logging.getLogger("vigil.monitoring")
@@ -67,6 +68,7 @@ class Champion:
     version: str
     run_id: str
     threshold: float
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +126,10 @@ def champion(settings: Settings) -> Champion:
         raise MonitoringError(
             f"{name} has no @{CHAMPION} to monitor: run `make train` and `make promote`"
         ) from exc
-    return Champion(name, str(mv.version), mv.run_id or "", float(mv.tags.get("threshold", "nan")))
+    tags = dict(mv.tags)
+    return Champion(
+        name, str(mv.version), mv.run_id or "", float(tags.get("threshold", "nan")), tags
+    )
 
 
 def reference_sample(settings: Settings, champ: Champion) -> pd.DataFrame:
@@ -231,8 +236,7 @@ def stored_predictions(
 
 def backtest_risk(settings: Settings, champ: Champion, rows: pd.DataFrame) -> np.ndarray:
     """The champion's risk for batch feature rows (the same vectors the scorer built)."""
-    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
-    model = mlflow.sklearn.load_model(f"models:/{champ.name}/{champ.version}")
+    model = load_registered(settings, champ.name, champ.version, champ.tags)
     if rows.empty:
         return np.empty(0)
     proba = model.predict_proba(rows[list(FEATURE_NAMES)])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from stack.localstack import write_private
 from stack.settings import REPO_ROOT, Settings
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -52,7 +53,8 @@ def migrate(home: Path) -> None:
 
 def write_config(settings: Settings, path: Path) -> Path:
     """``settings`` as a complete Vigil config file, for tasks in other processes."""
-    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    # May hold secrets (an API key, a database URL with its password): owner-only.
+    write_private(path, yaml.safe_dump(settings.model_dump(mode="json")))
     return path
 
 

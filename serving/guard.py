@@ -1,40 +1,111 @@
-"""ASGI middleware in front of the service: a body-size limit and an optional API key.
+"""ASGI middleware in front of the service: body-size limit, content types, API key.
+
+Every request body is hostile until proven otherwise. Before the application sees a
+request to a scoring endpoint the guard checks, in this order:
+
+1. the size: a declared ``Content-Length`` over the limit is refused at once (413), and
+   the body is read here, counting bytes as they stream in, so a *chunked* body (no
+   length declared) is refused (413) as soon as it passes the limit, never buffered
+   whole;
+2. the API key (``serving.api_key``), compared in constant time (401);
+3. the content type: JSON endpoints take ``application/json`` only, the Arrow endpoint
+   ``application/vnd.apache.arrow.stream`` only (415).
 
 Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers
-need no key; only the scoring endpoints are protected.
+need no key. Answers are JSON ``{"error": ...}`` and never echo the request.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
-PROTECTED = (
-    "/predict", "/predict_shadow", "/predict_columns", "/arrow/predict", "/explain",
-    "/score_vitals",
-)  # fmt: skip
+JSON = "application/json"
+ARROW = "application/vnd.apache.arrow.stream"
+# Scoring endpoints and the content type each accepts.
+PROTECTED: dict[str, str] = {
+    "/predict": JSON, "/predict_shadow": JSON, "/predict_columns": JSON,
+    "/arrow/predict": ARROW, "/explain": JSON, "/score_vitals": JSON,
+}  # fmt: skip
+
+
+class _TooLargeError(Exception):
+    pass
 
 
 class Guard:
-    """ASGI middleware: request size limit, then the optional API key (loopback default off)."""
+    """ASGI middleware: request size limit, optional API key, content types.
+
+    Args:
+        app: the application behind it.
+        api_key: required in ``X-API-Key`` on scoring endpoints when set.
+        max_bytes: the largest request body accepted on any endpoint.
+    """
 
     def __init__(self, app: Any, api_key: str | None, max_bytes: int) -> None:
         self.app = app
-        self.api_key = api_key
+        self.api_key = api_key.encode() if api_key else None
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                await _reply(send, 413, f"request body over {self.max_bytes} bytes")
-                return
-            given = headers.get(b"x-api-key", b"").decode(errors="replace")
-            if self.api_key and scope["path"] in PROTECTED and given != self.api_key:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+            return
+        path = scope["path"]
+        wanted = PROTECTED.get(path)
+        if wanted is not None:
+            given = headers.get(b"x-api-key", b"")
+            if self.api_key is not None and not hmac.compare_digest(given, self.api_key):
                 await _reply(send, 401, "missing or wrong X-API-Key header")
                 return
-        await self.app(scope, receive, send)
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if scope.get("method") == "POST" and kind != wanted.encode():
+                await _reply(send, 415, f"send {wanted} to {path}")
+                return
+        try:
+            body = await self._read(receive)
+        except _TooLargeError:
+            await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Any) -> list[dict[str, Any]]:
+        """The request's body messages, refusing (``_TooLargeError``) past the limit.
+
+        The body is read here, not by the application, so the limit holds whatever the
+        application does with it, and is buffered only up to the limit.
+        """
+        messages: list[dict[str, Any]] = []
+        seen = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages  # the client went away: the app hears it too
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLargeError
+            if not message.get("more_body", False):
+                return messages
+
+
+def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
+    """A ``receive`` that hands out ``messages`` first, then the real one's (which waits
+    for the client to disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        return await receive()  # type: ignore[no-any-return]
+
+    return replayed
 
 
 async def _reply(send: Any, status: int, message: str) -> None:

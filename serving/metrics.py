@@ -52,6 +52,13 @@ class ScorerMetrics:
         self.model = Gauge("vigil_scorer_model_info",
                            "1 for the model version that scored the last batch",
                            ["model_name", "model_version"], registry=r)  # fmt: skip
+        self.dependency_up = Gauge("vigil_scorer_dependency_up",
+                                   "1 while a dependency (postgres, service, kafka) answers, 0 "
+                                   "during an outage the scorer is waiting out",
+                                   ["dependency"], registry=r)  # fmt: skip
+        self.outages = Counter("vigil_scorer_outages_total",
+                               "Outages of a dependency the scorer waited out (paused, "
+                               "partitions kept)", ["dependency"], registry=r)  # fmt: skip
         self.last_batch = Gauge("vigil_scorer_last_batch_timestamp_seconds",
                                 "Unix time the last batch was stored", registry=r)  # fmt: skip
         self._server: Any = None

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from stack.localstack import mlflow_tracking_uri as tracking_uri
+from stack.modelsafety import DIGEST_TAG, check_seal, load_registered, load_sklearn
 from stack.settings import Settings
 
 log = logging.getLogger("vigil.serving")
@@ -110,8 +112,6 @@ def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
         ModelUnavailableError: the version was trained on another feature-set version
             (serving it would feed it features it does not know), or has no threshold.
     """
-    import mlflow
-
     name = settings.training.registered_model
     uri = tracking_uri(settings)
     mv = MlflowClient(uri).get_model_version(name, version)
@@ -123,8 +123,7 @@ def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
         )
     if "threshold" not in mv.tags:
         raise ModelUnavailableError(f"{name} v{version} has no threshold tag: not a Vigil model")
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = load_registered(settings, name, version, dict(mv.tags))
     return LoadedModel(
         name=name,
         alias=alias,
@@ -138,7 +137,6 @@ def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
 def load_packaged(settings: Settings, alias: str) -> LoadedModel:
     """The model packaged into this Bento by ``make package`` (no registry needed)."""
     import bentoml
-    import mlflow
 
     bm = bentoml.models.get(f"{settings.training.registered_model}:latest")
     meta = bm.info.metadata
@@ -153,8 +151,15 @@ def load_packaged(settings: Settings, alias: str) -> LoadedModel:
         version=str(meta["mlflow_version"]),
         threshold=float(str(meta["threshold"])),
         feature_set_version=str(meta["feature_set_version"]),
-        model=mlflow.sklearn.load_model(bm.path_of("mlflow_model")),
+        model=_load_packaged_model(Path(bm.path_of("mlflow_model")), meta, str(bm.tag)),
     )
+
+
+def _load_packaged_model(folder: Path, meta: dict[str, Any], what: str) -> Any:
+    """The packaged model, if it still hashes to the digest recorded when it was packaged
+    (the registry's signature was verified then; the key need not travel with the Bento)."""
+    check_seal(folder, {DIGEST_TAG: str(meta.get(DIGEST_TAG, ""))}, None, what)
+    return load_sklearn(folder, what)
 
 
 class ModelSlot:

@@ -21,6 +21,7 @@ import typer
 from features.spec import FEATURE_SET_VERSION
 from serving.model import alias_version
 from stack.localstack import mlflow_tracking_uri as tracking_uri
+from stack.modelsafety import DIGEST_TAG, check_seal, download_registered, signing_key
 from stack.settings import REPO_ROOT, Settings, load_settings
 
 
@@ -31,7 +32,6 @@ def package(settings: Settings) -> dict[str, Any]:
         RuntimeError: there is no champion to package.
     """
     import bentoml
-    import mlflow
     from bentoml._internal.bento.build_config import BentoEnvSchema
     from mlflow import MlflowClient
 
@@ -53,12 +53,12 @@ def package(settings: Settings) -> dict[str, Any]:
         "threshold": float(mv.tags["threshold"]),
         "feature_set_version": FEATURE_SET_VERSION,
         "git_commit": mv.tags.get("git_commit", "unknown"),
+        DIGEST_TAG: mv.tags.get(DIGEST_TAG, ""),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(tracking_uri(settings))
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp
-        )
+        local = download_registered(settings, name, version, Path(tmp))
+        # Packaged only if signed by this platform; the Bento then checks the digest.
+        check_seal(local, dict(mv.tags), signing_key(settings), f"{name} v{version}")
         with bentoml.models.create(
             name, labels={"mlflow_version": version, "alias": alias}, metadata=meta
         ) as bm:

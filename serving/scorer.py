@@ -20,9 +20,21 @@ Each poll batch of ``vitals.raw``:
    the consumer's offsets are committed.
 
 At-least-once: a crash re-delivers the uncommitted batch, which is scored again but
-never stored twice; an alert is published only when its row is new. If the service is
-slow or down the batch is retried with doubling backoff and nothing new is consumed
-meanwhile. SIGTERM finishes the batch in hand, commits and exits.
+never stored twice; an alert is published only when its row is new. SIGTERM finishes the
+batch in hand, commits and exits.
+
+No record stops the scorer (``stack.resilience``): a micro-batch the service refuses
+(4xx) is retried on halves until the rows it refuses are alone, and those events become
+dead letters (``service_rejected``, with their original bytes); rows PostgreSQL refuses
+(a data error, a constraint) are isolated the same way (``store_rejected``); the online
+state failing on some events isolates them too (``internal_error``). The rest of the
+batch is scored and stored as usual.
+
+No outage stops it either: PostgreSQL, the service or the broker being away is waited
+out with doubling backoff while the consumer keeps its partitions (paused, still
+polling, so the group does not rebalance them away) and the batch in hand; the state is
+the ``vigil_scorer_dependency_up`` gauge. A bounded run (``make score BOUNDED=1``) gives
+up after ``scorer.outage_max_wait_s`` with an error naming the dependency.
 
 Admissions (age, sex, SpO2 scale) are read from the start of the ``admissions`` topic
 by a group-less consumer, so a restarted scorer knows every patient on the ward.
@@ -37,6 +49,7 @@ windows empty, and the alert policy is read again from the alerts table.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -71,7 +84,7 @@ from serving.client import (
 from serving.metrics import ScorerMetrics
 from serving.replay import HistoryReplay
 from stack.batchvalidate import BatchValidator
-from stack.contracts import AdmissionEvent, VitalsEvent
+from stack.contracts import AdmissionEvent, VitalsEvent, sane_kafka_ts_ms
 from stack.db import connect, copy_table, migrate
 from stack.gctune import freeze_startup_heap
 from stack.kafka import (
@@ -82,9 +95,11 @@ from stack.kafka import (
     Producer,
     Record,
     TopicPartition,
+    is_broker_outage,
 )
 from stack.localstack import endpoints
 from stack.logs import configure_logging
+from stack.resilience import Isolated, Outage, OutageError, isolate
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.scorer")
@@ -125,6 +140,9 @@ class ScoreSummary:
     replayed_events: int = 0  # history folded in unscored when partitions came (replay)
     takeovers: int = 0  # times this scorer was given partitions (its start, rebalances)
     restored_stays: int = 0  # stays whose first hours came from stay_baselines (replay)
+    # Contract-valid events isolated as dead letters later on (service_rejected, ...).
+    isolated: Counter[str] = field(default_factory=Counter)
+    outages: Counter[str] = field(default_factory=Counter)  # dependency -> outages waited out
     seconds: float = 0.0
     started_at: float = field(default_factory=time.time)  # epoch seconds of the start
     first_record_s: float | None = None  # from the start (migrations, group join) to data
@@ -170,6 +188,8 @@ class ScoreSummary:
         if latencies:
             out["latency_ms"] = list(self.latency_ms)
         out["invalid"] = dict(self.invalid)
+        out["isolated"] = dict(self.isolated)
+        out["outages"] = dict(self.outages)
         out["status"] = dict(self.status)
         out["versions"] = dict(self.versions)
         out["step_seconds"] = {k: round(v, 3) for k, v in self.step_seconds.items()}
@@ -214,15 +234,71 @@ class Scorer:
             timeout_s=self.cfg.request_timeout_s,
             api_key=settings.serving.api_key,
         )
-        self.validator = BatchValidator(VitalsEvent)
-        self.adm_validator = BatchValidator(AdmissionEvent)
+        bounds = settings.contract.bounds()
+        self.validator = BatchValidator(VitalsEvent, bounds)
+        self.adm_validator = BatchValidator(AdmissionEvent, bounds)
         self.stop = threading.Event()
         self.metrics = ScorerMetrics()
+        self._consumer: Consumer | None = None  # the group's consumer while running
+        self._paused = False
+        self.outages = {name: self._outage(name) for name in DEPENDENCIES}
         self.ready = threading.Event()  # set once the consumer holds its partitions
         self._shadow_checked = 0.0
         self._shadow = True
         self._conn: psycopg.Connection[Any] | None = None
         self._adm_next: dict[TopicPartition, int] = {}  # admissions read up to here
+        self._summary: ScoreSummary | None = None  # the run's, for the outage counters
+
+    # ------------------------------------------------------------------ outages
+    def _outage(self, name: str) -> Outage:
+        gauge = self.metrics.dependency_up.labels(dependency=name)
+        gauge.set(1)
+
+        def state(down: bool) -> None:
+            gauge.set(0 if down else 1)
+            if down:
+                self.metrics.outages.labels(dependency=name).inc()
+
+        def retried(_exc: BaseException) -> None:
+            if name == "service":
+                self.metrics.retries.inc()
+                if self._summary is not None:
+                    self._summary.retries += 1
+
+        return Outage(
+            name,
+            initial_s=self.cfg.backoff_initial_s,
+            max_s=self.cfg.backoff_max_s,
+            stop=self.stop,
+            on_state=state,
+            on_retry=retried,
+            keep_alive=self._keep_alive,
+        )
+
+    def _keep_alive(self) -> None:
+        """During an outage: stay in the group without reading on (partitions paused,
+        the batch in hand kept). A record from a partition assigned meanwhile is put back
+        (seek) and read after the outage, when that partition is taken over."""
+        c = self._consumer
+        if c is None:
+            return
+        c.pause(sorted(c.assignment(), key=lambda tp: (tp.topic, tp.partition)))
+        self._paused = True
+        for b in c.poll_columns(1000, 0.0):
+            c.seek(TopicPartition(b.topic, b.partition), b.offsets[0])
+
+    def _resume(self, consumer: Consumer) -> None:
+        if self._paused:
+            consumer.resume(sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition)))
+            self._paused = False
+
+    def _pg(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (database work), waiting out PostgreSQL outages."""
+        return self.outages["postgres"].call(fn, retry_on=_pg_outage)
+
+    def _kafka(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (broker work), waiting out broker outages."""
+        return self.outages["kafka"].call(fn, retry_on=is_broker_outage)
 
     # ------------------------------------------------------------------ startup
     def _online_state(self) -> OnlineFeatures:
@@ -232,11 +308,14 @@ class Scorer:
         )
 
     def _seed_alert_policy(self) -> None:
-        with connect(self.settings) as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT ON (patient_id) patient_id, ts, risk FROM alerts "
-                "ORDER BY patient_id, ts DESC"
-            ).fetchall()
+        def read() -> list[Any]:
+            with connect(self.settings) as conn:
+                return conn.execute(
+                    "SELECT DISTINCT ON (patient_id) patient_id, ts, risk FROM alerts "
+                    "ORDER BY patient_id, ts DESC"
+                ).fetchall()
+
+        rows = self._pg(read)
         for pid, ts, risk in rows:
             self.policy.remember(pid, pd.Timestamp(ts), float(risk))
 
@@ -368,7 +447,8 @@ class Scorer:
         policy read again from the alerts table (another worker may have alerted on
         their patients meanwhile)."""
         t0 = time.perf_counter()
-        committed = consumer.committed(sorted(gained, key=lambda tp: (tp.topic, tp.partition)))
+        ordered = sorted(gained, key=lambda tp: (tp.topic, tp.partition))
+        committed = self._kafka(lambda: consumer.committed(ordered))
         self._admissions(adm, to_end=True)
         self._seed_alert_policy()
         now = pd.Timestamp.now(tz="UTC")
@@ -378,7 +458,8 @@ class Scorer:
 
         def fold(events: pd.DataFrame) -> None:
             replayed.update(events["patient_id"].unique().tolist())
-            self.online.update(events, now=now)
+            # History that cannot be folded in is left out, never a reason not to start.
+            self._update_isolated(events, now)
 
         reader = self.kafka.consumer(None)
         try:
@@ -413,29 +494,42 @@ class Scorer:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the service
-    def _call(self, what: str, fn: Any, summary: ScoreSummary) -> Any:
-        """Call the service, retrying with doubling backoff while it is unavailable."""
-        delay = self.cfg.backoff_initial_s
-        while True:
-            try:
-                return fn()
-            except ServiceUnavailableError as exc:
-                summary.retries += 1
-                self.metrics.retries.inc()
-                log.warning("%s: service unavailable, retrying in %.1fs: %s", what, delay, exc)
-                if self.stop.wait(delay):
-                    raise
-                delay = min(delay * 2, self.cfg.backoff_max_s)
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Call the service, waiting out its outages (the batch in hand kept)."""
+        return self.outages["service"].call(
+            fn, retry_on=lambda exc: isinstance(exc, ServiceUnavailableError)
+        )
 
-    def _score(self, x: np.ndarray, summary: ScoreSummary) -> pd.DataFrame:
+    def _score(self, x: np.ndarray) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
         """The champion's predictions of the feature matrix ``x``, in micro-batches,
-        retried while the service is away; rows that crossed the threshold come with
-        their top features (for alerts)."""
-        return self._in_micro_batches(
-            x,
-            lambda p: self._call(
-                "predict", lambda: self.service.predict_matrix(p, explain=True), summary
-            ),
+        waiting out the service's outages; rows that crossed the threshold come with
+        their top features (for alerts).
+
+        Returns:
+            The predictions of the rows the service took, in row order, and the rows it
+            refused (a 4xx that persists when the row is sent alone), with the reason.
+        """
+        n = self.cfg.micro_batch_rows
+        parts: list[pd.DataFrame] = []
+        refused: list[tuple[int, str]] = []
+        if not len(x):
+            return _NO_PREDICTIONS, refused
+        for a in range(0, len(x), n):
+            iso = self._call(functools.partial(self._score_isolated, x[a : a + n]))
+            for part, frame in iso.done:
+                parts.append(frame.set_axis([a + i for i in part]))
+            refused += [(a + i, _first_line(exc)) for i, exc in iso.failed]
+        if not parts:
+            return _NO_PREDICTIONS, refused
+        preds = pd.concat(parts).sort_index()
+        return preds.reset_index(drop=True), refused
+
+    def _score_isolated(self, p: np.ndarray) -> Isolated[pd.DataFrame]:
+        """One micro-batch scored; rows the service refuses are isolated (bisection)."""
+        return isolate(
+            range(len(p)),
+            lambda part: self.service.predict_matrix(p[part], explain=True),
+            poison=lambda exc: isinstance(exc, ServiceRejectedError),
         )
 
     def _in_micro_batches(
@@ -469,19 +563,31 @@ class Scorer:
         self.metrics.events.labels(outcome="invalid").inc(len(dead))
         valid = res.table.to_pandas()
         summary.valid += len(valid)
-        kafka_ts = pd.to_datetime(
-            recs.timestamps_ms[valid["_index"].to_numpy()], unit="ms", utc=True, cache=False
+        where = dict(zip(valid["event_id"].tolist(), valid["_index"].tolist(), strict=True))
+        valid = valid.drop(columns="_index").assign(
+            _kafka_ts=_kafka_times(recs.timestamps_ms[valid["_index"].to_numpy()])
         )
-        valid = valid.drop(columns="_index").assign(_kafka_ts=kafka_ts)
         laps.lap("validate")
+
+        def isolated(event_ids: Iterable[str], reason: str, detail: str | list[str]) -> None:
+            """Contract-valid events set aside as dead letters by a later step."""
+            ids = list(event_ids)
+            details = detail if isinstance(detail, list) else [detail] * len(ids)
+            for e, d in zip(ids, details, strict=True):
+                dead.append((recs.record(where[e]), reason, d))
+            summary.isolated[reason] += len(ids)
+            self.metrics.invalid.labels(reason=reason).inc(len(ids))
+            if ids:
+                log.error("%d event(s) set aside as dead letters: %s", len(ids), reason)
 
         repeat = (
             self.online.known(valid["event_id"].tolist())
             | valid["event_id"].duplicated().to_numpy()
         )
         summary.duplicates += int(repeat.sum())
-        vec = self.online.update(valid.drop(columns="_kafka_ts"), now=now)
-        fresh = valid[~repeat]
+        vec, failed = self._update_isolated(valid.drop(columns="_kafka_ts"), now)
+        isolated(failed, "internal_error", "the online features failed on this event")
+        fresh = valid[~repeat & ~valid["event_id"].isin(set(failed)).to_numpy()]
         accepted = fresh["event_id"].isin(set(vec["event_id"]))
         rejected = fresh[~accepted.to_numpy()]
         future = rejected["ts"] > now + pd.Timedelta(minutes=self.settings.etl.max_future_minutes)
@@ -492,7 +598,16 @@ class Scorer:
         vec = vec.assign(_kafka_ts=kts.reindex(vec["event_id"]).array)
         laps.lap("features")
         x = feature_matrix(vec)
-        preds = self._score(x, summary) if len(vec) else _NO_PREDICTIONS
+        preds, refused = self._score(x)
+        if refused:
+            out = [i for i, _why in refused]
+            isolated(
+                vec["event_id"].iloc[out].tolist(),
+                "service_rejected",
+                [why for _i, why in refused],
+            )
+            vec = vec.drop(index=vec.index[out]).reset_index(drop=True)
+            x = np.delete(x, out, axis=0)
         shadow = _NO_PREDICTIONS
         if len(vec) and self.settings.serving.shadow_alias and self._shadow_due():
             # The shadow never holds up the champion: one attempt, skipped on any failure.
@@ -503,7 +618,7 @@ class Scorer:
             except NoShadowModelError:
                 self._shadow, self._shadow_checked = False, time.monotonic()
             except (ServiceUnavailableError, ServiceRejectedError) as exc:
-                log.warning("shadow scoring skipped for this batch: %s", exc)
+                log.warning("shadow scoring skipped for this batch: %s", type(exc).__name__)
                 self._shadow, self._shadow_checked = False, time.monotonic()
         summary.scored += len(preds)
         summary.status["scored"] += len(preds)
@@ -541,29 +656,51 @@ class Scorer:
             ask = [e for e in raised["event_id"].tolist() if tops[e] is None]
             if ask:
                 idx = vec.index[vec["event_id"].isin(set(ask))]
-                why = self._call("explain", lambda: self.service.explain(vec.loc[idx]), summary)
+                try:
+                    why = self._call(lambda: self.service.explain(vec.loc[idx]))
+                except ServiceRejectedError as exc:  # the alert stands, unexplained
+                    # Not the refusal's text: it may quote feature values.
+                    log.error(
+                        "alerts left unexplained: /explain refused them (%s)", type(exc).__name__
+                    )
+                    why = [{"top_features": []} for _ in idx]
                 tops.update(
                     zip(vec.loc[idx, "event_id"], (w["top_features"] for w in why), strict=True)
                 )
             raised = raised.assign(top_features=[tops[e] for e in raised["event_id"].tolist()])
         laps.lap("alerts")
 
-        new_alerts = self._store(table, raised, dead, scored_at, self.online.stay_facts())
+        new_alerts, refused_ids = self._store_isolated(
+            table, raised, dead, scored_at, self.online.stay_facts()
+        )
+        if refused_ids:
+            gone = champion["event_id"].isin(refused_ids).to_numpy()
+            champion, raised = champion[~gone], raised[~raised["event_id"].isin(refused_ids)]
+            table = table[~table["event_id"].isin(refused_ids)]
+            before = len(dead)
+            isolated(refused_ids, "store_rejected", "PostgreSQL refused this event's rows")
+            late = dead[before:]
+            self._pg(lambda: self._store(_NO_ROWS, _NO_ROWS, late, scored_at))
         laps.lap("store")
-        topic = self.topics.predictions
-        for key, message in zip(
-            champion["patient_id"].tolist(), _prediction_messages(champion), strict=True
-        ):
-            producer.send(topic, message, key=key.encode())
-        for _, a in raised[raised["event_id"].isin(new_alerts)].iterrows():
-            producer.send(self.topics.alerts, _alert_message(a), key=a["patient_id"].encode())
-        producer.flush()
+        messages = _prediction_messages(champion)
+        keys = [k.encode() for k in champion["patient_id"].tolist()]
+        alerts = raised[raised["event_id"].isin(new_alerts)]
+
+        def publish() -> None:  # all again after a failure: the topics are at least once
+            for key, message in zip(keys, messages, strict=True):
+                producer.send(self.topics.predictions, message, key=key)
+            for _, a in alerts.iterrows():
+                producer.send(self.topics.alerts, _alert_message(a), key=a["patient_id"].encode())
+            producer.flush()
+
+        self._kafka(publish)
         laps.lap("publish")
         summary.alerts += len(new_alerts)
         summary.stored += int((table["role"] == "champion").sum()) if len(table) else 0
         summary.shadow_stored += int((table["role"] == "shadow").sum()) if len(table) else 0
         done = time.time()
-        sent = champion["kafka_ts"].to_numpy("datetime64[ns]").astype(np.int64)
+        sent = champion["kafka_ts"].to_numpy("datetime64[ns]")
+        sent = sent[~np.isnat(sent)].astype(np.int64)  # no Kafka timestamp: no latency
         latency_s = done - sent / 1e9
         summary.latency_ms.extend((latency_s * 1000).tolist())
         summary.note_batch(len(recs), laps.steps)
@@ -598,14 +735,69 @@ class Scorer:
             m.model.labels(last["model_name"], last["model_version"]).set(1)
         m.last_batch.set(time.time())
 
+    def _update_isolated(
+        self, events: pd.DataFrame, now: pd.Timestamp
+    ) -> tuple[pd.DataFrame, list[str]]:
+        """``online.update(events)``; should it fail, the events it fails on are isolated
+        (bisection) and their ids returned, the others folded in as usual."""
+        try:
+            return self.online.update(events, now=now), []
+        except Exception as exc:
+            log.error("online features failed on a batch, isolating: %s", type(exc).__name__)
+        iso = isolate(
+            range(len(events)),
+            lambda part: self.online.update(events.iloc[part], now=now),
+            poison=lambda exc: isinstance(exc, Exception),
+        )
+        parts = [v for _part, v in iso.done if len(v)]
+        vec = pd.concat(parts, ignore_index=True) if parts else self.online.update(events[:0])
+        return vec, [str(events["event_id"].iloc[i]) for i, _exc in iso.failed]
+
+    def _store_isolated(
+        self,
+        table: pd.DataFrame,
+        raised: pd.DataFrame,
+        dead: list[tuple[Record, str, str]],
+        seen_at: datetime,
+        stays: pd.DataFrame,
+    ) -> tuple[set[str], list[str]]:
+        """:meth:`_store`, waiting out PostgreSQL outages; rows it refuses (a data error,
+        a constraint) are isolated by event, and the rest stored.
+
+        Returns:
+            The new alerts' ids, and the events whose rows PostgreSQL refused.
+        """
+        try:
+            return self._pg(lambda: self._store(table, raised, dead, seen_at, stays)), []
+        except _POISON_PG as exc:
+            log.error("PostgreSQL refused a batch, isolating the events: %s", type(exc).__name__)
+        # The batch's own records first (dead letters, stay facts), then event by event.
+        self._pg(lambda: self._store(_NO_ROWS, _NO_ROWS, dead, seen_at, stays))
+        ids = table["event_id"].unique().tolist() if len(table) else []
+
+        def attempt(part: list[int]) -> set[str]:
+            chosen = {ids[i] for i in part}
+            rows = table[table["event_id"].isin(chosen)]
+            alerts = raised[raised["event_id"].isin(chosen)] if len(raised) else raised
+            stored: set[str] = self._pg(lambda: self._store(rows, alerts, [], seen_at))
+            return stored
+
+        iso = isolate(range(len(ids)), attempt, poison=lambda e: isinstance(e, _POISON_PG))
+        new = set().union(*(alerts for _part, alerts in iso.done))
+        return new, [ids[i] for i, _exc in iso.failed]
+
     def _stays(self, patient_ids: list[str]) -> pd.DataFrame:
         """The stored stay facts (``stay_baselines``) of these patients."""
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT patient_id, first_minute, base_n, base_s FROM stay_baselines "
-                "WHERE feature_set = %s AND patient_id = ANY(%s)",
-                (FEATURE_SET_VERSION, patient_ids),
-            ).fetchall()
+
+        def read() -> list[Any]:
+            with self._transaction() as conn:
+                return conn.execute(
+                    "SELECT patient_id, first_minute, base_n, base_s FROM stay_baselines "
+                    "WHERE feature_set = %s AND patient_id = ANY(%s)",
+                    (FEATURE_SET_VERSION, patient_ids),
+                ).fetchall()
+
+        rows = self._pg(read)
         return pd.DataFrame(
             [(p, _epoch_minute(f), np.array(n), np.array(s)) for p, f, n, s in rows],
             columns=["patient_id", "first_minute", "base_n", "base_s"],
@@ -615,12 +807,16 @@ class Scorer:
         """Of these events, those whose champion prediction an earlier delivery stored."""
         if not event_ids:
             return set()
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT event_id FROM predictions WHERE role = 'champion' AND event_id = ANY(%s)",
-                (event_ids,),
-            ).fetchall()
-        return {r[0] for r in rows}
+
+        def read() -> list[Any]:
+            with self._transaction() as conn:
+                return conn.execute(
+                    "SELECT event_id FROM predictions WHERE role = 'champion' "
+                    "AND event_id = ANY(%s)",
+                    (event_ids,),
+                ).fetchall()
+
+        return {r[0] for r in self._pg(read)}
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -716,13 +912,21 @@ class Scorer:
             self._conn = None
 
     # ------------------------------------------------------------------ the loop
+    def _clients(self) -> tuple[Consumer, Consumer, Producer]:
+        """The group's consumer, the admissions reader and the producer."""
+        consumer = self.kafka.consumer(self.cfg.group_id)
+        consumer.subscribe([self.topics.vitals])
+        adm = self.kafka.consumer(None)
+        adm.assign(self.kafka.all_partitions([self.topics.admissions]))
+        return consumer, adm, self.kafka.producer()
+
     def prepare(self) -> None:
         """Migrate the database and, for a new group starting at ``latest``, commit the
         topic's end for it: once per group, before its consumers start (so workers do
         not race each other to it)."""
-        migrate(self.settings)
+        self._pg(lambda: migrate(self.settings))
         if self.cfg.new_group_starts_at == "latest":
-            self._start_new_group_at_end()
+            self._kafka(self._start_new_group_at_end)
 
     def run(
         self,
@@ -734,17 +938,27 @@ class Scorer:
     ) -> ScoreSummary:
         """Consume until stopped (SIGTERM, ``stop``), ``max_seconds``, or idle when
         ``bounded``. A worker (``serving.workers``) runs ``prepared`` by its parent, and
-        stops when its parent ``parent_pid`` is gone."""
-        if not prepared:
-            self.prepare()
-        self._warm_up()
+        stops when its parent ``parent_pid`` is gone.
+
+        Raises:
+            OutageError: ``bounded``, and a dependency stayed away longer than
+                ``scorer.outage_max_wait_s`` (the batch in hand is not committed).
+        """
+        for outage in self.outages.values():
+            outage.max_wait_s = self.cfg.outage_max_wait_s if bounded else None
+        summary = self._summary = ScoreSummary()  # started_at: now
+        if self.cfg.metrics_port is not None:  # first: outages at start are visible too
+            self.metrics.serve(self.settings.serving.host, self.cfg.metrics_port)
+        try:
+            if not prepared:
+                self.prepare()
+            self._warm_up()
+            consumer, adm, producer = self._kafka(self._clients)
+        except BaseException:
+            self.metrics.close()
+            raise
         t0 = time.monotonic()
-        summary = ScoreSummary()  # started_at: now
-        consumer = self.kafka.consumer(self.cfg.group_id)
-        consumer.subscribe([self.topics.vitals])
-        adm = self.kafka.consumer(None)
-        adm.assign(self.kafka.all_partitions([self.topics.admissions]))
-        producer = self.kafka.producer()
+        self._consumer = consumer
         idle_since = time.monotonic()
         held: set[TopicPartition] = set()
         lag_stop = threading.Event()
@@ -752,8 +966,6 @@ class Scorer:
             target=self._watch_lag, args=(lag_stop,), name="lag", daemon=True
         )
         lag_thread.start()
-        if self.cfg.metrics_port is not None:
-            self.metrics.serve(self.settings.serving.host, self.cfg.metrics_port)
         try:
             while not self.stop.is_set():
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
@@ -790,19 +1002,26 @@ class Scorer:
                 try:
                     with self.metrics.batch.time():
                         self.process(recs, producer, summary)
-                except ServiceUnavailableError:
-                    break  # stopped while waiting for the service: nothing committed
-                t_commit = time.perf_counter()
-                try:
-                    consumer.commit(recs.next_offsets())
+                    t_commit = time.perf_counter()
+                    self._kafka(functools.partial(consumer.commit, recs.next_offsets()))
                 except CommitFailedError as exc:  # stored already: the new owner re-scores
                     summary.uncommitted_batches += 1
                     log.warning("batch stored but not committed (the group rebalanced): %s", exc)
+                except OutageError:
+                    raise
+                except Exception:
+                    if self.stop.is_set():
+                        break  # stopped while waiting out an outage: nothing committed
+                    raise
+                finally:
+                    self._resume(consumer)
                 summary.step_seconds["commit"] += time.perf_counter() - t_commit
                 summary.last_batch_s = time.monotonic() - t0
                 idle_since = time.monotonic()
         finally:
             summary.seconds = time.monotonic() - t0
+            summary.outages.update({k: o.outages for k, o in self.outages.items() if o.outages})
+            self._consumer = None
             lag_stop.set()
             lag_thread.join(timeout=30)
             producer.close()
@@ -815,6 +1034,31 @@ class Scorer:
         return summary
 
 
+# --------------------------------------------------------------------------- failures
+DEPENDENCIES = ("postgres", "service", "kafka")
+# Errors that are the rows' fault (a value PostgreSQL refuses, a constraint they break):
+# isolated. Connection errors are outages: waited out.
+_POISON_PG = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _pg_outage(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+def _kafka_times(ms: np.ndarray) -> pd.DatetimeIndex:
+    """Kafka timestamps (ms) as UTC times; unknown (out of range, see
+    :func:`~stack.contracts.sane_kafka_ts_ms`) as NaT."""
+    ms = sane_kafka_ts_ms(np.asarray(ms, dtype=np.int64))
+    times = ms.astype("datetime64[ms]")
+    times[ms < 0] = np.datetime64("NaT")
+    return pd.DatetimeIndex(times).tz_localize("UTC")
+
+
 # --------------------------------------------------------------------------- frames
 _NO_PREDICTIONS = pd.DataFrame(
     {"risk": [], "alert": [], "threshold": [], "model_name": [], "model_version": [], "role": []}
@@ -822,6 +1066,7 @@ _NO_PREDICTIONS = pd.DataFrame(
 
 
 _UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+_NO_ROWS = pd.DataFrame()  # nothing of a kind to store
 
 
 def _prediction_frame(
@@ -999,12 +1244,16 @@ def main(
         signal.signal(sig, lambda *_: scorer.stop.set())
     # Full collections would otherwise walk the startup heap (~0.1 s) in mid-batch.
     log.info("startup heap frozen: %d objects", freeze_startup_heap())
-    s = scorer.run(
-        bounded=bounded,
-        max_seconds=max_seconds,
-        prepared=worker_index is not None,
-        parent_pid=parent_pid,
-    )
+    try:
+        s = scorer.run(
+            bounded=bounded,
+            max_seconds=max_seconds,
+            prepared=worker_index is not None,
+            parent_pid=parent_pid,
+        )
+    except OutageError as exc:  # bounded: a dependency stayed away; nothing half-stored
+        typer.echo(f"scoring stopped: {exc}", err=True)
+        raise typer.Exit(3) from None
     if worker_index is not None:  # for the parent to merge: with the raw latencies
         Path(summary_json).write_text(json.dumps(s.to_dict(latencies=True), default=str))
         return

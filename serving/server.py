@@ -16,7 +16,7 @@ import psutil
 import yaml
 
 from serving.launch import PROMETHEUS_DIR_ENV
-from stack.localstack import ManagedService, spawn
+from stack.localstack import ManagedService, spawn, write_private
 from stack.settings import REPO_ROOT, Settings
 
 
@@ -76,7 +76,8 @@ class ServingProcess(ManagedService):
 
     def _start(self) -> None:
         config = self.run / "serving-settings.yaml"
-        config.write_text(yaml.safe_dump(self.s.model_dump(mode="json")))
+        # May hold secrets (the API key, a database URL with its password): owner-only.
+        write_private(config, yaml.safe_dump(self.s.model_dump(mode="json")))
         env = dict(os.environ)
         env["VIGIL_CONFIG"] = str(config)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -58,11 +58,15 @@ from serving import wire
 from serving.explain import is_cheap, top_features
 from serving.guard import Guard
 from serving.model import LoadedModel, ModelSlot
-from stack.contracts import AdmissionEvent, VitalsEvent
+from stack.contracts import AdmissionEvent, Id, VitalsEvent
 from stack.gctune import freeze_startup_heap
+from stack.logs import RedactInputs, redact_inputs_everywhere
 from stack.settings import load_settings
 
 log = logging.getLogger("vigil.serving")
+# BentoML logs each 400's ValidationError with its traceback, inputs and all: the request
+# body. Filtered where it is logged, and on every handler once the server has set them up.
+logging.getLogger("bentoml._internal.server.http_app").addFilter(RedactInputs())
 
 SETTINGS = load_settings()  # the service module is an entry point: it reads its config
 CFG = SETTINGS.serving
@@ -159,7 +163,7 @@ class PatientWindow(BaseModel):
     """A patient's recent raw events (ideally the last 4 hours; fewer give fewer features)."""
 
     model_config = ConfigDict(extra="forbid")
-    patient_id: str = Field(min_length=1, max_length=128)
+    patient_id: Id
     admission: Admission | None = None
     events: list[VitalsEvent] = Field(min_length=1, max_length=MAX_EVENTS)
 
@@ -257,6 +261,7 @@ class Vigil:
     """Deterioration risk from vital-sign features, served from the MLflow registry."""
 
     def __init__(self) -> None:
+        redact_inputs_everywhere()
         self.champion = ModelSlot(SETTINGS, CFG.model_alias, required=True)
         self.shadow = (
             ModelSlot(SETTINGS, CFG.shadow_alias, required=False) if CFG.shadow_alias else None

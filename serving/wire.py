@@ -75,7 +75,9 @@ def decode(
         col = table.column(name)
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
             raise WireError(f"column {name!r} is {col.type}, not a number")
-        out[:, j] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        # Unsafe: an integer beyond 2**53 rounds (and is then refused for its size below)
+        # instead of failing the cast, which was a 500.
+        out[:, j] = col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     bad = np.abs(out) > max_magnitude  # NaN compares false: not observed is fine
     if bad.any():
         i, j = np.argwhere(bad)[0]

@@ -6,8 +6,8 @@ import json
 
 import typer
 
-from stack.localstack import StackError, down, endpoints, status, up
-from stack.settings import load_settings
+from stack.localstack import PG_CREDENTIALS, StackError, down, endpoints, mask_url, status, up
+from stack.settings import Settings, load_settings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -25,7 +25,7 @@ def up_cmd() -> None:
     for name, action in actions.items():
         typer.echo(f"{name:9} {action}")
     typer.echo(f"kafka     {ep.bootstrap_servers}  (memory storage: land events promptly)")
-    typer.echo(f"postgres  {ep.database_url}")
+    typer.echo(f"postgres  {mask_url(ep.database_url)}  (password: {_creds_hint(settings)})")
     typer.echo(f"mlflow UI {ep.mlflow_uri}")
 
 
@@ -34,6 +34,12 @@ def down_cmd() -> None:
     """Stop every embedded service and its child processes."""
     for name, was in down(load_settings()).items():
         typer.echo(f"{name:9} {'stopped' if was else 'not running'}")
+
+
+def _creds_hint(settings: Settings) -> str:
+    if settings.postgres.url:
+        return "as configured"
+    return f"{settings.run_path / 'postgres' / PG_CREDENTIALS}, owner-only"
 
 
 @app.command("status")

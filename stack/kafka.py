@@ -170,7 +170,13 @@ class Consumer(Protocol):
     ) -> dict[TopicPartition, tuple[int, int]]: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     def position(self, partition: TopicPartition) -> int: ...
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
     def close(self) -> None: ...
+
+
+COMMIT_TIMEOUT_S = 30.0  # a commit the broker does not answer: an outage, retried by callers
+CLOSE_TIMEOUT_S = 10.0  # what closing a producer waits for unsent messages at most
 
 
 class Admin(Protocol):
@@ -260,7 +266,8 @@ class _KpProducer:
             raise KafkaDeliveryError(f"Kafka delivery failed: {err!r}") from err
 
     def close(self) -> None:
-        self._p.close()
+        # Bounded: a producer closed during a broker outage must not hang its process.
+        self._p.close(timeout=CLOSE_TIMEOUT_S)
 
 
 class _KpConsumer:
@@ -344,12 +351,19 @@ class _KpConsumer:
         if offsets:
             try:
                 self._c.commit(
-                    {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+                    {self._tp(tp): OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                    timeout_ms=int(COMMIT_TIMEOUT_S * 1000),
                 )
             except Exception as exc:
                 if rebalanced(exc):
                     raise CommitFailedError(f"offsets not committed: {exc!r}") from exc
                 raise
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        self._c.pause(*[self._tp(tp) for tp in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._c.resume(*[self._tp(tp) for tp in partitions])
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         out: dict[TopicPartition, int | None] = {}
@@ -462,7 +476,10 @@ class _CkProducer:
             raise KafkaDeliveryError(f"Kafka delivery failed: {err}")
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush(CLOSE_TIMEOUT_S)
+        except KafkaDeliveryError as exc:  # closing during an outage: logged, not raised
+            logging.getLogger("vigil.kafka").warning("producer closed with %s", exc)
 
 
 def _consume_error(err: Any) -> None:
@@ -580,6 +597,14 @@ class _CkConsumer:
                 if rebalanced(exc):
                     raise CommitFailedError(f"offsets not committed: {exc!r}") from exc
                 raise
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            self._c.pause([self._tp(tp) for tp in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            self._c.resume([self._tp(tp) for tp in partitions])
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         res = self._c.committed([self._tp(tp) for tp in partitions], timeout=15)

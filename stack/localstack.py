@@ -11,18 +11,23 @@ Used by ``make up`` / ``make down`` (``python -m stack``) and by the test fixtur
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
 
@@ -30,6 +35,8 @@ from stack.settings import Settings
 
 PG_USER = "vigil_pg"  # postgres refuses to run as root; this system user owns the data dir
 PG_DATABASE = "vigil"
+PG_APP_ROLE = "vigil"  # what every stage connects as: owns the database, not a superuser
+PG_CREDENTIALS = "credentials.json"  # under run_dir/postgres, mode 0600
 
 
 class StackError(RuntimeError):
@@ -46,14 +53,62 @@ class Endpoints:
 
 
 def endpoints(settings: Settings) -> Endpoints:
-    """Configured production addresses win; otherwise the embedded services' addresses."""
+    """Configured production addresses win; otherwise the embedded services' addresses.
+
+    The embedded PostgreSQL is reached as the application role with the password the
+    stack generated at its first start (``run_dir/postgres/credentials.json``, 0600).
+    """
     ls = settings.local_stack
     return Endpoints(
         bootstrap_servers=settings.kafka.bootstrap_servers or f"{ls.host}:{ls.kafka_port}",
-        database_url=settings.postgres.url
-        or f"postgresql://postgres@{ls.host}:{ls.postgres_port}/{PG_DATABASE}",
+        database_url=settings.postgres.url or _embedded_database_url(settings, "app"),
         mlflow_uri=settings.mlflow.tracking_uri or f"http://{ls.host}:{ls.mlflow_port}",
     )
+
+
+def _embedded_database_url(settings: Settings, who: str, database: str = PG_DATABASE) -> str:
+    ls = settings.local_stack
+    creds = _pg_credentials(settings)
+    user, password = (PG_APP_ROLE, None) if creds is None else creds[who]
+    auth = quote(user) if password is None else f"{quote(user)}:{quote(password)}"
+    return f"postgresql://{auth}@{ls.host}:{ls.postgres_port}/{database}"
+
+
+def _pg_credentials(settings: Settings) -> dict[str, tuple[str, str]] | None:
+    path = settings.run_path / "postgres" / PG_CREDENTIALS
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return {who: (d["user"], d["password"]) for who, d in data.items()}
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for printing and logging)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), atomically: for
+    files that hold secrets (passwords, API keys, signing keys, settings with them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def embedded_services(settings: Settings) -> list[str]:
@@ -316,6 +371,18 @@ class PostgresService(_Service):
             conn.execute("SELECT 1")
         return True
 
+    @property
+    def credentials(self) -> Path:
+        return self.home / PG_CREDENTIALS
+
+    def _new_credentials(self) -> dict[str, dict[str, str]]:
+        creds = {
+            "superuser": {"user": "postgres", "password": secrets.token_urlsafe(24)},
+            "app": {"user": PG_APP_ROLE, "password": secrets.token_urlsafe(24)},
+        }
+        write_private(self.credentials, json.dumps(creds, indent=1))
+        return creds
+
     def _run(self, args: list[str], user: str | None, timeout: float = 60) -> None:
         res = subprocess.run(
             args, user=user, capture_output=True, text=True, timeout=timeout, check=False
@@ -328,21 +395,24 @@ class PostgresService(_Service):
 
     def _start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        user = self._as_user()
-        if not (self.data / "PG_VERSION").exists():
-            self._run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                user,
-            )
+        fresh = not (self.data / "PG_VERSION").exists()
+        if fresh:
+            creds = self._new_credentials()
+            pwfile = self.home / ".initdb-pw"
+            write_private(pwfile, creds["superuser"]["password"] + "\n")
+        user = self._as_user()  # after the files above: they are handed to it too
+        if fresh:
+            try:
+                self._run(
+                    [
+                        self._bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--pwfile", str(pwfile), "--auth=scram-sha-256",
+                        "--encoding=UTF8", "--no-instructions",
+                    ],
+                    user,
+                )  # fmt: skip
+            finally:
+                pwfile.unlink(missing_ok=True)
         opts = f"-h {self.host} -p {self.port} -c unix_socket_directories='' -c fsync=on"
         self._run(
             [
@@ -361,18 +431,71 @@ class PostgresService(_Service):
             user,
             timeout=self.s.local_stack.start_timeout_s + 10,
         )
+        if not self.credentials.exists():
+            self._secure_trusting_cluster(user)
         self._ensure_database()
 
-    def _ensure_database(self) -> None:
+    def _secure_trusting_cluster(self, user: str | None) -> None:
+        """A data directory made before passwords (``--auth=trust``): give the roles
+        passwords, switch every connection to scram-sha-256 and reload."""
         import psycopg
 
-        admin = endpoints(self.s).database_url.rsplit("/", 1)[0] + "/postgres"
+        creds = self._new_credentials()
+        url = f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(
+                sql_literal("ALTER ROLE postgres PASSWORD {}", creds["superuser"]["password"])
+            )
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(_SCRAM_HBA)
+        if user is not None:
+            import pwd
+
+            pw = pwd.getpwnam(user)
+            os.chown(hba, pw.pw_uid, pw.pw_gid)
+            os.chown(self.credentials, pw.pw_uid, pw.pw_gid)
+        self._run([self._bin("pg_ctl"), "-D", str(self.data), "reload"], user)
+
+    def _ensure_database(self) -> None:
+        """The application role (login, no superuser; may create databases, for tests)
+        and its database, owned by it."""
+        import psycopg
+
+        creds = _pg_credentials(self.s)
+        assert creds is not None
+        app_user, app_password = creds["app"]
+        admin = _embedded_database_url(self.s, "superuser", "postgres")
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            role = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (app_user,))
+            verb = "ALTER" if role.fetchone() else "CREATE"
+            conn.execute(
+                sql_literal(
+                    f'{verb} ROLE "{app_user}" LOGIN NOSUPERUSER NOCREATEROLE CREATEDB '
+                    "PASSWORD {}",
+                    app_password,
+                )
+            )
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
             ).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+                conn.execute(f'CREATE DATABASE "{PG_DATABASE}" OWNER "{app_user}"')
+            else:
+                conn.execute(f'ALTER DATABASE "{PG_DATABASE}" OWNER TO "{app_user}"')
+        # Tables made before the role existed belong to postgres: hand them over.
+        with psycopg.connect(
+            _embedded_database_url(self.s, "superuser"), autocommit=True, connect_timeout=5
+        ) as conn:
+            conn.execute(_HAND_OVER.replace("{role}", app_user))
+
+    def start(self) -> str:
+        if self.pid() is not None and not self.credentials.exists():
+            # Running since before passwords: secure it in place, then carry on.
+            self._secure_trusting_cluster(self._as_user())
+            self._ensure_database()
+        return super().start()
 
     def stop(self) -> bool:
         pid = self.pid()
@@ -389,6 +512,35 @@ class PostgresService(_Service):
         if res.returncode != 0 and psutil.pid_exists(pid):
             _kill_group(pid)
         return True
+
+
+_SCRAM_HBA = """\
+# Vigil's embedded PostgreSQL: loopback TCP only, passwords (scram-sha-256) for everyone.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
+# Every relation of the public schema still owned by the bootstrap superuser, to the
+# application role (partitions one by one: a parent's owner does not cascade).
+_HAND_OVER = """
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND pg_get_userbyid(c.relowner) = 'postgres' LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO "{role}"', r.rel);
+  END LOOP;
+END $$;
+"""
+
+
+def sql_literal(template: str, value: str) -> Any:
+    """A utility statement with one literal (``PASSWORD {}``): such statements take no
+    bind parameters, so the value is quoted by the driver, never pasted in."""
+    from psycopg import sql
+
+    return sql.SQL(template).format(sql.Literal(value))
 
 
 class MlflowService(_Service):
@@ -465,7 +617,11 @@ def down(settings: Settings) -> dict[str, bool]:
 def status(settings: Settings) -> dict[str, dict[str, object]]:
     """Pid, address and health of each embedded service."""
     ep = endpoints(settings)
-    addr = {"kafka": ep.bootstrap_servers, "postgres": ep.database_url, "mlflow": ep.mlflow_uri}
+    addr = {
+        "kafka": ep.bootstrap_servers,
+        "postgres": mask_url(ep.database_url),
+        "mlflow": mask_url(ep.mlflow_uri),
+    }
     out: dict[str, dict[str, object]] = {}
     for name in embedded_services(settings):
         svc = SERVICES[name](settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -51,10 +52,55 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+_INPUT = re.compile(r"input_value=.*?(?=, input_type=|\]\n|\]$|$)", re.MULTILINE)
+
+
+class RedactInputs(logging.Filter):
+    """Keeps request bodies and patient data out of log lines written by libraries.
+
+    pydantic's ``ValidationError`` carries every rejected input's repr (``input_value=``),
+    and servers log it with the traceback (BentoML does for every 400), so a client's
+    request body — vital values, patient ids — ended up in the service log. A record whose
+    exception is a ``ValidationError`` is rewritten to name the fields and rules that
+    failed, without inputs; any other ``input_value=`` in a message is blanked.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}"
+                for e in exc.errors(include_url=False, include_input=False)[:10]
+            )
+            record.msg = f"{record.getMessage()} (ValidationError: {where})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        elif "input_value=" in str(record.msg):
+            record.msg = _INPUT.sub("input_value=<redacted>", record.getMessage())
+            record.args = None
+        if record.exc_text and "input_value=" in record.exc_text:
+            record.exc_text = _INPUT.sub("input_value=<redacted>", record.exc_text)
+        return True
+
+
+def redact_inputs_everywhere() -> None:
+    """Install :class:`RedactInputs` on every handler there is now (root, and loggers with
+    handlers of their own): a filter on a handler sees every record it writes."""
+    loggers = [logging.getLogger(), *(
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    )]  # fmt: skip
+    for lg in loggers:
+        for handler in lg.handlers:
+            if not any(isinstance(f, RedactInputs) for f in handler.filters):
+                handler.addFilter(RedactInputs())
+
+
 def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
     """Route the root logger to stderr in the configured format and level (idempotent)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
+    handler.addFilter(RedactInputs())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

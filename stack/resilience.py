@@ -97,6 +97,7 @@ class Outage:
         stop: set when the process should stop; a wait returns early and re-raises.
         on_state: called with True when the dependency went away, False when it is back
             (for a gauge).
+        on_retry: called with the error before each retry (for counters).
         keep_alive: called between retries (e.g. a consumer's poll that keeps its group
             membership while its partitions are paused).
     """
@@ -108,6 +109,7 @@ class Outage:
     stop: threading.Event = field(default_factory=threading.Event)
     on_state: Callable[[bool], None] | None = None
     keep_alive: Callable[[], None] | None = None
+    on_retry: Callable[[BaseException], None] | None = None
     outages: int = 0
     waited_s: float = 0.0
 
@@ -143,6 +145,8 @@ class Outage:
                     "%s unavailable (%s), retrying in %.1f s; waited %.0f s so far",
                     self.what, type(exc).__name__, delay, waited,
                 )  # fmt: skip
+                if self.on_retry is not None:
+                    self.on_retry(exc)
                 self._pause(delay)
                 if self.stop.is_set():
                     raise

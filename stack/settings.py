@@ -93,6 +93,12 @@ class MlflowSettings(_Strict):
         Path("mlruns"), description="backend DB and artifacts of the local MLflow server"
     )
     experiment_prefix: str = "vigil"
+    signing_key: str | None = Field(
+        None,
+        description="HMAC key that signs registered models (training) and verifies them "
+        "before loading (serving, monitoring); null: run_dir/model-signing.key, made on "
+        "first use. Set it from a secret store where training and serving run apart",
+    )
 
 
 class SparkSettings(_Strict):
@@ -402,8 +408,14 @@ class ScorerSettings(_Strict):
     )
     realert_margin: float = Field(0.15, ge=0, le=1, description="...unless risk rose by this")
     request_timeout_s: float = Field(10.0, gt=0)
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(20.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0, description="an outage's first retry wait...")
+    backoff_max_s: float = Field(20.0, gt=0, description="...doubling up to this")
+    outage_max_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="a bounded run gives up (fails, naming the dependency) when PostgreSQL, "
+        "the service or the broker stays away this long; an unbounded one waits for ever",
+    )
     idle_timeout_s: float = Field(5.0, gt=0, description="bounded runs stop after this idle")
     metrics_port: int | None = Field(
         9108, gt=0, lt=65536, description="Prometheus /metrics of the scorer (null: none)"

@@ -40,12 +40,13 @@ from stack.lake import Lake
 from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.logs import configure_logging
 from stack.metrics import record_stage
+from stack.modelsafety import SKOPS_TRUSTED_TYPES
 from stack.settings import REPO_ROOT, Settings, load_settings
 from training import plots
 from training.card import ModelCard, render_card
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
-from training.models import SKOPS_TRUSTED_TYPES, build, importances, pip_requirements, risk
+from training.models import build, importances, pip_requirements, risk
 from training.registry import CHALLENGER, Registry
 from training.threshold import OperatingPoint, choose_threshold, operating_point
 from training.tune import StudyResult, TrialRecord, tune_family, tuning_rows

@@ -46,16 +46,6 @@ def pip_requirements(family: str) -> list[str]:
     return [f"{name}=={version(name)}" for name in names]
 
 
-# Types beyond skops' defaults that the families' fitted estimators contain; the model is
-# saved with skops (no arbitrary code runs on load) and these are declared trusted.
-SKOPS_TRUSTED_TYPES = (
-    "numpy.dtype",
-    "sklearn.tree._tree.Tree",
-    "xgboost.core.Booster",
-    "xgboost.sklearn.XGBClassifier",
-)
-
-
 def suggest(trial: optuna.Trial, space: dict[str, ParamRange]) -> dict[str, Any]:
     """Draw one value per hyperparameter of ``space`` (``conf/`` search spaces)."""
     out: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from stack.localstack import mlflow_tracking_uri as tracking_uri
+from stack.modelsafety import download_registered, load_registered, seal_tags, signing_key
 from stack.settings import Settings
 
 CHAMPION = "champion"
@@ -93,9 +94,9 @@ class Registry:
         return sorted(out, key=lambda v: int(v.version))
 
     def load(self, version: str) -> Any:
-        """The fitted sklearn-compatible estimator of ``version``."""
-        mlflow.set_tracking_uri(tracking_uri(self.settings))
-        return mlflow.sklearn.load_model(f"models:/{self.name}/{version}")
+        """The fitted sklearn-compatible estimator of ``version``, if its signed digest
+        verifies and it is saved safely (``stack.modelsafety``)."""
+        return load_registered(self.settings, self.name, version, self.get(version).tags)
 
     def run_json(self, run_id: str, path: str) -> Any:
         """A JSON artifact of a run (e.g. ``split.json``)."""
@@ -113,6 +114,14 @@ class Registry:
         """A new version from ``model_uri`` with ``tags``, aliased ``challenger``."""
         mlflow.set_tracking_uri(tracking_uri(self.settings))
         mv = mlflow.register_model(model_uri, self.name, tags={**tags, "run_id": run_id})
+        # Sealed: the digest of what was registered, signed with how it is to be served.
+        with tempfile.TemporaryDirectory() as tmp:
+            local = download_registered(self.settings, self.name, str(mv.version), Path(tmp))
+            seal = seal_tags(
+                local, tags["threshold"], tags["feature_set_version"], signing_key(self.settings)
+            )
+        for key, value in seal.items():
+            self.client.set_model_version_tag(self.name, mv.version, key, value)
         self.client.set_model_version_tag(self.name, mv.version, "registered_at", _now())
         self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
         return str(mv.version)

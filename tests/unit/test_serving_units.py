@@ -120,31 +120,91 @@ def test_only_exact_explainers_count_as_cheap_enough_for_the_scoring_path() -> N
 
 
 # --------------------------------------------------------------------------- guard
-def _call(app_kwargs: dict[str, Any], path: str, headers: list[tuple[bytes, bytes]]) -> list[Any]:
+JSON_BODY = [(b"content-type", b"application/json")]
+
+
+def _call(
+    app_kwargs: dict[str, Any],
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes] = (b"",),  # type: ignore[assignment]
+    method: str = "POST",
+) -> list[Any]:
+    """``[paths the app was reached with, the guard's own status or None, body the app
+    read]`` for a request whose body streams in as ``chunks`` (no Content-Length: chunked)."""
     sent: list[Any] = []
     reached: list[str] = []
+    body: list[bytes] = []
+    stream = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> Any:
+        return stream.pop(0) if stream else {"type": "http.disconnect"}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         reached.append(scope["path"])
+        while True:
+            m = await receive()
+            body.append(m.get("body", b""))
+            if not m.get("more_body"):
+                break
 
     async def send(msg: Any) -> None:
         sent.append(msg)
 
     guard = Guard(app, **app_kwargs)
-    asyncio.run(guard({"type": "http", "path": path, "headers": headers}, None, send))
-    return [reached, sent[0]["status"] if sent else None]
+    scope = {"type": "http", "path": path, "headers": headers, "method": method}
+    asyncio.run(guard(scope, receive, send))
+    return [reached, sent[0]["status"] if sent else None, b"".join(body)]
 
 
 def test_guard_limits_body_size_and_checks_the_api_key() -> None:
-    big = [(b"content-length", b"2000")]
-    assert _call({"api_key": None, "max_bytes": 1000}, "/predict", big) == [[], 413]
-    assert _call({"api_key": None, "max_bytes": 5000}, "/predict", big) == [["/predict"], None]
+    big = [(b"content-length", b"2000"), *JSON_BODY]
+    assert _call({"api_key": None, "max_bytes": 1000}, "/predict", big)[:2] == [[], 413]
+    assert _call({"api_key": None, "max_bytes": 5000}, "/predict", big)[:2] == [["/predict"], None]
+    bogus = [(b"content-length", b"12abc"), *JSON_BODY]
+    assert _call({"api_key": None, "max_bytes": 5000}, "/predict", bogus)[:2] == [[], 413]
     keyed = {"api_key": "s3cret", "max_bytes": 5000}
-    assert _call(keyed, "/predict", []) == [[], 401]
-    assert _call(keyed, "/predict", [(b"x-api-key", b"wrong")]) == [[], 401]
-    assert _call(keyed, "/predict", [(b"x-api-key", b"s3cret")]) == [["/predict"], None]
-    assert _call(keyed, "/arrow/predict", []) == [[], 401]  # the mounted Arrow route too
-    assert _call(keyed, "/readyz", []) == [["/readyz"], None]  # probes stay open
+    assert _call(keyed, "/predict", JSON_BODY)[:2] == [[], 401]
+    assert _call(keyed, "/predict", [(b"x-api-key", b"wrong"), *JSON_BODY])[:2] == [[], 401]
+    assert _call(keyed, "/predict", [(b"x-api-key", b"s3cret\x00"), *JSON_BODY])[1] == 401
+    ok = [(b"x-api-key", b"s3cret"), *JSON_BODY]
+    assert _call(keyed, "/predict", ok)[:2] == [["/predict"], None]
+    assert _call(keyed, "/arrow/predict", [])[:2] == [[], 401]  # the mounted Arrow route too
+    assert _call(keyed, "/readyz", [], method="GET")[:2] == [["/readyz"], None]  # probes open
+
+
+def test_guard_counts_a_chunked_body_as_it_streams_in() -> None:
+    """The limit only checked Content-Length: a 12.9 MB chunked body was scored (200)."""
+    limits = {"api_key": None, "max_bytes": 1000}
+    chunks = [b"x" * 400] * 3  # 1,200 bytes, no length declared
+    assert _call(limits, "/predict", JSON_BODY, chunks)[:2] == [[], 413]
+    assert _call(limits, "/metrics", [], chunks, method="GET")[:2] == [[], 413]
+    fits = [b"x" * 400, b"y" * 400, b"z" * 200]  # exactly the limit: passed on whole
+    reached, status, body = _call(limits, "/predict", JSON_BODY, fits)
+    assert (reached, status, body) == (["/predict"], None, b"".join(fits))
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "status"),
+    [
+        ("/predict", b"application/json", None),
+        ("/predict", b"Application/JSON; charset=utf-8", None),
+        ("/predict", b"text/plain", 415),
+        ("/predict", b"", 415),
+        ("/score_vitals", b"application/x-www-form-urlencoded", 415),
+        ("/arrow/predict", b"application/json", 415),
+        ("/arrow/predict", b"application/vnd.apache.arrow.stream", None),
+        ("/metrics", b"text/plain", None),  # not a scoring endpoint
+    ],
+)
+def test_guard_enforces_each_endpoints_content_type(
+    path: str, kind: bytes, status: int | None
+) -> None:
+    headers = [(b"content-type", kind)] if kind else []
+    assert _call({"api_key": None, "max_bytes": 1000}, path, headers)[1] == status
 
 
 def test_scorer_summary_keeps_recent_latencies_only() -> None:

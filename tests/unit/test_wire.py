@@ -124,3 +124,21 @@ def test_any_one_damaged_byte_gives_values_or_a_wire_error_never_another_excepti
         except wire.WireError:
             outcomes.add("refused")
     assert outcomes == {"values", "refused"}
+
+
+@given(
+    st.sampled_from([pa.int64(), pa.uint64(), pa.int32(), pa.int8(), pa.uint8()]),
+    st.integers(-(2**64), 2**64),
+)
+def test_any_integer_column_gives_values_or_a_wire_error(kind: pa.DataType, value: int) -> None:
+    """An int64 column holding 2**62 failed Arrow's safe cast to float64: a 500."""
+    try:
+        arr = pa.array([value], type=kind)
+    except (OverflowError, pa.ArrowInvalid):
+        return  # not representable in that type: no such stream can be sent
+    body = _stream({**dict.fromkeys(NAMES, pa.array([1.0])), "news2": arr})
+    if abs(value) > 1e9:
+        with pytest.raises(wire.WireError, match="column 'news2', row 0"):
+            _decode(body)
+    else:
+        assert _decode(body)[0, 2] == float(value)
