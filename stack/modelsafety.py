@@ -174,13 +174,16 @@ def load_sklearn(folder: Path, what: str) -> Any:
 def download_registered(settings: Settings, name: str, version: str, dst: Path) -> Path:
     """The artifacts of registered model ``name`` version ``version``, under ``dst``."""
     import mlflow
+    from mlflow import MlflowClient
 
     from stack.localstack import mlflow_tracking_uri
 
+    # The version's own artifact location, asked of this server: a ``models:/`` URI would
+    # be resolved against the process's global registry URI (a local SQLite by default).
+    uri = mlflow_tracking_uri(settings)
+    location = MlflowClient(uri, registry_uri=uri).get_model_version_download_uri(name, version)
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{version}",
-        dst_path=str(dst),
-        tracking_uri=mlflow_tracking_uri(settings),
+        artifact_uri=location, dst_path=str(dst), tracking_uri=uri
     )
     return Path(local)
 

@@ -424,3 +424,76 @@ def test_no_raw_events_get_a_5xx(served: dict[str, Any], body: Any) -> None:
     else:
         for p in r.json():
             assert 0.0 <= p["risk"] <= 1.0
+
+
+# --------------------------------------------------------------------------- the hunt
+_ID = st.one_of(
+    st.sampled_from(["pt-1", "pt-2", "pt-3"]),
+    st.text(max_size=70),
+)
+_READING = st.one_of(
+    st.none(),
+    st.floats(-2e6, 2e6),
+    st.sampled_from([1e308, -1e308, 0.0, 1e6, -1e6, 5e-324]),
+)
+_EVENT_TS = st.one_of(
+    st.datetimes(
+        min_value=pd.Timestamp("1960-01-01").to_pydatetime(),
+        max_value=pd.Timestamp("2250-01-01").to_pydatetime(),
+    ).map(lambda d: d.isoformat() + "Z"),
+    st.datetimes(
+        min_value=pd.Timestamp("2026-01-05").to_pydatetime(),
+        max_value=pd.Timestamp("2026-01-05T06:00").to_pydatetime(),
+    ).map(lambda d: d.isoformat() + "Z"),
+)
+
+
+@st.composite
+def _message(draw: st.DrawFn) -> tuple[bytes, bytes | None, int | None]:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=200)), None, None
+    event = _event(draw(_ID), ts=draw(_EVENT_TS))
+    for vital in draw(st.sets(st.sampled_from(["heart_rate", "spo2", "resp_rate",
+                                               "temperature", "systolic_bp"]))):  # fmt: skip
+        event[vital] = draw(_READING)
+    if draw(st.integers(0, 9)) == 0:
+        event[draw(st.sampled_from(["consciousness", "on_oxygen", "schema_version", "x"]))] = draw(
+            st.one_of(st.text(max_size=3), st.integers(), st.none())
+        )
+    ts = draw(st.one_of(st.none(), st.integers(0, 2**62)))
+    key = draw(st.one_of(st.none(), st.binary(max_size=20)))
+    return json.dumps(event).encode(), key, ts
+
+
+@hsettings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(messages=st.lists(_message(), min_size=1, max_size=80))
+def test_no_message_stops_the_scorer_and_each_ends_in_exactly_one_place(
+    scorer_settings: Settings, messages: list[tuple[bytes, bytes | None, int | None]]
+) -> None:
+    """Arbitrary bytes and contract-valid extremes through the real broker, scorer,
+    service and PostgreSQL: the scorer never exits, every message is a prediction row or
+    a dead letter (once), and every event the contract accepts gets its row."""
+    from stack.batchvalidate import BatchValidator
+    from stack.contracts import VitalsEvent
+    from stack.settings import TopicNames
+
+    tag = uuid.uuid4().hex[:8]
+    s = scorer_settings.model_copy(
+        update={"kafka": scorer_settings.kafka.model_copy(update={"topics": TopicNames(
+            **{k: f"{v}.{tag}" for k, v in scorer_settings.kafka.topics.model_dump().items()})})}
+    ).with_scorer(group_id=f"hunt-{tag}")  # fmt: skip
+    _send(s, messages)
+    summary = Scorer(s).run(bounded=True)
+    assert summary.records == len(messages)
+    accepted = BatchValidator(VitalsEvent, s.contract.bounds()).validate([m for m, *_ in messages])
+    ids = accepted.table.column("event_id").to_pylist()
+    rows = _query(s, "SELECT event_id FROM predictions WHERE role = 'champion' AND event_id IN "
+                     "(" + ",".join(f"'{i}'" for i in ids or ["none"]) + ")")  # fmt: skip
+    dead = _query(s, f"SELECT count(*) FROM scoring_dead_letters "
+                     f"WHERE kafka_topic = '{s.kafka.topics.vitals}'")[0][0]  # fmt: skip
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert len(rows) + dead == len(messages)

@@ -41,6 +41,7 @@ from serving.server import ServingProcess
 from stack.db import migrate
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints, free_port
+from stack.modelsafety import signing_key
 from stack.settings import REPO_ROOT, Settings
 from tests.integration.conftest import (
     _faulty,
@@ -476,6 +477,10 @@ def test_each_service_keeps_its_own_metrics(served: dict[str, Any], tmp_path: Pa
             update={
                 "run_dir": str(tmp_path / "run"),
                 "serving": base.serving.model_copy(update={"port": free_port()}),
+                # Another run dir, the same platform: the key that signed the models.
+                "mlflow": base.mlflow.model_copy(
+                    update={"signing_key": signing_key(base).decode()}
+                ),
             }
         )
     )

@@ -1,0 +1,265 @@
+"""Write ``docs/benchmarks.md`` from ``bench/results/*.json`` (never figures by hand).
+
+    python -m bench.report           # rewrite docs/benchmarks.md
+    python -m bench.report --check   # exit 1 if docs/benchmarks.md is not what the JSON says
+
+Each benchmark's headline figures, with the target and whether it was met, then where
+its full record is. ``tests/unit/test_bench_report.py`` fails when the page and the
+results disagree, so a result committed without its page (or the reverse) is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+Row = tuple[str, str, str, str]  # figure, value, target, met
+
+
+def _n(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int | float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _met(ok: Any) -> str:
+    return "–" if ok is None else ("met" if ok else "**not met**")
+
+
+def _table(rows: list[Row]) -> str:
+    out = ["| figure | value | target | |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- sections
+def _ingest(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    t = d.get("targets", {})
+    for client, r in d["results"].items():
+        produce, drain = r["simulate_vs_raw_produce"], r["landing_drain_vs_raw_consume"]
+        rss = r["lander_peak_rss_mb"]
+        rows += [
+            (f"{client}: simulator → Kafka vs raw produce", f"{_n(produce, 2)}×",
+             t.get("simulate_vs_raw_produce", ""), _met(produce >= 0.8)),
+            (f"{client}: landing drain vs raw consume",
+             f"{_n(drain, 2)}× ({_n(r['landing_drain_msgs_per_s'])} msg/s)",
+             t.get("landing_drain_vs_raw_consume", ""), _met(drain >= 0.8)),
+            (f"{client}: lander peak RSS", f"{_n(rss)} MB", t.get("lander_peak_rss_mb", ""),
+             _met(rss <= 1024)),
+        ]  # fmt: skip
+    return rows
+
+
+def _etl(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    sizes = sorted(d["results"], key=int)
+    for size in sizes:
+        r = d["results"][size]
+        largest = size == sizes[-1]
+        rows.append((
+            f"{int(size):,} raw events on {d['parameters']['spark_master']}",
+            f"{_n(r['seconds'], 1)} s, {_n(r['events_per_s'])} events/s",
+            d["target"]["events_per_s_at_largest"] if largest else "",
+            _met(r["events_per_s"] >= 100_000) if largest else "–",
+        ))  # fmt: skip
+    return rows
+
+
+def _features(d: dict[str, Any]) -> list[Row]:
+    t = d["target"]
+    rows: list[Row] = []
+    for size in sorted((k for k in d["batch"] if k.isdigit()), key=int):
+        r = d["batch"][size]
+        largest = size == max((k for k in d["batch"] if k.isdigit()), key=int)
+        rows.append((
+            f"batch, {int(size):,} processed rows", f"{_n(r['processed_rows_per_s'])} rows/s",
+            t["batch_rows_per_s"] if largest else "",
+            _met(r["processed_rows_per_s"] >= 100_000) if largest else "–",
+        ))  # fmt: skip
+    for r in d["online"]["runs"]:
+        rows.append((
+            f"online, {d['online']['patients']:,} patients, polls of {r['poll_batch']:,}",
+            f"{_n(r['events_per_s'])} events/s, peak {_n(r['peak_rss_mb'])} MB",
+            f"{t['online_events_per_s']}; {t['online_rss_mb']} MB",
+            _met(r["events_per_s"] >= 50_000 and r["peak_rss_mb"] <= 1024),
+        ))  # fmt: skip
+    return rows
+
+
+def _training(d: dict[str, Any]) -> list[Row]:
+    c = d["cohort"]
+    rows: list[Row] = [(
+        "cohort", f"{c['patients']:,} patients × {_n(c['hours'])} h, {c['rows']:,} rows", "", "–"
+    )]  # fmt: skip
+    for name, f in d["figures"].items():
+        unit = f" {f['unit']}" if f.get("unit") else ""
+        value = _n(f["value"], 1 if unit else 3) + unit
+        rows.append((name.replace("_", " "), value, str(f.get("target", "")), _met(f.get("met"))))
+    return rows
+
+
+def _serving(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for size in (1, 100):
+        r = d["http"].get(f"ratio_{size}_rows", {})
+        if r:
+            rows.append((
+                f"HTTP /predict vs mlflow models serve, {size} row(s)",
+                f"{_n(r['throughput_x'], 1)}× throughput, "
+                f"p99 {_n(r['p99_bentoml_over_mlflow'], 2)}×",
+                str(r.get("target", "")), _met(r.get("met")),
+            ))  # fmt: skip
+    stream = d["stream"]
+    for client, s in stream.items():
+        if not isinstance(s, dict) or "workers_1" not in s:
+            continue
+        w1, w2 = s["workers_1"], s.get("workers_2", {})
+        rows.append((
+            f"stream, {client}, 1 / 2 workers",
+            f"{_n(w1['scorer_events_per_s'])} / {_n(w2.get('scorer_events_per_s'))} events/s "
+            f"(raw consume {_n(s['raw_consume_per_s'])})",
+            str(s.get("target", "")), _met(s.get("met")),
+        ))  # fmt: skip
+    if isinstance(stream.get("paced"), dict):
+        p = stream["paced"]
+        rows.append((
+            f"event→prediction at {_n(p['offered_per_s'])} events/s offered",
+            f"p50 {_n(p['p50_ms'])} ms, p99 {_n(p['p99_ms'])} ms",
+            str(p.get("target", "p99 <= 250 ms")), _met(p.get("met", p["p99_ms"] <= 250)),
+        ))  # fmt: skip
+    for key, r in stream.items():
+        if key.startswith("rss_") and isinstance(r, dict):
+            rows.append((
+                f"scorer peak RSS, {r['patients']:,} patients", f"{_n(r['peak_rss_mb'])} MB",
+                str(r.get("target", "")), _met(r.get("met")),
+            ))  # fmt: skip
+    if isinstance(stream.get("replay"), dict):
+        r = stream["replay"]
+        rows.append((
+            f"history replay at takeover, {r['patients']:,} patients × {_n(r['hours'])} h",
+            f"{r['replayed_events']:,} events in {_n(r['replay_seconds'], 1)} s, "
+            f"{_n(r['peak_rss_mb'])} MB", "none", "–",
+        ))  # fmt: skip
+    return rows
+
+
+def _drift(d: dict[str, Any]) -> list[Row]:
+    p = d["parameters"]
+    rows: list[Row] = [(
+        f"false alarms on {p['baseline_seeds']} baseline wards of other seeds",
+        _n(d["false_alarm_rate"], 2), "0", _met(d["false_alarm_rate"] == 0),
+    )]  # fmt: skip
+    for scenario, r in d["detection"].items():
+        rows.append((
+            f"{scenario.replace('_', ' ')} detected", f"{r['detected']} of {r['runs']} wards",
+            "every ward", _met(r["detected"] == r["runs"]),
+        ))  # fmt: skip
+    return rows
+
+
+def _retrain(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for family, by_ward in d["results"].items():
+        for ward, r in by_ward.items():
+            for model in ("v2_same_size", "v2_window"):
+                m = r.get(model)
+                if not m:
+                    continue
+                rows.append((
+                    f"{family}, {ward.replace('_', ' ')} wards: {model} − v1",
+                    f"PR-AUC {m['pr_auc_minus_v1']:+.3f} ({m['pr_auc_wins']} of "
+                    f"{d['parameters']['held_out_wards']} won), ROC-AUC "
+                    f"{m['roc_auc_minus_v1']:+.3f}", "none (a question)", "–",
+                ))  # fmt: skip
+    return rows
+
+
+def _chaos(d: dict[str, Any]) -> list[Row]:
+    f, t = d["figures"], d["targets"]
+    rows: list[Row] = [
+        ("exits that needed a human", _n(f["exits_needing_a_human"]), "0",
+         _met(t["exits_needing_a_human"]["met"])),
+        ("valid events with a prediction",
+         f"{_n(100 * f['valid_events_scored_share'], 2)} % of {f['valid_events']:,}", "100 %",
+         _met(t["valid_events_scored_share"]["met"])),
+        ("duplicates stored", _n(f["duplicates_stored"]), "0", _met(t["duplicates_stored"]["met"])),
+        ("messages unaccounted for (scorer / lander)",
+         f"{_n(f['unaccounted_scorer'])} / {_n(f['unaccounted_lander'])} of "
+         f"{f['messages_sent']:,} ({f['hostile_messages']:,} hostile)", "0",
+         _met(t["unaccounted"]["met"])),
+    ]  # fmt: skip
+    for fault, seconds in f["recovery_s"].items():
+        rows.append((f"recovery after {fault} killed", f"{_n(seconds, 1)} s "
+                     f"(down {_n(f['down_s'][fault], 1)} s)", "none", "–"))  # fmt: skip
+    return rows
+
+
+SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Row]]]] = [
+    ("ingest", "Ingest: simulator → Kafka → raw lake", "python -m bench.bench_ingest", _ingest),
+    ("etl", "ETL: raw lake → processed lake + PostgreSQL", "python -m bench.bench_etl", _etl),
+    ("features", "Features: batch and online", "python -m bench.bench_features", _features),
+    ("training", "Training and the gate", "python -m bench.bench_training", _training),
+    ("serving", "Serving: HTTP and the Kafka scorer", "python -m bench.bench_serving", _serving),
+    ("drift", "Drift: false alarms and detection", "python -m bench.bench_drift", _drift),
+    ("retrain_respiratory_wave", "Retraining on a respiratory wave",
+     "python -m bench.bench_retrain", _retrain),
+    ("chaos", "Chaos: hostile messages and killed parts", "python -m bench.bench_chaos", _chaos),
+]  # fmt: skip
+
+
+def render() -> str:
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench.report` from `bench/results/*.json`; do not edit by "
+        "hand. Each run records its machine (here 2 cores, 24 GB, no GPU), versions and "
+        "parameters in its JSON, with earlier runs where they were kept. `make bench` runs "
+        "them all (about an hour).",
+        "",
+    ]
+    for name, title, command, build in SECTIONS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        out += [
+            f"## {title}",
+            f'<a id="{name.split("_")[0]}"></a>',
+            "",
+            f"`{command}` · measured {str(d.get('when', '?'))[:16].replace('T', ' ')} UTC · "
+            f"[`bench/results/{name}.json`](../bench/results/{name}.json)",
+            "",
+            _table(build(d)),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        current = PAGE.read_text() if PAGE.exists() else ""
+        if current != text:
+            print(f"{PAGE} is out of date: run `python -m bench.report`", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.parent.mkdir(parents=True, exist_ok=True)
+    PAGE.write_text(text)
+    print(f"written {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
