@@ -134,6 +134,8 @@ bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~1 h
 	$(BIN)/python -m bench.bench_serving
 	$(BIN)/python -m bench.bench_drift
 	$(BIN)/python -m bench.bench_retrain
+	$(BIN)/python -m bench.bench_chaos
+	$(BIN)/python -m bench.report
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)
 	@$(BIN)/python -c 'from stack.localstack import endpoints; from stack.settings import load_settings; print(endpoints(load_settings()).mlflow_uri)'

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -387,7 +388,17 @@ def _figures(
             keep = t.filter(pc.equal(t["kafka_topic"], s.kafka.topics.vitals))
             offsets.update(zip(keep["kafka_partition"].to_pylist(),
                                keep["kafka_offset"].to_pylist(), strict=True))  # fmt: skip
+    # The scorer's own account of the outages it waited out (its log: counters reset
+    # when it was killed).
+    log = scorer.log.read_text(errors="replace") if scorer.log.exists() else ""
+    waited = {
+        dep: {"retries": log.count(f"{dep} unavailable ("),
+              "back_after_s": [float(x) for x in re.findall(rf"{dep} is back after ([0-9.]+) s",
+                                                             log)]}
+        for dep in ("postgres", "service", "kafka")
+    }  # fmt: skip
     figures = {
+        "scorer_waited_out": waited,
         "exits_needing_a_human": len(scorer.unexpected_exits) + len(lander.unexpected_exits),
         "valid_events_scored_share": round(distinct / valid_events, 6) if valid_events else None,
         "valid_events": valid_events,

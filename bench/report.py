@@ -200,6 +200,10 @@ def _chaos(d: dict[str, Any]) -> list[Row]:
          f"{f['messages_sent']:,} ({f['hostile_messages']:,} hostile)", "0",
          _met(t["unaccounted"]["met"])),
     ]  # fmt: skip
+    for dep, w in f.get("scorer_waited_out", {}).items():
+        if w["back_after_s"]:
+            rows.append((f"scorer waited out {dep}", f"{_n(sum(w['back_after_s']), 1)} s, "
+                         f"{w['retries']} retries, no exit", "no exit", "met"))  # fmt: skip
     for fault, seconds in f["recovery_s"].items():
         rows.append((f"recovery after {fault} killed", f"{_n(seconds, 1)} s "
                      f"(down {_n(f['down_s'][fault], 1)} s)", "none", "–"))  # fmt: skip
