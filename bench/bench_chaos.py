@@ -51,10 +51,10 @@ import yaml
 
 from bench.common import machine, private_stack, versions, write_result
 from pipelines.cohort import build_cohort
-from pipelines.landing import RAW_DEAD, RAW_VITALS
 from pipelines.produce import with_simulator
 from pipelines.simulator.engine import WardSimulator
 from serving.server import ServingProcess
+from stack.catalog import RAW_DEAD, RAW_VITALS
 from stack.kafka import KafkaClient, TopicPartition
 from stack.lake import Lake
 from stack.localstack import PostgresService, endpoints, ensure_topics, free_port, write_private
@@ -257,9 +257,9 @@ def main(
         rows = labelled_rows(cohort.features, cohort.labels)
         run_training(base, rows=rows)
         if not run_promote(base, rows=rows).promoted:  # the gate judges; chaos needs a champion
-            from training.registry import Registry
+            from stack.registry import ModelRegistry
 
-            reg = Registry(base)
+            reg = ModelRegistry(base)
             challenger = reg.by_alias("challenger")
             assert challenger is not None
             reg.promote(challenger.version)

@@ -40,10 +40,11 @@ from bench.common import (
     write_result,
 )
 from pipelines.etl.job import run_etl
-from pipelines.landing import RAW_VITALS, VITALS_SCHEMA, _Buffer, _by_hour, _Columns
+from pipelines.landing import VITALS_SCHEMA, land_rows
 from pipelines.produce import with_simulator
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
+from stack.catalog import RAW_VITALS, by_hour
 from stack.contracts import VitalsEvent
 from stack.kafka import PartitionBatch
 from stack.lake import Lake
@@ -71,10 +72,8 @@ def write_raw_lake(s: Settings, events: int) -> int:
             [v for _r, _k, v, _e in vitals],
         )
         offset += len(batch)
-        cols = _Columns.of([batch])
-        result = validator.validate(cols.values)
-        table = _Buffer.with_kafka(result.table, batch.topic, cols, VITALS_SCHEMA)
-        for part, t in _by_hour(table, "ts").items():
+        table = land_rows([batch], validator, VITALS_SCHEMA)
+        for part, t in by_hour(table, "ts").items():
             lake.write_parquet(t, f"{RAW_VITALS}/{part}/bench-{n:05d}.parquet")
         written += table.num_rows
     return written

@@ -44,12 +44,11 @@ from bench.common import (
 )
 from features.cleaning import STATUS_OK, clean_events
 from features.resample import to_minutes
-from pipelines.etl.job import PROCESSED_ZONE
 from pipelines.features.job import run_features
-from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES, _by_hour
 from pipelines.produce import with_simulator
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
+from stack.catalog import PROCESSED_VITALS, RAW_ADMISSIONS, RAW_OUTCOMES, by_hour
 from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.db import migrate, transaction
 from stack.lake import Lake
@@ -93,8 +92,8 @@ def write_processed_lake(s: Settings, rows: int, ward_size: int = 1000) -> int:
         minutes = to_minutes(cleaned[cleaned["status"] == STATUS_OK])
         del cleaned
         table = pa.Table.from_pandas(minutes, preserve_index=False)
-        for part, t in _by_hour(table, "minute").items():
-            lake.write_parquet(t, f"{PROCESSED_ZONE}/{part}/ward-{ward:03d}.parquet")
+        for part, t in by_hour(table, "minute").items():
+            lake.write_parquet(t, f"{PROCESSED_VITALS}/{part}/ward-{ward:03d}.parquet")
             partitions.add(part)
         written += table.num_rows
         lake.write_parquet(pa.Table.from_pandas(admissions), f"{RAW_ADMISSIONS}/{ward:03d}.parquet")

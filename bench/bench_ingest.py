@@ -37,6 +37,7 @@ import yaml
 from bench.common import machine, private_stack, versions, write_result
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import WardSimulator
+from stack.catalog import landing_runs
 from stack.gctune import throughput_gc
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints
@@ -164,7 +165,7 @@ def _landing_subprocess(s: Settings, overlay: Path) -> tuple[dict[str, Any], flo
         check=True,
         capture_output=True,
     )
-    runs = Path(s.resolve(s.lake.root)) / "_landing" / s.landing.group_id / "runs"
+    runs = Path(s.resolve(s.lake.root)) / landing_runs(s.landing.group_id)
     summary = json.loads(next(runs.glob("*.json")).read_text())
     return summary, float(summary["peak_rss_mb"])
 

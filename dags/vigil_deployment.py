@@ -19,7 +19,7 @@ def vigil_deployment() -> None:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from ops.retrain import deploy, pending_trigger_in_training
-        from training.registry import RegistryError
+        from stack.registry import RegistryError
 
         s = settings()
         try:

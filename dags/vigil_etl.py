@@ -18,7 +18,8 @@ def vigil_etl() -> None:
     def etl() -> dict[str, object]:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from pipelines.etl.job import EtlValidationError, run_etl
+        from pipelines.etl.job import run_etl
+        from pipelines.etl.validation import EtlValidationError
 
         try:
             s = run_etl(settings())

@@ -42,7 +42,7 @@ def vigil_monitoring() -> None:
             raise AirflowSkipException(str(result["held"]))
         return result
 
-    trigger(drift())
+    trigger(drift())  # type: ignore[arg-type]  # Airflow passes the XCom value at run time
 
 
 vigil_monitoring()

@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.table import Table
 
 from monitoring.job import (
-    Champion,
     champion,
     landed_outcomes,
     run_monitoring,
@@ -42,10 +41,10 @@ from stack import db
 from stack.lake import Lake
 from stack.localstack import endpoints, up
 from stack.logs import configure_logging
+from stack.registry import CHALLENGER, ModelRef, ModelRegistry
 from stack.settings import LoggingSettings, Settings, load_settings
 from training.job import run_training
 from training.promotion import run_promote
-from training.registry import CHALLENGER, Registry
 
 DB = "vigil_drift_demo"
 
@@ -131,27 +130,27 @@ def run_drift_demo(base: Settings, console: Console, patients: int = 300) -> dic
 
 
 def _realized_live(
-    s: Settings, lake: Lake, old: Champion, new: Champion, patients: int, console: Console
+    s: Settings, lake: Lake, old: ModelRef, new: ModelRef, patients: int, console: Console
 ) -> dict[str, Any]:
     """Stream 12 h of the wave through the service and the scorer, with the other version
     in shadow, land the outcomes, and judge both on their stored live predictions."""
-    reg = Registry(s)
+    reg = ModelRegistry(s)
     if new.version == old.version:  # the gate kept v1: its rejected challenger shadows it
         info = reg.by_alias(CHALLENGER)
         if info is None:
             console.print("no challenger to compare with")
             return {}
-        other = Champion(old.name, info.version, info.run_id, float("nan"))
+        other = info
     else:  # the previous champion, kept in shadow for the comparison
         other = old
-        reg.client.set_registered_model_alias(old.name, CHALLENGER, old.version)
+        reg.set_alias(CHALLENGER, old.version)
     ward = ward_day_settings(s.simulator, scenario="respiratory_wave", seed=14, day=3,
                              patients=patients, deterioration_rate=0.5, hours=12)  # fmt: skip
     console.print(f"streaming {patients} patients × 12 h: champion v{new.version} serving, "
                   f"v{other.version} in shadow…")  # fmt: skip
     sent, scoring = score_live(s, ward)
     if other is old:
-        reg.client.delete_registered_model_alias(old.name, CHALLENGER)
+        reg.drop_alias(CHALLENGER)
     build_cohort(ward, s.features).to_lake(lake, part="wave-live")  # its outcomes land
     console.print(f"{sent.stats.valid_events:,} events: {scoring.scored:,} scored, "
                   f"{scoring.shadow_stored:,} in shadow, {scoring.alerts} alerts")  # fmt: skip

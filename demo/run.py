@@ -25,27 +25,29 @@ from features.spec import (
     FEATURES_ZONE,
     LABELS_ZONE,
 )
-from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE, run_etl
+from pipelines.etl.job import run_etl
 from pipelines.features.job import run_features
-from pipelines.landing import (
+from pipelines.landing import Lander, LandingSummary
+from pipelines.produce import ProduceSummary, simulate_to_kafka, with_simulator
+from serving.scorer import Scorer
+from serving.server import ServingProcess
+from serving.summary import ScoreSummary
+from stack.catalog import (
+    PROCESSED_VITALS,
+    QUARANTINE,
     RAW_ADMISSIONS,
     RAW_DEAD,
     RAW_OUTCOMES,
     RAW_VITALS,
-    Lander,
-    LandingSummary,
 )
-from pipelines.produce import ProduceSummary, simulate_to_kafka, with_simulator
-from serving.scorer import Scorer, ScoreSummary
-from serving.server import ServingProcess
 from stack.kafka import KafkaClient
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics, mask_url, up
 from stack.logs import configure_logging
+from stack.registry import RegistryError
 from stack.settings import LoggingSettings, Settings, load_settings
 from training.job import TrainingDataError, TrainSummary, run_training
 from training.promotion import PromotionResult, run_promote
-from training.registry import RegistryError
 
 
 def reconcile(sent: ProduceSummary, landed: LandingSummary) -> dict[str, Any]:
@@ -144,8 +146,8 @@ def run_demo(settings: Settings, console: Console, live_seconds: float = 60.0) -
     console.print(
         f"dead letters  {lake.uri}/{RAW_DEAD}/  and topic {settings.kafka.topics.dead_letters}"
     )
-    console.print(f"processed     {lake.uri}/{PROCESSED_ZONE}/  and table vitals_minute")
-    console.print(f"quarantine    {lake.uri}/{QUARANTINE_ZONE}/  and table quarantine")
+    console.print(f"processed     {lake.uri}/{PROCESSED_VITALS}/  and table vitals_minute")
+    console.print(f"quarantine    {lake.uri}/{QUARANTINE}/  and table quarantine")
     console.print(f"validation    {etl.report_dir}/  (JSON + GX Data Docs in data_docs/)")
     console.print(f"features      {lake.uri}/{FEATURES_ZONE}/  and table {FEATURES_TABLE}")
     console.print(f"labels        {lake.uri}/{LABELS_ZONE}/  and table feature_labels")

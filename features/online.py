@@ -31,6 +31,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +54,6 @@ from features.spec import (
     CHANNELS,
     FEATURE_NAMES,
     LATEST,
-    SLOPE_WINDOWS,
     STAT_VITALS,
     STAT_WINDOWS,
     STATIC,
@@ -63,7 +64,9 @@ from features.transform import (
     WindowStats,
     compute,
     quantize,
+    shift_moments,
     static_vector,
+    window_stats,
 )
 
 F = npt.NDArray[np.float64]
@@ -82,7 +85,6 @@ assert all(w % BLOCK == 0 for w in STAT_WINDOWS)
 V = len(STAT_VITALS)
 _MID = WINDOW_MINUTES // BLOCK  # most whole blocks strictly inside a window
 _J = np.arange(BLOCK, dtype=np.int64)
-_SLOPE_K = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
 _W240 = STAT_WINDOWS.index(WINDOW_MINUTES)
 
 
@@ -122,7 +124,7 @@ def _minutes_first(
 
 def _block_sums(q: npt.NDArray[np.float32]) -> I64:
     """Sums n, Σq, Σq², Σt, Σt², Σt·q over the minutes of blocks, t the minute within
-    its block (0 .. BLOCK-1; :func:`_shift` moves t).
+    its block (0 .. BLOCK-1; :func:`~features.transform.shift_moments` moves t).
 
     Args:
         q: ``[BLOCK, ..., V]`` quantised minute values, minutes first (see
@@ -142,15 +144,10 @@ def _block_sums(q: npt.NDArray[np.float32]) -> I64:
     return out
 
 
-def _shift(s: I64, c: I64) -> I64:
-    """Sums ``[..., 6, V]`` (n, Σq, Σq², Σt, Σt², Σt·q) with every t moved to t + c
-    (``c`` shaped like the leading axes), exactly."""
-    c = c[..., None]
-    n, sq, t1 = s[..., 0, :], s[..., 1, :], s[..., 3, :]
-    out: I64 = np.stack(
-        [n, sq, s[..., 2, :], t1 + c * n, s[..., 4, :] + 2 * c * t1 + c * c * n,
-         s[..., 5, :] + c * sq], axis=-2,
-    )  # fmt: skip
+def _filled(shape: tuple[int, ...], dtype: type, fill: Any) -> np.ndarray:
+    """A new array of ``shape`` holding ``fill`` (a scalar, or a row broadcast along it)."""
+    out: np.ndarray = np.empty(shape, dtype=dtype)
+    out[...] = fill
     return out
 
 
@@ -193,8 +190,21 @@ def _group_cummax(groups: I64, values: I64) -> I64:
     return out
 
 
+# An event's fate in :meth:`OnlineFeatures.fold`.
+ACCEPTED, DUPLICATE, FUTURE, TOO_LATE = "accepted", "duplicate", "future", "too_late"
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What :meth:`OnlineFeatures.fold` made of a batch: a vector per accepted event and
+    a status per event, in input order."""
+
+    vectors: pd.DataFrame
+    status: npt.NDArray[np.object_]
+
+
 class OnlineFeatures:
-    """Per-patient feature state; :meth:`update` takes a poll batch and returns vectors.
+    """Per-patient feature state; :meth:`fold` takes a poll batch and returns vectors.
 
     Args:
         lateness_minutes: how late (behind the patient's newest event) an event may be
@@ -215,40 +225,31 @@ class OnlineFeatures:
         # Quantised minute values (exact small integers, so float32 holds them exactly).
         # Stored by block ([patient, block slot, channel, minute in block]) so that a
         # block is one contiguous read; it holds every minute of the last R.
-        self.ring = np.full(
-            (capacity, self.NB, len(RING_CHANNELS), BLOCK), np.nan, dtype=np.float32
-        )
-        # Per block of BLOCK minutes (ring of NB blocks), per stat vital: the exact sums
-        # n, Σq, Σq², Σt, Σt², Σt·q over every block *before* it (t = minute - the
-        # patient's anchor minute), so whole blocks of a window are one difference; the
-        # block's own min and max; and the last observed minute before it per channel.
-        self.pre = np.zeros((capacity, self.NB, 6, V), dtype=np.int64)
-        self.bmin = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
-        self.bmax = np.full((capacity, self.NB, V), np.nan, dtype=np.float32)
-        self.plast = np.full((capacity, self.NB, len(RING_CHANNELS)), NONE, dtype=np.int64)
-        self.anchor = np.zeros(capacity, dtype=np.int64)
-        # Baseline: observed minutes and Σq over the stay's first BASELINE_MINUTES.
-        self.base_n = np.zeros((capacity, V), dtype=np.int64)
-        self.base_s = np.zeros((capacity, V), dtype=np.int64)
-        self.first = np.full(capacity, NONE, dtype=np.int64)
-        self.newest = np.full(capacity, NONE, dtype=np.int64)
-        self.static = np.tile(static_vector(None), (capacity, 1))
+        # The per-patient arrays (one row per patient slot), declared once in
+        # :meth:`_layout` and made, grown and measured from it.
+        self.ring: npt.NDArray[np.float32]
+        self.pre: I64
+        self.bmin: npt.NDArray[np.float32]
+        self.bmax: npt.NDArray[np.float32]
+        self.plast: I64
+        self.anchor: I64
+        self.base_n: I64
+        self.base_s: I64
+        self.first: I64
+        self.newest: I64
+        self.static: F
+        self.ref_val: F
+        self.ref_ts: I64
+        self.trusted: npt.NDArray[np.bool_]
+        self.reported: npt.NDArray[np.bool_]
+        self.base_final: npt.NDArray[np.bool_]
+        for name, (shape, dtype, fill) in self._layout().items():
+            setattr(self, name, _filled((capacity, *shape), dtype, fill))
         self._admitted: dict[str, F] = {}  # admission facts, by patient (slot or not)
         self.events = _Retained()
         self._ids: set[str] = set()
         self._expire_at = 0
         self._name_array: npt.NDArray[np.object_] = np.array([], dtype=object)
-        # The artifact rules' context per patient: last plausible HR / SpO2 and their times
-        # (ns since epoch), as of the newest event; rebuilt from ``events`` after late ones.
-        self.ref_val = np.full((capacity, 2), np.nan)
-        self.ref_ts = np.full((capacity, 2), NONE, dtype=np.int64)
-        # Stays: is the first minute the stay's own (not where a replay cut in), and
-        # have its final first hours been handed out (:meth:`stay_facts`)?
-        self.trusted = np.ones(capacity, dtype=bool)
-        self.reported = np.zeros(capacity, dtype=bool)
-        # First hours restored whole (:meth:`restore_stays`): their sums are final, so
-        # minutes folded in later never add to them again.
-        self.base_final = np.zeros(capacity, dtype=bool)
         self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ patients
@@ -265,6 +266,48 @@ class OnlineFeatures:
                 self.static[slots[pid]] = vec
         return np.array([slots[p] for p in pids.tolist()], dtype=np.int64)
 
+    def _layout(self) -> dict[str, tuple[tuple[int, ...], type, Any]]:
+        """Every per-patient array: its shape after the patient axis, type and empty value.
+
+        - ``ring``: quantised minute values (exact small integers: float32 holds them
+          exactly), by block — ``[block slot, channel, minute in block]`` — so a block is
+          one contiguous read; it holds every minute of the last R;
+        - per block (ring of NB blocks), per stat vital: ``pre``, the exact sums n, Σq,
+          Σq², Σt, Σt², Σt·q over every block *before* it (t = minute − the patient's
+          ``anchor`` minute), so whole blocks of a window are one difference; ``bmin`` and
+          ``bmax``, the block's own; ``plast``, the last observed minute before it per
+          channel;
+        - ``base_n``, ``base_s``: observed minutes and Σq over the stay's first
+          BASELINE_MINUTES; ``first``, ``newest``: the stay's first usable and newest
+          minutes; ``static``: admission facts;
+        - ``ref_val``, ``ref_ts``: the artifact rules' context, the last plausible HR and
+          SpO2 and their times (ns since epoch), as of the newest event (rebuilt from the
+          retained events after late ones);
+        - stays: ``trusted``, the first minute is the stay's own (not where a replay cut
+          in); ``reported``, its final first hours were handed out (:meth:`stay_facts`);
+          ``base_final``, restored whole (:meth:`restore_stays`), so minutes folded in
+          later never add to them again.
+        """
+        nb, c = self.NB, len(RING_CHANNELS)
+        return {
+            "ring": ((nb, c, BLOCK), np.float32, np.nan),
+            "pre": ((nb, 6, V), np.int64, 0),
+            "bmin": ((nb, V), np.float32, np.nan),
+            "bmax": ((nb, V), np.float32, np.nan),
+            "plast": ((nb, c), np.int64, NONE),
+            "anchor": ((), np.int64, 0),
+            "base_n": ((V,), np.int64, 0),
+            "base_s": ((V,), np.int64, 0),
+            "first": ((), np.int64, NONE),
+            "newest": ((), np.int64, NONE),
+            "static": ((len(STATIC),), np.float64, static_vector(None)),
+            "ref_val": ((2,), np.float64, np.nan),
+            "ref_ts": ((2,), np.int64, NONE),
+            "trusted": ((), np.bool_, True),
+            "reported": ((), np.bool_, False),
+            "base_final": ((), np.bool_, False),
+        }
+
     def _grow(self, need: int) -> None:
         # Doubling, but not past the patients admitted when they are that many: the
         # ward's admissions bound the patients a state can be asked to hold.
@@ -272,26 +315,9 @@ class OnlineFeatures:
         if len(self._admitted) >= need:
             cap = min(cap, len(self._admitted))
         extra = cap - len(self.first)
-
-        def pad(a: np.ndarray, fill: float | int) -> np.ndarray:
-            return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
-
-        self.ring = pad(self.ring, np.nan)
-        self.pre = pad(self.pre, 0)
-        self.bmin = pad(self.bmin, np.nan)
-        self.bmax = pad(self.bmax, np.nan)
-        self.plast = pad(self.plast, NONE)
-        self.anchor = pad(self.anchor, 0)
-        self.base_n = pad(self.base_n, 0)
-        self.base_s = pad(self.base_s, 0)
-        self.first = pad(self.first, NONE)
-        self.newest = pad(self.newest, NONE)
-        self.static = np.concatenate([self.static, np.tile(static_vector(None), (extra, 1))])
-        self.ref_val = pad(self.ref_val, np.nan)
-        self.ref_ts = pad(self.ref_ts, NONE)
-        self.trusted = pad(self.trusted, True)
-        self.reported = pad(self.reported, False)
-        self.base_final = pad(self.base_final, False)
+        for name, (shape, dtype, fill) in self._layout().items():
+            grown = np.concatenate([getattr(self, name), _filled((extra, *shape), dtype, fill)])
+            setattr(self, name, grown)
 
     def admit(self, admissions: pd.DataFrame) -> None:
         """Record admission facts (``patient_id``, ``age``, ``sex``, ``spo2_scale``).
@@ -323,13 +349,8 @@ class OnlineFeatures:
 
     def memory_bytes(self) -> int:
         """Bytes held by the state arrays and the retained events."""
-        arrays = sum(
-            a.nbytes
-            for a in (self.ring, self.pre, self.bmin, self.bmax, self.plast, self.base_n,
-                      self.base_s, self.first, self.newest, self.ref_val, self.ref_ts,
-                      self.trusted, self.reported, self.base_final)
-        )  # fmt: skip
-        return int(arrays + self.static.nbytes + self.events.nbytes())
+        arrays = sum(getattr(self, name).nbytes for name in self._layout())
+        return int(arrays + self.events.nbytes())
 
     # ------------------------------------------------------------------ stays
     def stay_facts(self) -> pd.DataFrame:
@@ -388,16 +409,25 @@ class OnlineFeatures:
 
     # ------------------------------------------------------------------ update
     def update(self, events: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.DataFrame:
-        """Fold a poll batch in; return one feature vector per accepted event.
+        """Fold a poll batch in; return one feature vector per accepted event
+        (:meth:`fold`'s vectors, for callers that need no per-event status)."""
+        return self.fold(events, now).vectors
+
+    def fold(self, events: pd.DataFrame, now: pd.Timestamp | None = None) -> Folded:
+        """Fold a poll batch in: a feature vector per accepted event, a status per event.
 
         Args:
             events: contract-valid events (:data:`EVENT_COLUMNS`), any order.
             now: the wall clock for the future-timestamp rule (default: now).
 
         Returns:
-            ``event_id``, ``patient_id``, ``ts`` (the event's), ``as_of`` (the minute the
-            vector describes, + 1 minute: the feature timestamp) and
-            :data:`~features.spec.FEATURE_NAMES`, for events accepted in this batch.
+            ``vectors``: ``event_id``, ``patient_id``, ``ts`` (the event's), ``as_of`` (the
+            minute the vector describes, + 1 minute: the feature timestamp) and
+            :data:`~features.spec.FEATURE_NAMES`, for events accepted in this batch;
+            ``status``: per event (input order) :data:`ACCEPTED`, :data:`DUPLICATE` (its
+            id was taken before, or earlier in the batch), :data:`FUTURE` (beyond the
+            future bound) or :data:`TOO_LATE` (beyond the lateness bound). The decision is
+            made here, once: a caller never re-derives it.
         """
         now = now if now is not None else pd.Timestamp.now(tz="UTC")
         if len(events) > 1:
@@ -408,8 +438,12 @@ class OnlineFeatures:
             lo, hi = _group_min_max(codes, _epoch_minutes(events["ts"]))
             if (hi - lo).max() > self.lateness:
                 half = len(events) // 2
-                parts = [self.update(events.iloc[:half], now), self.update(events.iloc[half:], now)]
-                return pd.concat(parts, ignore_index=True)
+                a, b = self.fold(events.iloc[:half], now), self.fold(events.iloc[half:], now)
+                return Folded(
+                    pd.concat([a.vectors, b.vectors], ignore_index=True),
+                    np.concatenate([a.status, b.status]),
+                )
+        status = np.full(len(events), ACCEPTED, dtype=object)
         event_ids = events["event_id"]
         again = event_ids.duplicated().to_numpy()
         self.counts["duplicates"] += int(again.sum())
@@ -418,9 +452,11 @@ class OnlineFeatures:
         self.counts["duplicates"] += int(seen.sum())
         future = (events["ts"] > now + self.max_future).to_numpy() & ~again & ~seen
         self.counts["future"] += int(future.sum())
+        status[again | seen] = DUPLICATE
+        status[future] = FUTURE
         keep = ~(again | seen | future)
         if not keep.any():
-            return self._empty_result()
+            return Folded(self._empty_result(), status)
         new = events.loc[keep, EVENT_COLUMNS] if not keep.all() else events[EVENT_COLUMNS]
 
         slots = self._slot_of(new["patient_id"].to_numpy(dtype=object))
@@ -430,16 +466,17 @@ class OnlineFeatures:
         late = minute < newest - self.lateness
         self.counts["too_late"] += int(late.sum())
         if late.any():
+            status[np.flatnonzero(keep)[late]] = TOO_LATE
             new, slots, minute = new[~late], slots[~late], minute[~late]
         if new.empty:
-            return self._empty_result()
+            return Folded(self._empty_result(), status)
         self.counts["accepted"] += len(new)
         new = new.assign(_slot=slots, _minute=minute)
 
         t_slots, inverse = np.unique(slots, return_inverse=True)
         t0, batch_max = _group_min_max(inverse, minute)  # minutes touched per patient
         self._refold(new, t_slots, t0, batch_max)
-        return self._vectors_for(new)
+        return Folded(self._vectors_for(new), status)
 
     def _refold(self, new: pd.DataFrame, t_slots: I64, t0: I64, batch_max: I64) -> None:
         """Re-clean and re-aggregate every minute from each patient's ``t0`` on."""
@@ -620,7 +657,7 @@ class OnlineFeatures:
         seen_all = valid[:, None, :] & ~np.isnan(vals)
         last = np.where(seen_all, minutes[:, None, :], NONE).max(axis=2)  # [k, channels]
         q = _minutes_first(vals[:, :V], valid[:, None, :])  # [BLOCK, k, V]
-        tot = _shift(_block_sums(q), blocks * BLOCK - self.anchor[rep])  # t from the anchor
+        tot = shift_moments(_block_sums(q), blocks * BLOCK - self.anchor[rep])  # t from the anchor
         slot_b = blocks % self.NB
         self.bmin[rep, slot_b] = np.fmin.reduce(q, axis=0)
         self.bmax[rep, slot_b] = np.fmax.reduce(q, axis=0)
@@ -701,7 +738,7 @@ class OnlineFeatures:
         inside &= pmin <= newest[:, None, None]
         vals = self._blocks(self.ring, s[:, None], pblock)  # [rows, 1 + W, channels, BLOCK]
         q = _minutes_first(vals[:, :, :V], inside[:, :, None, :])  # [BLOCK, rows, 1 + W, V]
-        part = _shift(_block_sums(q), pblock * BLOCK - m[:, None])  # t = minute - as-of
+        part = shift_moments(_block_sums(q), pblock * BLOCK - m[:, None])  # t = minute - as-of
         p_lo, p_hi = np.fmin.reduce(q, axis=0), np.fmax.reduce(q, axis=0)
 
         # Whole blocks: prefix at m's block minus prefix after the window's first block.
@@ -711,7 +748,7 @@ class OnlineFeatures:
 
         mid = prefix(bm[:, None]) - prefix(starts + 1)  # [rows, W, 6, V], t from the anchor
         mid[~apart] = 0
-        whole = _shift(mid, np.broadcast_to((self.anchor[s] - m)[:, None], mid.shape[:2]))
+        whole = shift_moments(mid, np.broadcast_to((self.anchor[s] - m)[:, None], mid.shape[:2]))
         totals = part[:, :1] + part[:, 1:] + whole
 
         # Min and max over the whole blocks of each window: running over the blocks
@@ -756,11 +793,9 @@ class OnlineFeatures:
         over = (first != NONE) & ((m - first) >= BASELINE_MINUTES - 1)
         base_n = np.where(over[:, None], self.base_n[s], totals[:, _W240, 0])
         base_s = np.where(over[:, None], self.base_s[s], totals[:, _W240, 1])
-        return WindowStats(
-            n=totals[:, :, 0], s=totals[:, :, 1], s2=totals[:, :, 2],
-            lo=lo.astype(np.float64), hi=hi.astype(np.float64),
-            st=totals[:, _SLOPE_K, 3], stt=totals[:, _SLOPE_K, 4], stq=totals[:, _SLOPE_K, 5],
-            age=age_f, latest=latest, base_n=base_n, base_s=base_s,
+        return window_stats(
+            totals, lo.astype(np.float64), hi.astype(np.float64), age=age_f, latest=latest,
+            base_n=base_n, base_s=base_s,
         )  # fmt: skip
 
     def known(self, event_ids: list[str]) -> npt.NDArray[np.bool_]:

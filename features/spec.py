@@ -17,15 +17,15 @@ import hashlib
 from dataclasses import dataclass
 
 from features.news2 import NEWS2_PARAMETERS
+from stack import catalog
 
 FEATURE_SET_VERSION = "vitals-v2"  # v2: statistics over values on a 0.01 grid (exact sums)
-# Where this version's rows live (lake zones, PostgreSQL table): every reader and writer
-# takes the names from here, so a version bump moves them all.
-VERSION_SLUG = FEATURE_SET_VERSION.replace("-", "_")
-FEATURES_ZONE = f"features/{FEATURE_SET_VERSION}"
-LABELS_ZONE = f"labels/{FEATURE_SET_VERSION}"
-LABELS_FILE = f"{LABELS_ZONE}/labels.parquet"
-FEATURES_TABLE = f"features_{VERSION_SLUG}"
+# Where this version's rows live (stack.catalog spells them, keyed by the version): a
+# version bump moves every reader and writer together.
+FEATURES_ZONE = catalog.features_zone(FEATURE_SET_VERSION)
+LABELS_ZONE = catalog.labels_zone(FEATURE_SET_VERSION)
+LABELS_FILE = catalog.labels_file(FEATURE_SET_VERSION)
+FEATURES_TABLE = catalog.features_table(FEATURE_SET_VERSION)
 
 WINDOW_MINUTES = 240  # the longest look-back: the online state keeps no more than this
 STAT_WINDOWS = (15, 60, 240)

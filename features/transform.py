@@ -101,6 +101,51 @@ class WindowStats:
     base_s: I64  # up to the as-of minute) and Σ q over them
 
 
+# The window-sum kernel both paths share. A window's statistics are sums over its
+# observed minutes of the moments (n, Σq, Σq², Σt, Σt², Σt·q), t a minute's time: the
+# batch path takes differences of prefix sums of :func:`minute_moments`, the online
+# state sums the same moments per block (``features.online._block_sums``, a matrix
+# product over a block's minutes, checked equal to summing these by a unit test); both
+# move the time origin to the as-of minute with :func:`shift_moments` and hand the
+# totals to :func:`window_stats`.
+MOMENTS = ("n", "s", "s2", "st", "stt", "stq")
+
+
+def minute_moments(q: F, t: I64) -> I64:
+    """Per minute ``[..., 6, V]``: (seen, q, q², t·seen, t², t·q) of the quantised values
+    ``q`` (``[..., V]``, NaN where not observed) at integer times ``t`` (``[..., 1]``)."""
+    seen = ~np.isnan(q)
+    qi = np.where(seen, q, 0.0).astype(np.int64)
+    pi = seen.astype(np.int64)
+    out: I64 = np.stack([pi, qi, qi * qi, t * pi, t * t * pi, t * qi], axis=-2)
+    return out
+
+
+def shift_moments(m: I64, c: I64) -> I64:
+    """Moments ``[..., 6, V]`` with every t moved to t + ``c`` (shaped like the leading
+    axes), exactly: Σ(t+c) = Σt + c·n, Σ(t+c)² = Σt² + 2c·Σt + c²·n, Σ(t+c)q = Σtq + c·Σq."""
+    c = c[..., None]
+    n, sq, t1 = m[..., 0, :], m[..., 1, :], m[..., 3, :]
+    out: I64 = np.stack(
+        [n, sq, m[..., 2, :], t1 + c * n, m[..., 4, :] + 2 * c * t1 + c * c * n,
+         m[..., 5, :] + c * sq], axis=-2,
+    )  # fmt: skip
+    return out
+
+
+def window_stats(
+    totals: I64, lo: F, hi: F, *, age: F, latest: F, base_n: I64, base_s: I64
+) -> WindowStats:
+    """:class:`WindowStats` from the moments of each window (``[rows, W, 6, V]``, t relative
+    to the as-of minute) and the rest of what :func:`compute` reads."""
+    k = [STAT_WINDOWS.index(w) for w in SLOPE_WINDOWS]
+    return WindowStats(
+        n=totals[:, :, 0], s=totals[:, :, 1], s2=totals[:, :, 2], lo=lo, hi=hi,
+        st=totals[:, k, 3], stt=totals[:, k, 4], stq=totals[:, k, 5],
+        age=age, latest=latest, base_n=base_n, base_s=base_s,
+    )  # fmt: skip
+
+
 def compute(stats: WindowStats, stay_minutes: F, static: F) -> F:
     """Feature matrix ``[rows, len(FEATURE_NAMES)]``.
 
@@ -215,37 +260,12 @@ def dense_stats(obs: F, carried: F, rows: I64) -> WindowStats:
     """
     length = len(obs)
     q = quantize(obs[:, _STAT_IDX])  # [length, V]
-    seen = ~np.isnan(q)
-    qi = np.where(seen, q, 0.0).astype(np.int64)
-    pi = seen.astype(np.int64)
     t = np.arange(length, dtype=np.int64)[:, None]
-
-    def prefix(a: I64) -> I64:
-        out: I64 = np.concatenate([np.zeros((1, V), dtype=np.int64), np.cumsum(a, axis=0)])
-        return out
-
-    cum = {
-        "n": prefix(pi), "s": prefix(qi), "s2": prefix(qi * qi),
-        "st": prefix(t * pi), "stt": prefix(t * t * pi), "stq": prefix(t * qi),
-    }  # fmt: skip
+    mom = minute_moments(q, t)  # [length, 6, V], t from the stay's first minute
+    cum = np.concatenate([np.zeros((1, 6, V), dtype=np.int64), np.cumsum(mom, axis=0)])
     end = rows + 1
-
-    def window(name: str, w: int) -> I64:
-        c = cum[name]
-        out: I64 = c[end] - c[np.maximum(end - w, 0)]
-        return out
-
-    r = rows[:, None]
-    n = np.stack([window("n", w) for w in STAT_WINDOWS], axis=1)
-    s = np.stack([window("s", w) for w in STAT_WINDOWS], axis=1)
-    s2 = np.stack([window("s2", w) for w in STAT_WINDOWS], axis=1)
-    # Time relative to the as-of minute: Σ(t−r)·… from the stay-relative sums, exactly.
-    st, stt, stq = [], [], []
-    for w in SLOPE_WINDOWS:
-        cnt, sq, t1 = window("n", w), window("s", w), window("st", w)
-        st.append(t1 - r * cnt)
-        stt.append(window("stt", w) - 2 * r * t1 + r * r * cnt)
-        stq.append(window("stq", w) - r * sq)
+    totals = np.stack([cum[end] - cum[np.maximum(end - w, 0)] for w in STAT_WINDOWS], axis=1)
+    totals = shift_moments(totals, np.broadcast_to(-rows[:, None], totals.shape[:2]))
 
     lo = np.empty((len(rows), len(STAT_WINDOWS), V))
     hi = np.empty_like(lo)
@@ -253,17 +273,16 @@ def dense_stats(obs: F, carried: F, rows: I64) -> WindowStats:
         lo[:, k] = _sliding(q, w, rows, np.fmin)
         hi[:, k] = _sliding(q, w, rows, np.fmax)
 
+    r = rows[:, None]
     observed = ~np.isnan(obs)
     last_seen = np.maximum.accumulate(np.where(observed, t, -1), axis=0)[rows]
     age = (r - last_seen).astype(np.float64)
     age[(last_seen < 0) | (age > W - 1)] = np.nan
 
     upto = np.minimum(rows, BASELINE_MINUTES - 1) + 1
-    return WindowStats(
-        n=n, s=s, s2=s2, lo=lo, hi=hi,
-        st=np.stack(st, axis=1), stt=np.stack(stt, axis=1), stq=np.stack(stq, axis=1),
-        age=age, latest=quantize(carried[rows]),
-        base_n=cum["n"][upto], base_s=cum["s"][upto],
+    return window_stats(
+        totals, lo, hi, age=age, latest=quantize(carried[rows]),
+        base_n=cum[upto, 0], base_s=cum[upto, 1],
     )  # fmt: skip
 
 

@@ -36,39 +36,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE
 from monitoring.drift import RISK, DriftResult, detect_drift, prediction_drift
 from monitoring.performance import Performance, below_floor, realized, score_performance
 from stack import db
-from stack.contracts import RAW_OUTCOMES_ZONE, REFERENCE_ARTIFACT
+from stack.catalog import RAW_OUTCOMES, REFERENCE_ARTIFACT
 from stack.lake import Lake
-from stack.localstack import mlflow_tracking_uri
 from stack.metrics import record_stage
-from stack.modelsafety import load_registered
+from stack.registry import CHAMPION, ModelRef, ModelRegistry, RegistryError
 from stack.settings import Settings
+from stack.tracking import Tracking
 
 log = logging.getLogger("vigil.monitoring")
-
-CHAMPION = "champion"
 
 
 class MonitoringError(RuntimeError):
     """The run cannot judge anything: no champion, no reference, or no current data."""
-
-
-@dataclass(frozen=True)
-class Champion:
-    name: str
-    version: str
-    run_id: str
-    threshold: float
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,43 +98,35 @@ class MonitoringSummary:
 # ----------------------------------------------------------------------------- inputs
 
 
-def champion(settings: Settings) -> Champion:
+def champion(settings: Settings) -> ModelRef:
     """The version ``@champion`` points to.
 
     Raises:
         MonitoringError: no registered model or no champion yet.
     """
-    name = settings.training.registered_model
-    client = MlflowClient(mlflow_tracking_uri(settings))
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
+    registry = ModelRegistry(settings)
+    ref = registry.by_alias(CHAMPION)
+    if ref is None:
         raise MonitoringError(
-            f"{name} has no @{CHAMPION} to monitor: run `make train` and `make promote`"
-        ) from exc
-    tags = dict(mv.tags)
-    return Champion(
-        name, str(mv.version), mv.run_id or "", float(tags.get("threshold", "nan")), tags
-    )
+            f"{registry.name} has no @{CHAMPION} to monitor: run `make train` and `make promote`"
+        )
+    return ref
 
 
-def reference_sample(settings: Settings, champ: Champion) -> pd.DataFrame:
+def reference_sample(settings: Settings, champ: ModelRef) -> pd.DataFrame:
     """The champion's training sample with out-of-sample risk.
 
     Raises:
         MonitoringError: the training run logged no reference (trained before monitoring
             existed): retrain to get one.
     """
-    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=champ.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
-            )
-        except (MlflowException, OSError) as exc:
+            path = ModelRegistry(settings).run_artifact(champ.run_id, REFERENCE_ARTIFACT, Path(tmp))
+        except RegistryError as exc:
             raise MonitoringError(
-                f"{champ.name} v{champ.version} (run {champ.run_id}) has no "
-                f"{REFERENCE_ARTIFACT}: it was trained before drift monitoring; retrain it"
+                f"{champ.label} (run {champ.run_id}) has no {REFERENCE_ARTIFACT}: it was "
+                "trained before drift monitoring; retrain it"
             ) from exc
         return pd.read_parquet(path)
 
@@ -195,7 +173,7 @@ def latest_feature_time(lake: Lake) -> pd.Timestamp:
 
 
 def landed_outcomes(lake: Lake) -> pd.DataFrame:
-    table = lake.read_table(RAW_OUTCOMES_ZONE)
+    table = lake.read_table(RAW_OUTCOMES)
     if not table.num_rows:
         return pd.DataFrame({"patient_id": [], "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
                              "kind": []})  # fmt: skip
@@ -203,7 +181,7 @@ def landed_outcomes(lake: Lake) -> pd.DataFrame:
 
 
 def stored_predictions(
-    settings: Settings, champ: Champion, start: pd.Timestamp, end: pd.Timestamp
+    settings: Settings, champ: ModelRef, start: pd.Timestamp, end: pd.Timestamp
 ) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """A model version's stored predictions in the window, the alerts it raised, its role.
 
@@ -234,9 +212,9 @@ def stored_predictions(
     return preds, alerts, role
 
 
-def backtest_risk(settings: Settings, champ: Champion, rows: pd.DataFrame) -> np.ndarray:
+def backtest_risk(settings: Settings, champ: ModelRef, rows: pd.DataFrame) -> np.ndarray:
     """The champion's risk for batch feature rows (the same vectors the scorer built)."""
-    model = load_registered(settings, champ.name, champ.version, champ.tags)
+    model = ModelRegistry(settings).load(champ)
     if rows.empty:
         return np.empty(0)
     proba = model.predict_proba(rows[list(FEATURE_NAMES)])
@@ -371,25 +349,20 @@ def run_monitoring(
     return summary
 
 
-def _log_to_mlflow(settings: Settings, champ: Champion, s: MonitoringSummary) -> str:
-    client = MlflowClient(mlflow_tracking_uri(settings))
-    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
-    mlflow.set_experiment(f"{settings.mlflow.experiment_prefix}-{settings.monitoring.experiment}")
+def _log_to_mlflow(settings: Settings, champ: ModelRef, s: MonitoringSummary) -> str:
     name = f"drift-v{champ.version}-{s.window_end:%Y%m%dT%H%M}"
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags(
-            {
-                "vigil.kind": "monitoring",
-                "model_name": champ.name,
-                "model_version": champ.version,
-                "model_run_id": champ.run_id,
-                "window_start": str(s.window_start),
-                "window_end": str(s.window_end),
-                "triggered": str(s.triggered).lower(),
-                "reasons": "; ".join(s.reasons)[:4000] or "none",
-                "prediction_source": s.prediction_source,
-            }
-        )
+    tags = {
+        "vigil.kind": "monitoring",
+        "model_name": champ.name,
+        "model_version": champ.version,
+        "model_run_id": champ.run_id,
+        "window_start": str(s.window_start),
+        "window_end": str(s.window_end),
+        "triggered": str(s.triggered).lower(),
+        "reasons": "; ".join(s.reasons)[:4000] or "none",
+        "prediction_source": s.prediction_source,
+    }
+    with Tracking(settings, settings.monitoring.experiment).run(name, tags=tags) as run:
         metrics: dict[str, float] = {
             "drift_share": s.drift.share,
             "drifted_columns": float(len(s.drift.drifted)),
@@ -404,14 +377,14 @@ def _log_to_mlflow(settings: Settings, champ: Champion, s: MonitoringSummary) ->
                 value = getattr(perf, key)
                 if value is not None:
                     metrics[f"{perf.source}_{key}"] = float(value)
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(s.report_dir), artifact_path="monitoring")
+        run.metrics(metrics)
+        run.artifacts(s.report_dir, "monitoring")
     # The version points back at its latest judgement (visible in the registry UI).
-    client.set_model_version_tag(champ.name, champ.version, "last_monitoring_run", run.info.run_id)
-    client.set_model_version_tag(
-        champ.name, champ.version, "last_drift_share", f"{s.drift.share:.4f}"
+    ModelRegistry(settings).tag(
+        champ.version,
+        {"last_monitoring_run": run.run_id, "last_drift_share": f"{s.drift.share:.4f}"},
     )
-    return str(run.info.run_id)
+    return run.run_id
 
 
 def _store(settings: Settings, s: MonitoringSummary, *, record_trigger: bool) -> None:

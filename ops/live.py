@@ -12,8 +12,9 @@ from __future__ import annotations
 import uuid
 
 from pipelines.produce import ProduceSummary, simulate_to_kafka
-from serving.scorer import Scorer, ScoreSummary
+from serving.scorer import Scorer
 from serving.server import ServingProcess
+from serving.summary import ScoreSummary
 from stack.localstack import free_port
 from stack.settings import Settings, SimulatorSettings, TopicNames
 

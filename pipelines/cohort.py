@@ -23,7 +23,8 @@ from features.spec import FEATURES_ZONE, LABELS_FILE
 from features.transform import features_for_patient, static_vector
 from pipelines.simulator.engine import WardSimulator
 from stack.batchvalidate import BatchValidator
-from stack.contracts import RAW_OUTCOMES_ZONE, AdmissionEvent, OutcomeEvent, VitalsEvent
+from stack.catalog import RAW_OUTCOMES
+from stack.contracts import AdmissionEvent, OutcomeEvent, VitalsEvent
 from stack.lake import Lake
 from stack.settings import FeaturesSettings, SimulatorSettings
 
@@ -56,7 +57,7 @@ class Cohort:
             lake.write_parquet(pa.Table.from_pandas(rows, preserve_index=False), rel)
         o = self.outcomes
         for hour, rows in o.groupby(o["ts"].dt.floor("h")):
-            rel = f"{RAW_OUTCOMES_ZONE}/date={hour:%Y-%m-%d}/hour={hour:%H}/{part}.parquet"
+            rel = f"{RAW_OUTCOMES}/date={hour:%Y-%m-%d}/hour={hour:%H}/{part}.parquet"
             lake.write_parquet(pa.Table.from_pandas(rows, preserve_index=False), rel)
         labels = self.labels
         if lake.exists(LABELS_FILE):

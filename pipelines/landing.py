@@ -45,23 +45,29 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, NamedTuple
 
-import numpy as np
 import pyarrow as pa
 import typer
 
-from stack.batchvalidate import BatchResult, BatchValidator, arrow_schema
+from stack.batchvalidate import BatchValidator, arrow_schema, validate_isolated
+from stack.catalog import (
+    RAW_ADMISSIONS,
+    RAW_DEAD,
+    RAW_OUTCOMES,
+    RAW_VITALS,
+    by_hour,
+    landing_journal,
+    landing_run,
+)
+from stack.consume import ConsumeLoop, Offsets, Polled
 from stack.contracts import (
-    RAW_OUTCOMES_ZONE,
     AdmissionEvent,
     OutcomeEvent,
     VitalsEvent,
-    sane_kafka_ts_ms,
 )
 from stack.gctune import throughput_gc
 from stack.kafka import (
@@ -69,24 +75,27 @@ from stack.kafka import (
     KafkaClient,
     PartitionBatch,
     Producer,
+    Record,
     TopicPartition,
     is_broker_outage,
 )
-from stack.kafkafetch import Fetcher, FetchError, InlineFetcher, ProcessFetcher
+from stack.kafkafetch import (
+    Fetcher,
+    FetchError,
+    InlineFetcher,
+    ProcessFetcher,
+    RestartingFetcher,
+)
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.logs import configure_logging
 from stack.memory import peak_rss_mb
 from stack.metrics import record_stage
-from stack.resilience import Outage, isolate
+from stack.resilience import Outage
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.landing")
 
-RAW_VITALS = "raw/vitals"
-RAW_OUTCOMES = RAW_OUTCOMES_ZONE
-RAW_ADMISSIONS = "raw/admissions"
-RAW_DEAD = "raw/deadletter"
 POLL_TIMEOUT_S = 0.2  # how long one poll waits for data (the loop's tick when idle)
 FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files
 
@@ -179,7 +188,7 @@ class _Buffer:
         return {TopicPartition(t, p): off + 1 for (t, p), off in self.last_offsets.items()}
 
     @staticmethod
-    def with_kafka(rows: pa.Table, topic: str, kafka: _Columns, schema: pa.Schema) -> pa.Table:
+    def with_kafka(rows: pa.Table, topic: str, kafka: Polled, schema: pa.Schema) -> pa.Table:
         """Validated rows plus the Kafka coordinates of the records they came from."""
         index = rows.column("_index").to_numpy()
         cols = {name: rows.column(name) for name in rows.column_names if name != "_index"}
@@ -231,141 +240,28 @@ class _Dead(NamedTuple):
     offset: int
     timestamp_ms: int
 
-
-@dataclass
-class _Columns:
-    """One topic's records of a poll, all partitions together, as parallel columns."""
-
-    values: list[bytes | None]
-    partitions: np.ndarray
-    offsets: np.ndarray
-    timestamps_ms: np.ndarray
-    batches: list[PartitionBatch]
-
     @classmethod
-    def of(cls, batches: list[PartitionBatch]) -> _Columns:
-        one = len(batches) == 1
-        values = batches[0].values if one else [v for b in batches for v in b.values]
-        return cls(
-            values=values,
-            partitions=np.repeat(
-                np.array([b.partition for b in batches], np.int32), [len(b) for b in batches]
-            ),
-            offsets=np.concatenate([np.array(b.offsets, np.int64) for b in batches]),
-            # The producer sets them: out of range (year 20000) means unknown (-1).
-            timestamps_ms=sane_kafka_ts_ms(
-                np.concatenate([np.array(b.timestamps_ms, np.int64) for b in batches])
-            ),
-            batches=batches,
-        )
-
-    def dead(self, i: int, reason: str, detail: str, topic: str) -> _Dead:
-        """Record ``i`` as a dead letter."""
-        j = i
-        for b in self.batches:
-            if j < len(b):
-                break
-            j -= len(b)
-        else:
-            raise IndexError(i)
-        return _Dead(
-            reason, detail, b.keys[j], self.values[i], topic,
-            int(self.partitions[i]), int(self.offsets[i]), int(self.timestamps_ms[i]),
-        )  # fmt: skip
+    def of(cls, r: Record, reason: str, detail: str) -> _Dead:
+        return cls(reason, detail, r.key, r.value, r.topic, r.partition, r.offset, r.timestamp_ms)
 
 
-def _by_hour(table: pa.Table, ts_col: str) -> dict[str, pa.Table]:
-    """Split a table by UTC date/hour of ``ts_col`` → ``{"date=…/hour=…": table}``."""
-    if table.num_rows == 0:
-        return {}
-    us = table.column(ts_col).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    hours = us // 3_600_000_000
-    out = {}
-    for h in np.unique(hours).tolist():
-        stamp = datetime.fromtimestamp(h * 3600, UTC)
-        key = f"date={stamp:%Y-%m-%d}/hour={stamp:%H}"
-        out[key] = table.filter(pa.array(hours == h))
-    return out
+def _fetch_failed(exc: BaseException) -> bool:
+    return isinstance(exc, FetchError) or is_broker_outage(exc)
+
+
+def land_rows(
+    batches: list[PartitionBatch], validator: BatchValidator, schema: pa.Schema
+) -> pa.Table:
+    """The rows a lander writes for these records of one topic: the valid ones, with
+    their Kafka coordinates (``landed_at`` null until a flush stamps it)."""
+    polled = Polled(batches)
+    result = validate_isolated(validator, polled.values)
+    return _Buffer.with_kafka(result.table, batches[0].topic, polled, schema)
 
 
 def _is_io_outage(exc: BaseException) -> bool:
     """The lake failing to write (a full disk, a vanished mount, S3 away): wait it out."""
     return isinstance(exc, OSError)
-
-
-def _validate_isolated(validator: BatchValidator, values: list[bytes | None]) -> BatchResult:
-    """``validator.validate(values)``; should it fail (a bug: validation is pure and must
-    never raise), the records it fails on are isolated and rejected as ``internal_error``,
-    and the rest validated as usual."""
-    try:
-        return validator.validate(values)
-    except Exception as first:
-        log.error("validation failed on a poll; isolating the records: %s", type(first).__name__)
-    iso = isolate(
-        range(len(values)),
-        lambda part: validator.validate([values[i] for i in part]),
-        poison=lambda exc: isinstance(exc, Exception),
-    )
-    tables, rejects = [], []
-    for part, res in iso.done:
-        where = np.array(part, dtype=np.int64)
-        local = res.table.column("_index").to_numpy()
-        tables.append(res.table.set_column(
-            res.table.schema.get_field_index("_index"), "_index", pa.array(where[local])
-        ))  # fmt: skip
-        rejects += [(part[i], reason, detail) for i, reason, detail in res.rejects]
-    rejects += [
-        (i, "internal_error", f"validation failed: {type(exc).__name__}") for i, exc in iso.failed
-    ]
-    table = pa.concat_tables(tables).sort_by("_index") if tables else validator.validate([]).table
-    return BatchResult(table=table, rejects=sorted(rejects), slow_path=len(values))
-
-
-class _RestartingFetcher:
-    """A :class:`Fetcher` that is started again from where the lander is when it fails
-    (the fetch process died, the broker went away): the lander owns the positions, so a
-    new fetcher loses and repeats nothing."""
-
-    def __init__(self, make: Callable[[], Fetcher], outage: Outage) -> None:
-        self._make = make
-        self._current: Fetcher | None = make()  # started early: a child connects meanwhile
-        self._started = False
-        self.outage = outage
-        self._peak = 0.0
-
-    def start(self, position: dict[TopicPartition, int]) -> None:
-        assert self._current is not None
-        self._current.start(position)
-        self._started = True
-
-    def poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
-        return self.outage.call(lambda: self._poll(position), retry_on=_fetch_failed)
-
-    def _poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
-        if self._current is None:
-            self._current = self._make()
-            self._current.start(dict(position))
-        try:
-            return self._current.poll()
-        except Exception:
-            self.close()
-            raise
-
-    def peak_rss_mb(self) -> float:
-        return max(self._peak, self._current.peak_rss_mb() if self._current else 0.0)
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._peak = max(self._peak, self._current.peak_rss_mb())
-            try:
-                self._current.close()
-            except Exception as exc:  # closing a dead fetcher: nothing left to save
-                log.debug("closing a failed fetcher: %s", exc)
-            self._current = None
-
-
-def _fetch_failed(exc: BaseException) -> bool:
-    return isinstance(exc, FetchError) or is_broker_outage(exc)
 
 
 class Lander:
@@ -377,13 +273,13 @@ class Lander:
         self.topics = settings.kafka.topics
         self.client = client or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
         self.lake = Lake(settings.resolve(settings.lake.root))
-        self.journal = f"_landing/{self.cfg.group_id}/pending.json"
+        self.journal = landing_journal(self.cfg.group_id)
         bounds = settings.contract.bounds()
         self._vitals = BatchValidator(VitalsEvent, bounds)
         self._outcomes = BatchValidator(OutcomeEvent, bounds)
         self._admissions = BatchValidator(AdmissionEvent, bounds)
-        self._stop = False
         self._stop_event = threading.Event()
+        self._dlq: Producer | None = None
         self._failpoint = self._parse_failpoint()
         self.outages: dict[str, Outage] = {}
 
@@ -428,24 +324,16 @@ class Lander:
             )
         return self.outages[what]
 
-    def _flush(
-        self,
-        buf: _Buffer,
-        consumer: Consumer,
-        dlq: Producer | None,
-        summary: LandingSummary,
-        *,
-        bounded: bool,
-    ) -> None:
-        if not buf.last_offsets:
-            return
+    def _write(self, buf: _Buffer, summary: LandingSummary, *, bounded: bool) -> list[str]:
+        """Make a flush durable: the journal, then the Parquet files (lake outages waited
+        out), then the dead-letter topic. Returns the files; the commit is the loop's."""
         vitals, outcomes, admissions, dead = buf.tables(datetime.now(UTC))
         tables = {
-            RAW_VITALS: _by_hour(vitals, "ts"),
-            RAW_OUTCOMES: _by_hour(outcomes, "ts"),
-            RAW_ADMISSIONS: _by_hour(admissions, "ts"),
+            RAW_VITALS: by_hour(vitals, "ts"),
+            RAW_OUTCOMES: by_hour(outcomes, "ts"),
+            RAW_ADMISSIONS: by_hour(admissions, "ts"),
             # By the hour they landed: a dead letter's own times are not to be trusted.
-            RAW_DEAD: _by_hour(dead, "landed_at"),
+            RAW_DEAD: by_hour(dead, "landed_at"),
         }
         name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         plan = [
@@ -469,27 +357,15 @@ class Lander:
         summary.flushes += 1
         if self._failpoint is not None and summary.flushes >= self._failpoint:
             os._exit(17)  # simulated crash: files written, offsets not committed
-        broker = self._outage("kafka", bounded=bounded)
-        if dlq is not None and buf.dead:
-            broker.call(lambda: self._send_dead(dlq, buf.dead), retry_on=is_broker_outage)
-        broker.call(lambda: consumer.commit(buf.next_offsets), retry_on=is_broker_outage)
-        self.lake.delete(self.journal)
-        summary.files.extend(rel for rel, _ in plan)
+        if self._dlq is not None and buf.dead:
+            dlq = self._dlq
+            self._outage("kafka", bounded=bounded).call(
+                lambda: self._send_dead(dlq, buf.dead), retry_on=is_broker_outage
+            )
         summary.vitals += vitals.num_rows
         summary.outcomes += outcomes.num_rows
         summary.admissions += admissions.num_rows
-        summary.dead_letters.update(d.reason for d in buf.dead)
-        for tp, off in buf.next_offsets.items():
-            summary.committed[f"{tp.topic}/{tp.partition}"] = off
-        log.info(
-            "flushed",
-            extra={
-                "stage": "landing",
-                "run_id": summary.run_id,
-                "records": buf.count,
-                "files": len(plan),
-            },
-        )
+        return [rel for rel, _ in plan]
 
     def _send_dead(self, dlq: Producer, dead: list[_Dead]) -> None:
         """Every dead letter to the topic (all again after a failure: at least once)."""
@@ -507,37 +383,31 @@ class Lander:
         dlq.flush()
 
     # ------------------------------------------------------------------ main loop
-    def _take(self, batches: list[PartitionBatch], buf: _Buffer, summary: LandingSummary) -> int:
+    def _take(self, polled: Polled, buf: _Buffer, summary: LandingSummary) -> int:
         """Validate a poll's records into the buffer, columnar (see ``stack.batchvalidate``).
 
         Returns:
             The number of records taken.
         """
         last = buf.last_offsets
-        by_topic: dict[str, list[PartitionBatch]] = {}
-        n = 0
-        for b in batches:
-            if len(b):
-                last[b.topic, b.partition] = b.offsets[-1]
-                by_topic.setdefault(b.topic, []).append(b)
-                n += len(b)
-        for topic, group in by_topic.items():
+        for b in polled.batches:
+            last[b.topic, b.partition] = b.offsets[-1]
+        for topic, records in polled.by_topic().items():
             if topic == self.topics.vitals:
                 validator, schema, out = self._vitals, VITALS_SCHEMA, buf.vitals
             elif topic == self.topics.admissions:
                 validator, schema, out = self._admissions, ADMISSIONS_SCHEMA, buf.admissions
             else:
                 validator, schema, out = self._outcomes, OUTCOMES_SCHEMA, buf.outcomes
-            cols = _Columns.of(group)
-            result = _validate_isolated(validator, cols.values)
+            result = validate_isolated(validator, records.values)
             if result.table.num_rows:
-                out.append(_Buffer.with_kafka(result.table, topic, cols, schema))
+                out.append(_Buffer.with_kafka(result.table, topic, records, schema))
             buf.dead.extend(
-                cols.dead(i, reason, detail, topic) for i, reason, detail in result.rejects
+                _Dead.of(records.record(i), reason, detail) for i, reason, detail in result.rejects
             )
-        buf.count += n
-        summary.records += n
-        return n
+        buf.count += len(polled)
+        summary.records += len(polled)
+        return len(polled)
 
     def _fetcher(self) -> Fetcher:
         """The configured way of reading Kafka (started early: a child connects meanwhile)."""
@@ -564,11 +434,14 @@ class Lander:
         self.outages = {}
         # Reads only (this process owns the group's offsets); started first, so that a
         # fetch process starts up while this one finds out where to resume.
-        fetch = _RestartingFetcher(self._fetcher, self._outage("fetch", bounded=bounded))
+        fetch = RestartingFetcher(
+            self._fetcher, self._outage("fetch", bounded=bounded), retry_on=_fetch_failed
+        )
         consumer: Consumer | None = None
-        dlq: Producer | None = None
+        self._dlq = None
         previous_handlers: dict[int, Any] = {}
         broker = self._outage("kafka", bounded=bounded)
+        fetch.outage.stop = broker.stop = self._stop_event
         with throughput_gc():  # fewer GC passes over live batches
             try:
                 for validator in (self._vitals, self._outcomes, self._admissions):
@@ -582,7 +455,7 @@ class Lander:
                     return partitions, self.client.consumer(self.cfg.group_id)
 
                 partitions, consumer = broker.call(connect, retry_on=is_broker_outage)
-                dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
+                self._dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
                 self._recover(consumer, summary)
                 # Resume from the group's committed offsets (or the earliest).
                 c = consumer
@@ -591,45 +464,28 @@ class Lander:
                 position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
                 end = {tp: high for tp, (_low, high) in marks.items()}
                 fetch.start(position)
-                buf = _Buffer()
-                last_flush = last_data = time.monotonic()
                 previous_handlers = self._install_signal_handlers()
-                fetch.outage.stop = broker.stop = self._stop_event
-                caught_up = False
-                while not self._stop:
-                    if bounded and all(position[tp] >= end[tp] for tp in partitions):
-                        # Some brokers (Tansu) report the end of the last *batch* start, and a
-                        # poll may leave part of a fetched batch buffered: one more poll takes
-                        # what was already there, then the drain ends.
-                        if caught_up:
-                            break
-                        caught_up = True
-                    batches = fetch.poll(position)
-                    if summary.first_record_s is None and any(len(b) for b in batches):
-                        summary.first_record_s = time.monotonic() - t0
-                    taken = self._take(batches, buf, summary)
-                    for (topic, part), off in buf.last_offsets.items():
-                        position[TopicPartition(topic, part)] = off + 1
-                    mono = time.monotonic()
-                    if taken:
-                        last_data = mono
-                    elif bounded and mono - last_data > self.cfg.idle_timeout_s:
-                        log.warning(
-                            "no data before reaching the end offsets; stopping",
-                            extra={"stage": "landing", "lagging": {
-                                f"{tp.topic}/{tp.partition}": end[tp] - position[tp]
-                                for tp in partitions if position[tp] < end[tp]
-                            }},
-                        )  # fmt: skip
-                        break
-                    if buf.count >= self.cfg.flush_records or (
-                        buf.count and mono - last_flush >= self.cfg.flush_seconds
-                    ):
-                        self._flush(buf, consumer, dlq, summary, bounded=bounded)
-                        buf, last_flush = _Buffer(), mono
-                    if max_seconds is not None and mono - t0 > max_seconds:
-                        break
-                self._flush(buf, consumer, dlq, summary, bounded=bounded)
+                landing = _Landing(self, summary, position, t0, bounded=bounded)
+                loop = ConsumeLoop(
+                    poll=lambda: fetch.poll(position),
+                    commit=c.commit,
+                    kafka=broker,
+                    stop=self._stop_event,
+                )
+                ended = loop.run(
+                    landing,
+                    idle_timeout_s=self.cfg.idle_timeout_s if bounded else None,
+                    max_seconds=max_seconds,
+                    drained=_Drained(position, end) if bounded else None,
+                )
+                if ended == "idle":
+                    log.warning(
+                        "no data before reaching the end offsets; stopping",
+                        extra={"stage": "landing", "lagging": {
+                            f"{tp.topic}/{tp.partition}": end[tp] - position[tp]
+                            for tp in partitions if position[tp] < end[tp]
+                        }},
+                    )  # fmt: skip
             finally:
                 for sig, handler in previous_handlers.items():
                     signal.signal(sig, handler)
@@ -637,13 +493,11 @@ class Lander:
                 summary.peak_rss_mb = peak_rss_mb() + fetch.peak_rss_mb()
                 if consumer is not None:
                     consumer.close()
-                if dlq is not None:
-                    dlq.close()
+                if self._dlq is not None:
+                    self._dlq.close()
         summary.seconds = time.monotonic() - t0
         summary.outages = {k: o.outages for k, o in self.outages.items() if o.outages}
-        self.lake.write_json(
-            summary.to_dict(), f"_landing/{self.cfg.group_id}/runs/{summary.run_id}.json"
-        )
+        self.lake.write_json(summary.to_dict(), landing_run(self.cfg.group_id, summary.run_id))
         log.info("landing done", extra={"stage": "landing", **summary.to_dict()})
         record_stage(self.settings, "landing", seconds=summary.seconds)
         return summary
@@ -652,8 +506,7 @@ class Lander:
         """Stop gracefully (final flush) on SIGTERM/SIGINT; returns the handlers replaced."""
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
-            self._stop = True
-            self._stop_event.set()  # ends an outage's wait too
+            self._stop_event.set()  # ends the loop, and an outage's wait
 
         previous: dict[int, Any] = {}
         try:
@@ -662,6 +515,83 @@ class Lander:
         except ValueError:
             pass  # not the main thread (e.g. inside a test runner thread): no handlers
         return previous
+
+
+class _Drained:
+    """A bounded drain's end: every partition at the end offsets seen at start.
+
+    Some brokers (Tansu) report the end of the last *batch* start, and a poll may leave
+    part of a fetched batch buffered: one more poll takes what was already there, then
+    the drain ends.
+    """
+
+    def __init__(self, position: dict[TopicPartition, int], end: dict[TopicPartition, int]):
+        self.position, self.end = position, end
+        self.caught_up = False
+
+    def __call__(self) -> bool:
+        if not all(self.position[tp] >= e for tp, e in self.end.items()):
+            return False
+        if self.caught_up:
+            return True
+        self.caught_up = True
+        return False
+
+
+class _Landing:
+    """The lander as the consume loop's handler: polls are buffered, flushed (journal,
+    files, dead letters) on size or time, committed by the loop, then the journal goes."""
+
+    def __init__(
+        self,
+        lander: Lander,
+        summary: LandingSummary,
+        position: dict[TopicPartition, int],
+        t0: float,
+        *,
+        bounded: bool,
+    ) -> None:
+        self.lander, self.summary, self.position, self.t0 = lander, summary, position, t0
+        self.bounded = bounded
+        self.buf = _Buffer()
+        self.last_flush = time.monotonic()
+        self.files: list[str] = []
+
+    def assigned(self, gained: set[TopicPartition]) -> None:
+        """Partitions are assigned by hand (the lander reads them all)."""
+
+    def take(self, polled: Polled) -> None:
+        if self.summary.first_record_s is None:
+            self.summary.first_record_s = time.monotonic() - self.t0
+        self.lander._take(polled, self.buf, self.summary)
+        for (topic, part), off in self.buf.last_offsets.items():
+            self.position[TopicPartition(topic, part)] = off + 1
+
+    def due(self) -> bool:
+        cfg = self.lander.cfg
+        return self.buf.count >= cfg.flush_records or (
+            self.buf.count > 0 and time.monotonic() - self.last_flush >= cfg.flush_seconds
+        )
+
+    def flush(self) -> Offsets:
+        if not self.buf.last_offsets:
+            return {}
+        self.files = self.lander._write(self.buf, self.summary, bounded=self.bounded)
+        return self.buf.next_offsets
+
+    def committed(self, offsets: Offsets) -> None:
+        lander, buf, summary = self.lander, self.buf, self.summary
+        lander.lake.delete(lander.journal)
+        summary.files.extend(self.files)
+        summary.dead_letters.update(d.reason for d in buf.dead)
+        for tp, off in offsets.items():
+            summary.committed[f"{tp.topic}/{tp.partition}"] = off
+        log.info(
+            "flushed",
+            extra={"stage": "landing", "run_id": summary.run_id, "records": buf.count,
+                   "files": len(self.files)},
+        )  # fmt: skip
+        self.buf, self.last_flush, self.files = _Buffer(), time.monotonic(), []
 
 
 def main(

@@ -45,7 +45,7 @@ def score(
     parent_pid: int = typer.Option(None, hidden=True, help="A worker's parent process."),
 ) -> None:
     """Consume vitals.raw, score every event, raise alerts."""
-    from serving.scorer import main
+    from serving.score_cli import main
 
     main(
         bounded=bounded, max_seconds=max_seconds, summary_json=summary_json, workers=workers,

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from stack.localstack import mlflow_tracking_uri as tracking_uri
-from stack.modelsafety import DIGEST_TAG, check_seal, load_registered, load_sklearn
+from stack.modelsafety import DIGEST_TAG, check_seal, load_sklearn
+from stack.registry import ModelRegistry
 from stack.settings import Settings
 
 log = logging.getLogger("vigil.serving")
@@ -97,40 +96,31 @@ def direct_risk(model: Any, probe_rows: int = 256) -> Risk | None:
     return risk
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version an alias points to, or None if the alias (or model) does not exist."""
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
     """Load ``version`` of the registered model, refusing a feature-set mismatch.
 
     Raises:
         ModelUnavailableError: the version was trained on another feature-set version
             (serving it would feed it features it does not know), or has no threshold.
+        UnsafeModelError: its seal does not verify or its format is unsafe.
     """
-    name = settings.training.registered_model
-    uri = tracking_uri(settings)
-    mv = MlflowClient(uri).get_model_version(name, version)
-    fsv = mv.tags.get("feature_set_version")
-    if fsv != FEATURE_SET_VERSION:
+    registry = ModelRegistry(settings)
+    ref = registry.ref(version)
+    if ref.feature_set_version != FEATURE_SET_VERSION:
         raise ModelUnavailableError(
-            f"{name} v{version} (@{alias}) was trained on feature set {fsv!r}, but this code "
-            f"computes {FEATURE_SET_VERSION!r}: retrain (`make train`) or deploy matching code"
+            f"{ref.label} (@{alias}) was trained on feature set {ref.feature_set_version!r}, "
+            f"but this code computes {FEATURE_SET_VERSION!r}: retrain (`make train`) or "
+            "deploy matching code"
         )
-    if "threshold" not in mv.tags:
-        raise ModelUnavailableError(f"{name} v{version} has no threshold tag: not a Vigil model")
-    model = load_registered(settings, name, version, dict(mv.tags))
+    if ref.threshold != ref.threshold:  # NaN: no threshold tag
+        raise ModelUnavailableError(f"{ref.label} has no threshold tag: not a Vigil model")
     return LoadedModel(
-        name=name,
+        name=ref.name,
         alias=alias,
-        version=str(version),
-        threshold=float(mv.tags["threshold"]),
-        feature_set_version=fsv,
-        model=model,
+        version=ref.version,
+        threshold=ref.threshold,
+        feature_set_version=ref.feature_set_version,
+        model=registry.load(ref),
     )
 
 
@@ -174,7 +164,7 @@ class ModelSlot:
         self.settings = settings
         self.alias = alias
         self.required = required
-        self.client = MlflowClient(tracking_uri(settings))
+        self.registry = ModelRegistry(settings)
         self.current: LoadedModel | None = None
         self.reloads = 0
         self._lock = threading.Lock()  # one refresh at a time; readers never wait
@@ -201,7 +191,7 @@ class ModelSlot:
             return False
         with self._lock:
             name = self.settings.training.registered_model
-            version = alias_version(self.client, name, self.alias)
+            version = self.registry.alias_version(self.alias)
             have = self.current.version if self.current else None
             if version == have:
                 return False

@@ -19,9 +19,8 @@ from typing import Any
 import typer
 
 from features.spec import FEATURE_SET_VERSION
-from serving.model import alias_version
-from stack.localstack import mlflow_tracking_uri as tracking_uri
-from stack.modelsafety import DIGEST_TAG, check_seal, download_registered, signing_key
+from stack.modelsafety import DIGEST_TAG, check_seal, signing_key
+from stack.registry import ModelRegistry
 from stack.settings import REPO_ROOT, Settings, load_settings
 
 
@@ -33,32 +32,32 @@ def package(settings: Settings) -> dict[str, Any]:
     """
     import bentoml
     from bentoml._internal.bento.build_config import BentoEnvSchema
-    from mlflow import MlflowClient
 
-    name = settings.training.registered_model
+    registry = ModelRegistry(settings)
     alias = settings.serving.model_alias
-    client = MlflowClient(tracking_uri(settings))
-    version = alias_version(client, name, alias)
-    if version is None:
-        raise RuntimeError(f"{name} has no @{alias}: run `make train` and `make promote` first")
-    mv = client.get_model_version(name, version)
-    if mv.tags.get("feature_set_version") != FEATURE_SET_VERSION:
+    ref = registry.by_alias(alias)
+    if ref is None:
         raise RuntimeError(
-            f"{name} v{version} uses features {mv.tags.get('feature_set_version')!r}, "
-            f"this code {FEATURE_SET_VERSION!r}"
+            f"{registry.name} has no @{alias}: run `make train` and `make promote` first"
+        )
+    name, version = ref.name, ref.version
+    if ref.feature_set_version != FEATURE_SET_VERSION:
+        raise RuntimeError(
+            f"{ref.label} uses features {ref.feature_set_version!r}, this code "
+            f"{FEATURE_SET_VERSION!r}"
         )
     meta = {
         "mlflow_version": version,
-        "mlflow_run_id": mv.run_id,
-        "threshold": float(mv.tags["threshold"]),
+        "mlflow_run_id": ref.run_id,
+        "threshold": ref.threshold,
         "feature_set_version": FEATURE_SET_VERSION,
-        "git_commit": mv.tags.get("git_commit", "unknown"),
-        DIGEST_TAG: mv.tags.get(DIGEST_TAG, ""),
+        "git_commit": ref.tags.get("git_commit", "unknown"),
+        DIGEST_TAG: ref.digest,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        local = download_registered(settings, name, version, Path(tmp))
+        local = registry.download(version, Path(tmp))
         # Packaged only if signed by this platform; the Bento then checks the digest.
-        check_seal(local, dict(mv.tags), signing_key(settings), f"{name} v{version}")
+        check_seal(local, ref.tags, signing_key(settings), ref.label)
         with bentoml.models.create(
             name, labels={"mlflow_version": version, "alias": alias}, metadata=meta
         ) as bm:

@@ -35,7 +35,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from serving.scorer import SLOWEST_KEPT, Scorer, ScoreSummary
+from serving.scorer import Scorer
+from serving.summary import SLOWEST_KEPT, ScoreSummary
 from stack.settings import REPO_ROOT, Settings
 
 log = logging.getLogger("vigil.scorer")
@@ -89,7 +90,7 @@ def run_workers(
 
 
 _ADDED = {f.name for f in fields(ScoreSummary) if f.type in ("int", int)}
-_COUNTED = ("invalid", "status", "versions", "step_seconds")
+_COUNTED = ("invalid", "isolated", "outages", "status", "versions", "step_seconds")
 
 
 def merge(parts: list[dict[str, Any]], started_at: float) -> ScoreSummary:

@@ -26,6 +26,7 @@ the one check of the contract that needs a clock and the configuration.
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 import types
@@ -43,6 +44,7 @@ import pyarrow.json as pj
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ValidationError
 
 from stack.contracts import TIME_MAX, TIME_MIN, EventTimeBounds, time_range_check, violation_reason
+from stack.resilience import isolate
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
 _UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -52,6 +54,7 @@ _TS_RE = (
     r"^(000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
     r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 )
+log = logging.getLogger("vigil.validate")
 _ROW_RE = re.compile(r"in row (\d+)")
 _SLICE = 1024
 
@@ -179,6 +182,80 @@ _TIME_MIN_US = int(TIME_MIN.timestamp()) * _US
 _TIME_MAX_US = int(TIME_MAX.timestamp()) * _US
 
 
+def _check(f: _Field, col: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Which values of one field the fast path accepts, and the column as output."""
+    present = pc.is_valid(col)
+    ok = present if f.required else pa.array([True] * len(col), pa.bool_())
+    if f.kind == "uuid":
+        ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _UUID_RE), False))
+        col = pc.utf8_lower(col)
+    elif f.kind == "str":
+        if f.pattern is not None:
+            ok = pc.and_(ok, pc.fill_null(_matches(col, f.pattern), not f.required))
+        elif f.max_length is not None:  # (a pattern bounds the length itself)
+            short = pc.less_equal(pc.utf8_length(col), f.max_length)
+            ok = pc.and_(ok, pc.fill_null(short, not f.required))
+    elif f.kind == "datetime":
+        ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _TS_RE), False))
+    elif f.kind in ("int", "float"):
+        ok = pc.and_(ok, _in_bounds(f, col))
+    elif f.kind in ("literal_str", "literal_int"):
+        member = pc.is_in(col, value_set=pa.array(f.literals, type=_READ_TYPE[f.kind]))
+        if not f.required:  # null → false above: absent is fine when optional
+            member = pc.or_(member, pc.invert(present))
+        ok = pc.and_(ok, member)
+        if f.kind == "literal_int":
+            col = pc.cast(col, pa.int16(), safe=False)
+    return ok, col
+
+
+def _in_bounds(f: _Field, col: pa.Array) -> pa.Array:
+    """Numbers within the field's bounds (floats: finite too); absent values pass."""
+    lo, hi = f.bounds
+    if f.kind == "float" and hi is not None and lo == -hi:
+        # Finite and within bounds in one kernel (NaN compares false).
+        return pc.fill_null(pc.less_equal(pc.abs(col), hi), True)
+    ok = (
+        pc.fill_null(pc.is_finite(col), True)
+        if f.kind == "float"
+        else pa.array([True] * len(col), pa.bool_())
+    )
+    if lo is not None:
+        ok = pc.and_(ok, pc.fill_null(pc.greater_equal(col, lo), True))
+    if hi is not None:
+        ok = pc.and_(ok, pc.fill_null(pc.less_equal(col, hi), True))
+    return ok
+
+
+def _cast_times(
+    f: _Field, cols: dict[str, pa.Array], index: pa.Array
+) -> tuple[dict[str, pa.Array], pa.Array, list[int]] | None:
+    """Field ``f``'s text as UTC times: rows that name an impossible day (February 30th)
+    or fall outside the contract's range are left to pydantic (their positions returned).
+    None when a cast fails after the calendar check (pydantic takes the whole slice)."""
+    left: list[int] = []
+    try:
+        cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
+    except pa.ArrowInvalid:
+        fine = _possible_times(cols[f.name])
+        left += pc.filter(index, pc.invert(fine)).to_pylist()
+        cols = {k: pc.filter(v, fine) for k, v in cols.items()}
+        index = pc.filter(index, fine)
+        try:
+            cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
+        except pa.ArrowInvalid:
+            return None
+    if f.time_range:  # outside the contract's range: pydantic names the reason
+        us = pc.cast(cols[f.name], pa.int64())
+        inside = pc.and_(pc.greater_equal(us, _TIME_MIN_US), pc.less(us, _TIME_MAX_US))
+        inside = pc.fill_null(inside, not f.required)
+        if not pc.all(inside).as_py():
+            left += pc.filter(index, pc.invert(inside)).to_pylist()
+            cols = {k: pc.filter(v, inside) for k, v in cols.items()}
+            index = pc.filter(index, inside)
+    return cols, index, left
+
+
 class BatchValidator:
     """Validates lists of JSON messages against one contract model.
 
@@ -302,46 +379,12 @@ class BatchValidator:
         return (table, None) if table.num_rows == len(idx) else (None, None)
 
     def _checks(self, t: pa.Table, idx: list[int]) -> tuple[pa.Table, list[int]]:
-        n = t.num_rows
-        good = pa.array([True] * n, pa.bool_())
+        """Rows every field accepts, typed for output, and the rows left to pydantic."""
+        good = pa.array([True] * t.num_rows, pa.bool_())
         cols: dict[str, pa.Array] = {}
         for f in self.fields:
-            col = t.column(f.name).combine_chunks()
-            present = pc.is_valid(col)
-            ok = present if f.required else pa.array([True] * n, pa.bool_())
-            if f.kind == "uuid":
-                ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _UUID_RE), False))
-                col = pc.utf8_lower(col)
-            elif f.kind == "str":
-                if f.pattern is not None:
-                    match = _matches(col, f.pattern)
-                    ok = pc.and_(ok, pc.fill_null(match, not f.required))
-                if f.max_length is not None and f.pattern is None:  # a pattern bounds it
-                    short = pc.less_equal(pc.utf8_length(col), f.max_length)
-                    ok = pc.and_(ok, pc.fill_null(short, not f.required))
-            elif f.kind == "datetime":
-                ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(col, _TS_RE), False))
-            lo, hi = f.bounds
-            symmetric = f.kind == "float" and hi is not None and lo == -hi
-            if symmetric:  # finite and within bounds in one kernel (NaN compares false)
-                ok = pc.and_(ok, pc.fill_null(pc.less_equal(pc.abs(col), hi), True))
-            elif f.kind == "float":
-                ok = pc.and_(ok, pc.fill_null(pc.is_finite(col), True))
-            if f.kind in ("int", "float") and not symmetric:
-                if lo is not None:
-                    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(col, lo), True))
-                if hi is not None:
-                    ok = pc.and_(ok, pc.fill_null(pc.less_equal(col, hi), True))
-            elif f.kind in ("literal_str", "literal_int"):
-                value_set = pa.array(f.literals, type=_READ_TYPE[f.kind])
-                member = pc.is_in(col, value_set=value_set)  # null → false
-                if not f.required:
-                    member = pc.or_(member, pc.invert(present))
-                ok = pc.and_(ok, member)
-                if f.kind == "literal_int":
-                    col = pc.cast(col, pa.int16(), safe=False)
+            ok, cols[f.name] = _check(f, t.column(f.name).combine_chunks())
             good = pc.and_(good, ok)
-            cols[f.name] = col
         index = pa.array(idx, pa.int64())
         doubtful = pc.filter(index, pc.invert(good)).to_pylist()
         if doubtful:
@@ -350,26 +393,11 @@ class BatchValidator:
         for f in self.fields:
             if f.kind != "datetime":
                 continue
-            try:
-                cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
-            except pa.ArrowInvalid:
-                # Well-formed but impossible (February 30th): those rows to pydantic.
-                fine = _possible_times(cols[f.name])
-                doubtful += pc.filter(index, pc.invert(fine)).to_pylist()
-                cols = {k: pc.filter(v, fine) for k, v in cols.items()}
-                index = pc.filter(index, fine)
-                try:
-                    cols[f.name] = pc.cast(cols[f.name], TS_TYPE)
-                except pa.ArrowInvalid:  # something the calendar check missed: pydantic
-                    return self._with_index.empty_table(), idx
-            if f.time_range:  # outside the contract's range: pydantic names the reason
-                us = pc.cast(cols[f.name], pa.int64())
-                inside = pc.and_(pc.greater_equal(us, _TIME_MIN_US), pc.less(us, _TIME_MAX_US))
-                inside = pc.fill_null(inside, not f.required)
-                if not pc.all(inside).as_py():
-                    doubtful += pc.filter(index, pc.invert(inside)).to_pylist()
-                    cols = {k: pc.filter(v, inside) for k, v in cols.items()}
-                    index = pc.filter(index, inside)
+            timed = _cast_times(f, cols, index)
+            if timed is None:  # something the calendar check missed: pydantic
+                return self._with_index.empty_table(), idx
+            cols, index, left = timed
+            doubtful += left
         cols["_index"] = index
         return pa.table(cols, schema=self._with_index), doubtful
 
@@ -397,3 +425,31 @@ class BatchValidator:
             row["_index"] = i
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=self._with_index), rejects
+
+
+def validate_isolated(validator: BatchValidator, values: list[bytes | None]) -> BatchResult:
+    """``validator.validate(values)``; should it fail (a bug: validation is pure and must
+    never raise), the records it fails on are isolated and rejected as ``internal_error``,
+    and the rest validated as usual."""
+    try:
+        return validator.validate(values)
+    except Exception as first:
+        log.error("validation failed on a batch; isolating the records: %s", type(first).__name__)
+    iso = isolate(
+        range(len(values)),
+        lambda part: validator.validate([values[i] for i in part]),
+        poison=lambda exc: isinstance(exc, Exception),
+    )
+    tables, rejects = [], []
+    for part, res in iso.done:
+        where = np.array(part, dtype=np.int64)
+        local = res.table.column("_index").to_numpy()
+        tables.append(res.table.set_column(
+            res.table.schema.get_field_index("_index"), "_index", pa.array(where[local])
+        ))  # fmt: skip
+        rejects += [(part[i], reason, detail) for i, reason, detail in res.rejects]
+    rejects += [
+        (i, "internal_error", f"validation failed: {type(exc).__name__}") for i, exc in iso.failed
+    ]
+    table = pa.concat_tables(tables).sort_by("_index") if tables else validator.validate([]).table
+    return BatchResult(table=table, rejects=sorted(rejects), slow_path=len(values))

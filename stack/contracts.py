@@ -243,12 +243,3 @@ def ts_of(value: datetime) -> str:
 
 if __name__ == "__main__":
     print(json.dumps(json_schemas(), indent=2))
-
-
-# The champion's reference sample for drift monitoring: a Parquet artifact of the training
-# run holding ``patient_id``, ``ts``, every feature, ``label``, ``risk`` (out-of-sample:
-# out-of-fold for training patients, the refit model for held-out ones) and ``split``.
-REFERENCE_ARTIFACT = "reference/reference.parquet"
-
-# Landed outcome events in the lake (written by the landing, read by features and monitoring).
-RAW_OUTCOMES_ZONE = "raw/outcomes"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import pickle
 import queue
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
@@ -41,10 +42,12 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 from stack.gctune import freeze_startup_heap, throughput_gc
 from stack.kafka import Consumer, KafkaClient, PartitionBatch, TopicPartition
 from stack.memory import peak_rss_mb
+from stack.resilience import Outage
 
 if TYPE_CHECKING:
     from stack.settings import KafkaSettings
 
+log = logging.getLogger("vigil.kafkafetch")
 _HEADER = struct.Struct("<I")
 _PIPE_BYTES = 1 << 20  # fewer, larger reads (Linux's default cap for unprivileged users)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -227,6 +230,55 @@ def _child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+
+
+class RestartingFetcher:
+    """A :class:`Fetcher` started again from the caller's positions whenever it fails (the
+    fetch process died, the broker went away) and ``retry_on`` accepts the error: the
+    caller owns the positions, so a new fetcher loses and repeats nothing."""
+
+    def __init__(
+        self,
+        make: Callable[[], Fetcher],
+        outage: Outage,
+        retry_on: Callable[[BaseException], bool],
+    ) -> None:
+        self._make = make
+        self._retry_on = retry_on
+        self._current: Fetcher | None = make()  # started early: a child connects meanwhile
+        self._started = False
+        self.outage = outage
+        self._peak = 0.0
+
+    def start(self, position: dict[TopicPartition, int]) -> None:
+        assert self._current is not None
+        self._current.start(position)
+        self._started = True
+
+    def poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
+        return self.outage.call(lambda: self._poll(position), retry_on=self._retry_on)
+
+    def _poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
+        if self._current is None:
+            self._current = self._make()
+            self._current.start(dict(position))
+        try:
+            return self._current.poll()
+        except Exception:
+            self.close()
+            raise
+
+    def peak_rss_mb(self) -> float:
+        return max(self._peak, self._current.peak_rss_mb() if self._current else 0.0)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._peak = max(self._peak, self._current.peak_rss_mb())
+            try:
+                self._current.close()
+            except Exception as exc:  # closing a dead fetcher: nothing left to save
+                log.debug("closing a failed fetcher: %s", exc)
+            self._current = None
 
 
 # ------------------------------------------------------------------------------ child

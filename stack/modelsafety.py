@@ -169,36 +169,3 @@ def load_sklearn(folder: Path, what: str) -> Any:
         raise UnsafeModelError(
             f"{what}: skops refused the file ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def download_registered(settings: Settings, name: str, version: str, dst: Path) -> Path:
-    """The artifacts of registered model ``name`` version ``version``, under ``dst``."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from stack.localstack import mlflow_tracking_uri
-
-    # The version's own artifact location, asked of this server: a ``models:/`` URI would
-    # be resolved against the process's global registry URI (a local SQLite by default).
-    uri = mlflow_tracking_uri(settings)
-    location = MlflowClient(uri, registry_uri=uri).get_model_version_download_uri(name, version)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=location, dst_path=str(dst), tracking_uri=uri
-    )
-    return Path(local)
-
-
-def load_registered(settings: Settings, name: str, version: str, tags: dict[str, str]) -> Any:
-    """Registered version ``version`` of ``name`` (its ``tags`` as the registry holds them),
-    loaded only if its seal verifies and its format is safe (see the module docstring).
-
-    Raises:
-        UnsafeModelError: the model is not loaded, and why.
-    """
-    import tempfile
-
-    what = f"{name} v{version}"
-    with tempfile.TemporaryDirectory() as tmp:
-        local = download_registered(settings, name, version, Path(tmp))
-        check_seal(local, tags, signing_key(settings), what)
-        return load_sklearn(local, what)

@@ -21,8 +21,8 @@ def train() -> None:
 @app.command()
 def promote() -> None:
     """Gate @challenger against @champion and NEWS2 on held-out patients; promote if it passes."""
+    from stack.registry import RegistryError
     from training.promotion import run_promote
-    from training.registry import RegistryError
 
     settings = load_settings()
     configure_logging(settings.logging)
@@ -48,12 +48,12 @@ def promote() -> None:
 @app.command()
 def rollback() -> None:
     """Restore the previous @champion."""
-    from training.registry import Registry, RegistryError
+    from stack.registry import ModelRegistry, RegistryError
 
     settings = load_settings()
     configure_logging(settings.logging)
     try:
-        old, new = Registry(settings).rollback()
+        old, new = ModelRegistry(settings).rollback()
     except RegistryError as exc:
         typer.echo(f"rollback: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -63,14 +63,14 @@ def rollback() -> None:
 @app.command()
 def history() -> None:
     """Every registered version with its aliases, gate verdict and promotions."""
-    from training.registry import Registry
+    from stack.registry import ModelRegistry
 
     settings = load_settings()
-    reg = Registry(settings)
+    reg = ModelRegistry(settings)
     for v in reg.versions():
         t = v.tags
         typer.echo(
-            f"v{v.version:<4} {','.join(v.aliases) or '-':<20} {t.get('family', '?'):<20} "
+            f"v{v.version:<4} {','.join(v.aliases) or '-':<20} {v.family or '?':<20} "
             f"ROC {t.get('test_roc_auc', '?'):<7} PR {t.get('test_pr_auc', '?'):<7} "
             f"gate {t.get('gate_decision', '-'):<8} promoted {t.get('promoted_at', '-')} "
             f"rolled back {t.get('rolled_back_at', '-')}"

@@ -1,6 +1,9 @@
 """``make train``: tune every family, pick by cross-validation, register the challenger.
 
-One MLflow parent run per job, in the experiment ``<prefix>-<training.experiment>``:
+Named steps, each with typed inputs and outputs (:func:`prepare` → :func:`tune_families` →
+:func:`choose` → :func:`evaluate` → :func:`write_report` → :func:`register`), logged
+through ``stack.tracking`` and registered through ``stack.registry``. One MLflow parent
+run per job, in the experiment ``<prefix>-<training.experiment>``:
 
 - a nested run per family (its Optuna study), with a nested run per trial (params,
   per-fold and mean ± s.d. cross-validated PR-AUC and ROC-AUC, pruned or complete);
@@ -23,31 +26,29 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import typer
-from mlflow.models import infer_signature
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE, digest
-from stack.contracts import REFERENCE_ARTIFACT
+from stack.catalog import REFERENCE_ARTIFACT
 from stack.lake import Lake
-from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.logs import configure_logging
 from stack.metrics import record_stage
-from stack.modelsafety import SKOPS_TRUSTED_TYPES
-from stack.settings import REPO_ROOT, Settings, load_settings
+from stack.registry import CHALLENGER, ModelRef, ModelRegistry
+from stack.settings import REPO_ROOT, Settings, TrainingSettings, load_settings
+from stack.tracking import TrackedRun, Tracking
 from training import plots
 from training.card import ModelCard, render_card
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
 from training.models import build, importances, pip_requirements, risk
-from training.registry import CHALLENGER, Registry
 from training.threshold import OperatingPoint, choose_threshold, operating_point
 from training.tune import StudyResult, TrialRecord, tune_family, tuning_rows
 
@@ -143,13 +144,137 @@ def _patient_days(rows: pd.DataFrame, minutes_per_row: float) -> float:
     return len(rows) * minutes_per_row / 1440.0
 
 
-# --------------------------------------------------------------------------- MLflow
-def _log_trial(family: str) -> Any:
+# --------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class Prepared:
+    """The rows split by patient: training (and its tuning subsample) and held-out test."""
+
+    rows: pd.DataFrame
+    split: PatientSplit
+    train: pd.DataFrame
+    tune: pd.DataFrame
+    test: pd.DataFrame
+    counts: dict[str, int]
+    lineage: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The family and parameters cross-validation chose, refit on every training row,
+    with the threshold chosen on its out-of-fold (validation) predictions."""
+
+    study: StudyResult
+    model: Any
+    operating_valid: OperatingPoint
+
+    @property
+    def family(self) -> str:
+        return self.study.family
+
+    @property
+    def threshold(self) -> float:
+        return self.operating_valid.threshold
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The chosen model on the held-out patients, scored once, beside NEWS2."""
+
+    y: np.ndarray
+    risk: np.ndarray
+    news2: np.ndarray
+    test: dict[str, float]
+    news2_metrics: dict[str, float]
+    operating_test: OperatingPoint
+    news2_operating: OperatingPoint
+    intervals: dict[str, Any]
+    lead_model: dict[str, float]
+    lead_news2: dict[str, float]
+    subgroups: pd.DataFrame
+    importances: pd.Series
+    cv: dict[str, float]
+
+
+def prepare(settings: Settings, rows: pd.DataFrame) -> Prepared:
+    """Split by patient (test share, CV folds) and record the lineage of the data.
+
+    Raises:
+        TrainingDataError: too few deteriorations to split and tune.
+    """
+    cfg = settings.training
+    try:
+        split = split_by_patient(rows, test_share=cfg.test_share, folds=cfg.folds, seed=cfg.seed)
+    except ValueError as exc:
+        raise TrainingDataError(str(exc)) from exc
+    train = rows[rows["patient_id"].isin(split.train_patients)].reset_index(drop=True)
+    test = rows[rows["patient_id"].isin(split.test_patients)].reset_index(drop=True)
+    tune = tuning_rows(train, cfg.tune_row_stride)
+    lineage = {
+        "vigil.kind": "training",
+        "feature_set_version": FEATURE_SET_VERSION,
+        "feature_set_digest": digest(),
+        "data_from": str(rows["ts"].min()),
+        "data_to": str(rows["ts"].max()),
+        "git_commit": git_commit(),
+        "etl_validation_runs": ",".join(validation_refs(settings))[:4000] or "unknown",
+        "split_seed": str(split.seed),
+    }
+    counts = {
+        "rows": len(rows),
+        "patients": int(rows["patient_id"].nunique()),
+        "train_rows": len(train),
+        "tuning_rows": len(tune),
+        "test_rows": len(test),
+        "positive_rows": int(rows["label"].sum()),
+        "test_positive_rows": int(test["label"].sum()),
+    }
+    return Prepared(rows, split, train, tune, test, counts, lineage)
+
+
+def tune_families(
+    cfg: TrainingSettings, prepared: Prepared, tracking: Tracking, parent: TrackedRun
+) -> list[StudyResult]:
+    """An Optuna study per family on the tuning rows (patient-grouped CV folds), each a
+    child run of ``parent`` with a child run per trial."""
+    studies: list[StudyResult] = []
+    for family in cfg.families:
+        with tracking.run(
+            f"study-{family}", parent=parent, tags={"vigil.kind": "study", "vigil.family": family}
+        ) as run:
+            st = tune_family(
+                family,
+                prepared.tune,
+                prepared.split.folds,
+                cfg.search_spaces.get(family, {}),
+                trials=cfg.trials,
+                timeout_s=cfg.timeout_s,
+                seed=cfg.seed,
+                n_jobs=cfg.n_jobs,
+                on_trial=_trial_logger(tracking, family, run),
+            )
+            run.params(st.best_params)
+            run.metrics({
+                **{k: v for k, v in st.best.metrics.items() if k.startswith("cv_")},
+                "trials_complete": sum(t.state == "COMPLETE" for t in st.trials),
+                "trials_pruned": sum(t.state == "PRUNED" for t in st.trials),
+                "study_seconds": st.seconds,
+            })  # fmt: skip
+        studies.append(st)
+    return studies
+
+
+def _trial_logger(
+    tracking: Tracking, family: str, study: TrackedRun
+) -> Callable[[TrialRecord], None]:
+    """Each Optuna trial as a child run of its study (from whichever thread ran it)."""
+
     def on_trial(rec: TrialRecord) -> None:
-        with mlflow.start_run(run_name=f"{family}-trial-{rec.number:03d}", nested=True):
-            mlflow.set_tags({"vigil.kind": "trial", "vigil.family": family, "state": rec.state})
-            mlflow.log_params(rec.params)
-            mlflow.log_metrics(rec.metrics)
+        with tracking.run(
+            f"{family}-trial-{rec.number:03d}", parent=study,
+            tags={"vigil.kind": "trial", "vigil.family": family, "state": rec.state},
+        ) as trial:  # fmt: skip
+            trial.params(rec.params)
+            trial.metrics(rec.metrics)
         log.info(
             "trial %s #%d %s cv_pr_auc=%.4f (%.1fs)",
             family, rec.number, rec.state, float(np.mean(rec.fold_pr_auc)), rec.seconds,
@@ -158,27 +283,178 @@ def _log_trial(family: str) -> Any:
     return on_trial
 
 
-def _figures(
-    out: Path,
-    y: np.ndarray,
-    p: np.ndarray,
-    news2: np.ndarray,
-    threshold: float,
-    imp: pd.Series,
+def choose(settings: Settings, prepared: Prepared, studies: list[StudyResult]) -> Chosen:
+    """The family with the best cross-validated PR-AUC, its threshold on validation
+    (out-of-fold) predictions — never on the test set — and the model refit on all of
+    the training rows."""
+    cfg = settings.training
+    best = max(studies, key=lambda s: s.cv_pr_auc)
+    minutes = settings.features.cadence_minutes * cfg.tune_row_stride
+    y_tune = prepared.tune["label"].to_numpy(dtype=np.int8)
+    op_valid = _choose(cfg, y_tune, best.oof, _patient_days(prepared.tune, minutes))
+    model = build(
+        best.family,
+        best.best_params,
+        positive_share=float(prepared.train["label"].mean()),
+        seed=cfg.seed,
+        n_jobs=cfg.n_jobs,
+    )
+    model.fit(prepared.train[list(FEATURE_NAMES)], prepared.train["label"].to_numpy(np.int8))
+    return Chosen(best, model, op_valid)
+
+
+def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluation:
+    """Score the held-out patients once: metrics at the threshold, NEWS2 at its rule,
+    patient-bootstrap intervals, lead times, subgroups, importances."""
+    cfg = settings.training
+    test = prepared.test
+    days = _patient_days(test, settings.features.cadence_minutes)
+    y = test["label"].to_numpy(dtype=np.int8)
+    p = risk(chosen.model, test[list(FEATURE_NAMES)])
+    news2 = test["news2_total"].to_numpy(dtype=np.float64)
+    thr, rule = chosen.threshold, float(cfg.gate.news2_rule)
+    return Evaluation(
+        y=y,
+        risk=p,
+        news2=news2,
+        test=metrics_at(y, p, thr),
+        news2_metrics=metrics_at(y, news2, rule),
+        operating_test=operating_point(y, p, thr, days),
+        news2_operating=operating_point(y, news2, rule, days),
+        intervals=compare(
+            y,
+            {"model": p, "news2": news2},
+            test["patient_id"].to_numpy(),
+            replicates=cfg.gate.bootstrap,
+            confidence=cfg.gate.confidence,
+            seed=cfg.seed,
+        ),
+        lead_model=lead_times(test, p >= thr),
+        lead_news2=lead_times(test, news2 >= cfg.gate.news2_rule),
+        subgroups=subgroup_metrics(test, p, thr),
+        importances=importances(chosen.model, list(FEATURE_NAMES)),
+        cv={k: v for k, v in chosen.study.best.metrics.items() if k.startswith("cv_")},
+    )
+
+
+def evaluation_metrics(chosen: Chosen, ev: Evaluation) -> dict[str, float]:
+    """What the training run records of the evaluation (the threshold as a metric too,
+    to compare runs; the registry's tag is what the platform reads)."""
+    iv = ev.intervals["model"]
+    return {
+        **{f"test_{k}": v for k, v in ev.test.items()},
+        **{f"news2_{k}": v for k, v in ev.news2_metrics.items()},
+        **ev.cv,
+        "threshold": chosen.threshold,
+        "valid_sensitivity": chosen.operating_valid.sensitivity,
+        "valid_precision": chosen.operating_valid.precision,
+        "valid_alerts_per_patient_day": chosen.operating_valid.alerts_per_patient_day,
+        "test_alerts_per_patient_day": ev.operating_test.alerts_per_patient_day,
+        "news2_rule_alerts_per_patient_day": ev.news2_operating.alerts_per_patient_day,
+        "test_roc_auc_low": iv["roc_auc"].low,
+        "test_roc_auc_high": iv["roc_auc"].high,
+        "test_pr_auc_low": iv["pr_auc"].low,
+        "test_pr_auc_high": iv["pr_auc"].high,
+        "lead_minutes_median": ev.lead_model["median_minutes"],
+        "news2_lead_minutes_median": ev.lead_news2["median_minutes"],
+        "episodes_detected_share": _share(ev.lead_model),
+        "news2_episodes_detected_share": _share(ev.lead_news2),
+    }
+
+
+def write_report(
+    settings: Settings,
+    prepared: Prepared,
     studies: list[StudyResult],
+    chosen: Chosen,
+    ev: Evaluation,
+    out: Path,
+    run_id: str,
 ) -> list[Path]:
+    """The run's files under ``out``: split, figures, subgroups, importances, the model
+    card and the drift-monitoring reference sample. Returns the figures."""
+    cfg = settings.training
+    (out / "split.json").write_text(json.dumps(_split_record(prepared.split, prepared.rows)))
+    figures = _figures(out / "figures", ev, chosen.threshold, studies)
+    ev.subgroups.to_csv(out / "subgroups.csv", index=False)
+    ev.importances.rename("importance").to_csv(out / "feature_importance.csv")
+    iv = ev.intervals
+    card = ModelCard(
+        model_name=cfg.registered_model,
+        family=chosen.family,
+        params=chosen.study.best_params,
+        run_id=run_id,
+        lineage=prepared.lineage,
+        counts=prepared.counts,
+        cv=ev.cv,
+        test=ev.test,
+        intervals={k: {m: iv[k][m] for m in iv[k]} for k in ("model", "news2", "model-news2")},
+        news2_rule=cfg.gate.news2_rule,
+        news2_rule_op=ev.news2_operating,
+        operating_valid=chosen.operating_valid,
+        operating_test=ev.operating_test,
+        budget=cfg.threshold.describe(),
+        lead_model=ev.lead_model,
+        lead_news2=ev.lead_news2,
+        subgroups=ev.subgroups,
+        importances=ev.importances,
+        studies=studies,
+    )
+    (out / "model_card.md").write_text(render_card(card))
+    ref_path = out / REFERENCE_ARTIFACT
+    ref_path.parent.mkdir(parents=True, exist_ok=True)
+    sample = reference_sample(prepared.tune, chosen.study.oof, prepared.test, ev.risk,
+                              cfg.tune_row_stride)  # fmt: skip
+    sample.to_parquet(ref_path)
+    return figures
+
+
+def register(
+    settings: Settings, run: TrackedRun, prepared: Prepared, chosen: Chosen, ev: Evaluation
+) -> ModelRef:
+    """Log the model with the run (skops) and register it as the new ``@challenger``."""
+    example = prepared.test[list(FEATURE_NAMES)].head(5)
+    uri = run.log_sklearn(
+        chosen.model,
+        example,
+        requirements=pip_requirements(chosen.family),
+        metadata={"feature_set_version": FEATURE_SET_VERSION, "feature_names": list(FEATURE_NAMES)},
+    )
+    lineage = prepared.lineage
+    return ModelRegistry(settings).register(
+        uri,
+        run_id=run.run_id,
+        threshold=chosen.threshold,
+        feature_set_version=FEATURE_SET_VERSION,
+        family=chosen.family,
+        tags={
+            "threshold_budget": settings.training.threshold.describe(),
+            "data_from": lineage["data_from"],
+            "data_to": lineage["data_to"],
+            "etl_validation_runs": lineage["etl_validation_runs"],
+            "git_commit": lineage["git_commit"],
+            "test_roc_auc": f"{ev.test['roc_auc']:.4f}",
+            "test_pr_auc": f"{ev.test['pr_auc']:.4f}",
+        },
+    )
+
+
+def _figures(out: Path, ev: Evaluation, threshold: float, studies: list[StudyResult]) -> list[Path]:
+    y, p = ev.y, ev.risk
     return [
-        plots.save(plots.roc_pr(y, {"model": p, "NEWS2": news2}), out / "roc_pr.png"),
+        plots.save(plots.roc_pr(y, {"model": p, "NEWS2": ev.news2}), out / "roc_pr.png"),
         plots.save(plots.calibration(y, p), out / "calibration.png"),
         plots.save(plots.confusion(y, p >= threshold, threshold), out / "confusion_matrix.png"),
-        plots.save(plots.importance(imp), out / "feature_importance.png"),
+        plots.save(plots.importance(ev.importances), out / "feature_importance.png"),
         plots.save(plots.history(studies), out / "optuna_history.png"),
     ]
 
 
 # --------------------------------------------------------------------------- the job
 def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainSummary:
-    """Tune, select, evaluate, log and register; returns what was done.
+    """Prepare, tune, choose, evaluate, report and register; returns what was done.
+
+    One MLflow run (children per study and trial) records every step.
 
     Args:
         rows: labelled feature rows; loaded from the lake (``load_rows``) when omitted.
@@ -188,238 +464,53 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
     """
     t0 = time.perf_counter()
     cfg = settings.training
-    if rows is None:
-        rows = load_rows(settings)
-    try:
-        split = split_by_patient(rows, test_share=cfg.test_share, folds=cfg.folds, seed=cfg.seed)
-    except ValueError as exc:
-        raise TrainingDataError(str(exc)) from exc
-    train = rows[rows["patient_id"].isin(split.train_patients)].reset_index(drop=True)
-    test = rows[rows["patient_id"].isin(split.test_patients)].reset_index(drop=True)
-    tune = tuning_rows(train, cfg.tune_row_stride)
-    minutes_per_row = settings.features.cadence_minutes
-
-    registry = Registry(settings)
-    experiment = registry.experiment_name
-    mlflow.set_tracking_uri(tracking_uri(settings))
-    mlflow.set_experiment(experiment)
+    prepared = prepare(settings, load_rows(settings) if rows is None else rows)
+    tracking = Tracking(settings, cfg.experiment)
     started = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     with (
         warnings.catch_warnings(),
-        mlflow.start_run(run_name=f"train-{started}") as parent,
+        tracking.run(f"train-{started}", tags=prepared.lineage) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
         warnings.filterwarnings("ignore", module="sklearn")
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-        lineage = {
-            "vigil.kind": "training",
-            "feature_set_version": FEATURE_SET_VERSION,
-            "feature_set_digest": digest(),
-            "data_from": str(rows["ts"].min()),
-            "data_to": str(rows["ts"].max()),
-            "git_commit": git_commit(),
-            "etl_validation_runs": ",".join(validation_refs(settings))[:4000] or "unknown",
-            "split_seed": str(split.seed),
-        }
-        mlflow.set_tags(lineage)
-        counts = {
-            "rows": len(rows),
-            "patients": int(rows["patient_id"].nunique()),
-            "train_rows": len(train),
-            "tuning_rows": len(tune),
-            "test_rows": len(test),
-            "positive_rows": int(rows["label"].sum()),
-            "test_positive_rows": int(test["label"].sum()),
-        }
-        mlflow.log_params({f"data_{k}": v for k, v in counts.items()})
-        mlflow.log_params(
-            {
-                "families": ",".join(cfg.families),
-                "trials_per_family": cfg.trials,
-                "timeout_s_per_family": cfg.timeout_s,
-                "folds": cfg.folds,
-                "tune_row_stride": cfg.tune_row_stride,
-                "test_share": cfg.test_share,
-                "seed": cfg.seed,
-            }
-        )
+        run.params({f"data_{k}": v for k, v in prepared.counts.items()})
+        run.params({
+            "families": ",".join(cfg.families), "trials_per_family": cfg.trials,
+            "timeout_s_per_family": cfg.timeout_s, "folds": cfg.folds,
+            "tune_row_stride": cfg.tune_row_stride, "test_share": cfg.test_share,
+            "seed": cfg.seed,
+        })  # fmt: skip
+        studies = tune_families(cfg, prepared, tracking, run)
+        chosen = choose(settings, prepared, studies)
+        ev = evaluate(settings, prepared, chosen)
+        run.tags({"vigil.family": chosen.family, "threshold_budget": cfg.threshold.describe()})
+        run.params({f"best_{k}": v for k, v in chosen.study.best_params.items()})
+        run.params({"best_family": chosen.family})
+        run.metrics(evaluation_metrics(chosen, ev))
         out = Path(tmp)
-        (out / "split.json").write_text(json.dumps(_split_record(split, rows), indent=1))
-
-        studies: list[StudyResult] = []
-        for family in cfg.families:
-            with mlflow.start_run(run_name=f"study-{family}", nested=True):
-                mlflow.set_tags({"vigil.kind": "study", "vigil.family": family})
-                st = tune_family(
-                    family,
-                    tune,
-                    split.folds,
-                    cfg.search_spaces.get(family, {}),
-                    trials=cfg.trials,
-                    timeout_s=cfg.timeout_s,
-                    seed=cfg.seed,
-                    n_jobs=cfg.n_jobs,
-                    on_trial=_log_trial(family),
-                )
-                mlflow.log_params(st.best_params)
-                mlflow.log_metrics(
-                    {
-                        **{k: v for k, v in st.best.metrics.items() if k.startswith("cv_")},
-                        "trials_complete": sum(t.state == "COMPLETE" for t in st.trials),
-                        "trials_pruned": sum(t.state == "PRUNED" for t in st.trials),
-                        "study_seconds": st.seconds,
-                    }
-                )
-            studies.append(st)
-        best = max(studies, key=lambda s: s.cv_pr_auc)
-
-        # Threshold on validation predictions (out-of-fold), never on the test set.
-        y_tune = tune["label"].to_numpy(dtype=np.int8)
-        op_valid = _choose(
-            cfg, y_tune, best.oof, _patient_days(tune, minutes_per_row * cfg.tune_row_stride)
-        )
-
-        model = build(
-            best.family,
-            best.best_params,
-            positive_share=float(train["label"].mean()),
-            seed=cfg.seed,
-            n_jobs=cfg.n_jobs,
-        )
-        x_train = train[list(FEATURE_NAMES)]
-        model.fit(x_train, train["label"].to_numpy(dtype=np.int8))
-
-        x_test = test[list(FEATURE_NAMES)]
-        y = test["label"].to_numpy(dtype=np.int8)
-        p = risk(model, x_test)
-        news2 = test["news2_total"].to_numpy(dtype=np.float64)
-        thr = op_valid.threshold
-        m_test = metrics_at(y, p, thr)
-        news2_m = metrics_at(y, news2, float(cfg.gate.news2_rule))
-        op_test = operating_point(y, p, thr, _patient_days(test, minutes_per_row))
-        rule_op = operating_point(
-            y, news2, float(cfg.gate.news2_rule), _patient_days(test, minutes_per_row)
-        )
-        iv = compare(
-            y,
-            {"model": p, "news2": news2},
-            test["patient_id"].to_numpy(),
-            replicates=cfg.gate.bootstrap,
-            confidence=cfg.gate.confidence,
-            seed=cfg.seed,
-        )
-        lead_model = lead_times(test, p >= thr)
-        lead_news2 = lead_times(test, news2 >= cfg.gate.news2_rule)
-        groups = subgroup_metrics(test, p, thr)
-        imp = importances(model, list(FEATURE_NAMES))
-
-        cv = {k: v for k, v in best.best.metrics.items() if k.startswith("cv_")}
-        mlflow.set_tags({"vigil.family": best.family, "threshold_budget": cfg.threshold.describe()})
-        mlflow.log_params({f"best_{k}": v for k, v in best.best_params.items()})
-        mlflow.log_param("best_family", best.family)
-        mlflow.log_metrics(
-            {
-                **{f"test_{k}": v for k, v in m_test.items()},
-                **{f"news2_{k}": v for k, v in news2_m.items()},
-                **cv,
-                "threshold": thr,
-                "valid_sensitivity": op_valid.sensitivity,
-                "valid_precision": op_valid.precision,
-                "valid_alerts_per_patient_day": op_valid.alerts_per_patient_day,
-                "test_alerts_per_patient_day": op_test.alerts_per_patient_day,
-                "news2_rule_alerts_per_patient_day": rule_op.alerts_per_patient_day,
-                "test_roc_auc_low": iv["model"]["roc_auc"].low,
-                "test_roc_auc_high": iv["model"]["roc_auc"].high,
-                "test_pr_auc_low": iv["model"]["pr_auc"].low,
-                "test_pr_auc_high": iv["model"]["pr_auc"].high,
-                "lead_minutes_median": lead_model["median_minutes"],
-                "news2_lead_minutes_median": lead_news2["median_minutes"],
-                "episodes_detected_share": _share(lead_model),
-                "news2_episodes_detected_share": _share(lead_news2),
-            }
-        )  # fmt: skip
-        figures = _figures(out / "figures", y, p, news2, thr, imp, studies)
-        groups.to_csv(out / "subgroups.csv", index=False)
-        imp.rename("importance").to_csv(out / "feature_importance.csv")
-        card = ModelCard(
-            model_name=cfg.registered_model,
-            family=best.family,
-            params=best.best_params,
-            run_id=parent.info.run_id,
-            lineage=lineage,
-            counts=counts,
-            cv=cv,
-            test=m_test,
-            intervals={k: {m: iv[k][m] for m in iv[k]} for k in ("model", "news2", "model-news2")},
-            news2_rule=cfg.gate.news2_rule,
-            news2_rule_op=rule_op,
-            operating_valid=op_valid,
-            operating_test=op_test,
-            budget=cfg.threshold.describe(),
-            lead_model=lead_model,
-            lead_news2=lead_news2,
-            subgroups=groups,
-            importances=imp,
-            studies=studies,
-        )
-        card_path = out / "model_card.md"
-        card_path.write_text(render_card(card))
-        ref_path = out / REFERENCE_ARTIFACT
-        ref_path.parent.mkdir(parents=True, exist_ok=True)
-        reference_sample(tune, best.oof, test, p, cfg.tune_row_stride).to_parquet(ref_path)
-        mlflow.log_artifacts(str(out))
-
-        example = x_test.head(5)
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict_proba(example)),
-            input_example=example,
-            serialization_format="skops",  # no arbitrary code on load, unlike pickle
-            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            pyfunc_predict_fn="predict_proba",
-            pip_requirements=pip_requirements(best.family),
-            metadata={
-                "feature_set_version": FEATURE_SET_VERSION,
-                "feature_names": list(FEATURE_NAMES),
-                "threshold": thr,
-            },
-        )
-        version = registry.register(
-            info.model_uri,
-            run_id=parent.info.run_id,
-            tags={
-                "feature_set_version": FEATURE_SET_VERSION,
-                "threshold": f"{thr:.6f}",
-                "threshold_budget": cfg.threshold.describe(),
-                "family": best.family,
-                "data_from": lineage["data_from"],
-                "data_to": lineage["data_to"],
-                "etl_validation_runs": lineage["etl_validation_runs"],
-                "git_commit": lineage["git_commit"],
-                "test_roc_auc": f"{m_test['roc_auc']:.4f}",
-                "test_pr_auc": f"{m_test['pr_auc']:.4f}",
-            },
-        )
-        mlflow.set_tag("registered_version", version)
+        figures = write_report(settings, prepared, studies, chosen, ev, out, run.run_id)
+        run.artifacts(out)
+        ref = register(settings, run, prepared, chosen, ev)
+        run.tags({"registered_version": ref.version})
         # A copy beside the repo for people who read files, not UIs.
-        reports = settings.resolve(cfg.reports_dir) / parent.info.run_id
+        reports = settings.resolve(cfg.reports_dir) / run.run_id
         reports.mkdir(parents=True, exist_ok=True)
-        (reports / "model_card.md").write_text(card_path.read_text())
+        (reports / "model_card.md").write_text((out / "model_card.md").read_text())
         for fig in figures:
             (reports / fig.name).write_bytes(fig.read_bytes())
 
     summary = TrainSummary(
-        run_id=parent.info.run_id,
-        experiment=experiment,
-        family=best.family,
-        params=best.best_params,
-        model_version=version,
-        threshold=thr,
-        test=m_test,
-        news2=news2_m,
-        cv=cv,
-        rows=counts,
+        run_id=run.run_id,
+        experiment=tracking.experiment,
+        family=chosen.family,
+        params=chosen.study.best_params,
+        model_version=ref.version,
+        threshold=chosen.threshold,
+        test=ev.test,
+        news2=ev.news2_metrics,
+        cv=ev.cv,
+        rows=prepared.counts,
         seconds=time.perf_counter() - t0,
         studies={
             s.family: {"cv_pr_auc": s.cv_pr_auc, "params": s.best_params, "trials": len(s.trials)}
@@ -433,12 +524,14 @@ def run_training(settings: Settings, rows: pd.DataFrame | None = None) -> TrainS
     )
     record_stage(settings, "training", seconds=summary.seconds,
                  gauges={"vigil_training_test_roc_auc": ("Held-out ROC-AUC of the last model",
-                                                         m_test["roc_auc"])},
-                 labels={"model_version": version})  # fmt: skip
+                                                         ev.test["roc_auc"])},
+                 labels={"model_version": ref.version})  # fmt: skip
     return summary
 
 
-def _choose(cfg: Any, y: np.ndarray, scores: np.ndarray, patient_days: float) -> OperatingPoint:
+def _choose(
+    cfg: TrainingSettings, y: np.ndarray, scores: np.ndarray, patient_days: float
+) -> OperatingPoint:
     t = cfg.threshold
     return choose_threshold(
         y,

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from stack.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from stack.settings import Settings
 from training.gate import GateDecision, decide
 from training.models import risk
-from training.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 
 log = logging.getLogger("vigil.training")
 
@@ -57,14 +57,14 @@ def run_promote(settings: Settings, rows: pd.DataFrame | None = None) -> Promoti
     """
     from training.job import load_rows
 
-    reg = Registry(settings)
+    reg = ModelRegistry(settings)
     challenger = reg.by_alias(CHALLENGER)
     if challenger is None:
         raise RegistryError(f"{reg.name} has no @{CHALLENGER}: run `make train` first")
-    if challenger.tags.get("feature_set_version") != FEATURE_SET_VERSION:
+    if challenger.feature_set_version != FEATURE_SET_VERSION:
         raise RegistryError(
             f"challenger v{challenger.version} uses features "
-            f"{challenger.tags.get('feature_set_version')!r}, this code {FEATURE_SET_VERSION!r}"
+            f"{challenger.feature_set_version!r}, this code {FEATURE_SET_VERSION!r}"
         )
     champion = reg.by_alias(CHAMPION)
     split = reg.run_json(challenger.run_id, "split.json")
@@ -85,9 +85,9 @@ def run_promote(settings: Settings, rows: pd.DataFrame | None = None) -> Promoti
     decision = decide(
         y,
         judged["patient_id"].to_numpy(),
-        challenger=risk(reg.load(challenger.version), x),
+        challenger=risk(reg.load(challenger), x),
         news2_total=judged["news2_total"].to_numpy(dtype=np.float64),
-        champion=risk(reg.load(champion.version), x) if champion is not None else None,
+        champion=risk(reg.load(champion), x) if champion is not None else None,
         cfg=cfg,
         seed=settings.training.seed,
     )

@@ -11,8 +11,13 @@ from features.cleaning import VITALS
 from features.labels import STATUS_LABELLED, make_labels
 from features.spec import FEATURES_ZONE, LABELS_FILE
 from pipelines.cohort import Cohort
-from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE
-from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES, RAW_VITALS
+from stack.catalog import (
+    PROCESSED_VITALS,
+    QUARANTINE,
+    RAW_ADMISSIONS,
+    RAW_OUTCOMES,
+    RAW_VITALS,
+)
 from stack.lake import Lake
 
 RAW_COLUMNS = ["event_id", "patient_id", "ts", *VITALS, "consciousness", "on_oxygen"]
@@ -91,9 +96,9 @@ def from_lake(lake: Lake, horizon_hours: float, *, feature_sample: int = 200_000
             else (pd.DataFrame())
         )
 
-    minutes = read(PROCESSED_ZONE)
+    minutes = read(PROCESSED_VITALS)
     if minutes.empty:
-        raise EdaDataError(f"no processed vitals in {lake.uri}/{PROCESSED_ZONE}: run `make etl`")
+        raise EdaDataError(f"no processed vitals in {lake.uri}/{PROCESSED_VITALS}: run `make etl`")
     features = read(FEATURES_ZONE)
     if len(features) > feature_sample:
         features = features.iloc[:: int(np.ceil(len(features) / feature_sample))]
@@ -111,7 +116,7 @@ def from_lake(lake: Lake, horizon_hours: float, *, feature_sample: int = 200_000
     return _prepare(
         raw=read(RAW_VITALS).drop_duplicates("event_id"),
         minutes=minutes.drop(columns=[c for c in ("partition",) if c in minutes]),
-        quarantine=read(QUARANTINE_ZONE),
+        quarantine=read(QUARANTINE),
         admissions=admissions,
         outcomes=outcomes,
         features=features if len(features) else None,

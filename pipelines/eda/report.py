@@ -27,10 +27,10 @@ from pipelines.eda import analysis as A  # noqa: N812
 from pipelines.eda import figures as F  # noqa: N812
 from pipelines.eda.data import EdaData, EdaDataError, from_lake
 from stack.lake import Lake
-from stack.localstack import mlflow_tracking_uri
 from stack.logs import configure_logging
 from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
+from stack.tracking import Tracking
 
 log = logging.getLogger("vigil.eda")
 
@@ -211,21 +211,17 @@ def run_eda(settings: Settings) -> EdaReport:
     Raises:
         EdaDataError: no processed data in the lake yet.
     """
-    import mlflow
-
     t0 = time.perf_counter()
     data = from_lake(Lake(settings.lake.root), settings.features.horizon_hours)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     rep = build_report(data, settings.resolve(settings.eda.reports_dir) / stamp)
-    mlflow.set_tracking_uri(mlflow_tracking_uri(settings))
-    mlflow.set_experiment(f"{settings.mlflow.experiment_prefix}-eda")
-    with mlflow.start_run(run_name=f"eda-{stamp}"):
-        mlflow.set_tags({"vigil.kind": "eda", "patients": str(data.patients)})
-        mlflow.log_metrics({
+    tags = {"vigil.kind": "eda", "patients": str(data.patients)}
+    with Tracking(settings, "eda").run(f"eda-{stamp}", tags=tags) as run:
+        run.metrics({
             "patients": data.patients,
             "positive_share": rep.numbers["balance"]["positive_share"],
         })  # fmt: skip
-        mlflow.log_artifacts(str(rep.out_dir), artifact_path="eda")
+        run.artifacts(rep.out_dir, "eda")
     record_stage(settings, "eda", seconds=time.perf_counter() - t0)
     log.info("eda done", extra={"stage": "eda", "report": str(rep.html_path)})
     return rep

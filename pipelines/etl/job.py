@@ -39,7 +39,7 @@ import psycopg
 import pyarrow as pa
 import typer
 
-from pipelines.etl.plan import Plan, fingerprints, hour_of, plan
+from pipelines.etl.plan import Plan, fingerprints, plan
 from pipelines.etl.transform import (
     COUNT_FIELDS,
     INPUT_COLUMNS,
@@ -57,23 +57,21 @@ from pipelines.etl.validation import (
     processed_expectations,
     raw_expectations,
 )
+from stack.catalog import PROCESSED_VITALS, QUARANTINE, RAW_VITALS, hour_of, staging_zone
 from stack.db import copy_table, load_partitions, migrate, replace_range_partition, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 from stack.spark import spark_session
+from stack.sparkjob import JobStatus, StagedWriter, by_patient, publish, staged_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("vigil.etl")
 
-RAW_ZONE = "raw/vitals"
-PROCESSED_ZONE = "processed/vitals_minute"
-QUARANTINE_ZONE = "processed/quarantine"
-
-STAGING_ZONE = "_staging/etl"  # tasks' files until the driver publishes them
+STAGING_ZONE = staging_zone("etl")  # tasks' files until the driver publishes them
 # What each task reports: one "file" row per file it wrote (zone minutes|quarantine) and
 # one "counts" row per pending partition it saw.
 STAGED_SCHEMA = "kind string, zone string, partition string, file string, rows long, " + ", ".join(
@@ -104,7 +102,7 @@ class PartitionCounts:
 @dataclass
 class EtlSummary:
     run_id: str
-    status: str = "running"
+    status: str = JobStatus.RUNNING
     pending: list[str] = field(default_factory=list)
     context: list[str] = field(default_factory=list)
     partitions: dict[str, PartitionCounts] = field(default_factory=dict)
@@ -123,27 +121,6 @@ class EtlSummary:
 
 
 # ---------------------------------------------------------------- per-patient functions
-def by_patient(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Regroup Arrow batches of patient-sorted rows so that no patient is split.
-
-    Spark hands ``mapInPandas`` a partition as batches of at most N rows; the rows are
-    partitioned and sorted by patient, so only the last patient of a batch can continue in
-    the next one: hold it back and prepend it there.
-    """
-    carry: pd.DataFrame | None = None
-    for incoming in batches:
-        batch = incoming if carry is None else pd.concat([carry, incoming], ignore_index=True)
-        if batch.empty:
-            continue
-        last = batch["patient_id"].iloc[-1]
-        tail = batch["patient_id"].to_numpy() == last
-        carry = batch[tail]
-        if (~tail).any():
-            yield batch[~tail].reset_index(drop=True)
-    if carry is not None and not carry.empty:
-        yield carry.reset_index(drop=True)
-
-
 def _etl_partition(
     bounds: Bounds, lake_root: str, staging: str
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -158,23 +135,8 @@ def _etl_partition(
     """
 
     def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        tag = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
-        lake = Lake(lake_root)
-        held: dict[tuple[str, str], list[pa.Table]] = {}
-        wrote: list[tuple[str, str, str, int]] = []  # zone, partition, file, rows
+        writer = StagedWriter(lake_root, staging, HOLD_ROWS)
         counts: dict[str, dict[str, int]] = {}
-
-        def flush() -> None:
-            for (zone, q), parts in sorted(held.items()):
-                rel = f"{staging}/{zone}/{q}/part-{tag}-{len(wrote):04d}.parquet"
-                table = pa.concat_tables(parts)
-                lake.write_parquet(table, rel)
-                wrote.append((zone, q, rel, table.num_rows))
-            held.clear()
-
         for pdf in by_patient(batches):
             out = transform_events(pdf, bounds)
             for q, c in out.counts.items():
@@ -183,21 +145,20 @@ def _etl_partition(
                     mine[k] += v
             for zone, tables in (("minutes", out.minutes), ("quarantine", out.quarantine)):
                 for q, t in tables.items():
-                    held.setdefault((zone, q), []).append(t)
-            if sum(t.num_rows for parts in held.values() for t in parts) >= HOLD_ROWS:
-                flush()
-        flush()
-        n_files, n_counts = len(wrote), len(counts)
+                    writer.add(zone, q, t)
+        writer.flush()
+        files = writer.files()
+        n_files, n_counts = len(files["file"]), len(counts)
         if not n_files and not n_counts:
             # A task without patients (fewer patients than shuffle partitions) reports
             # nothing: an empty frame fails Spark's conversion to Arrow.
             return
         report = {
             "kind": ["file"] * n_files + ["counts"] * n_counts,
-            "zone": [w[0] for w in wrote] + [None] * n_counts,
-            "partition": [w[1] for w in wrote] + list(counts),
-            "file": [w[2] for w in wrote] + [None] * n_counts,
-            "rows": [w[3] for w in wrote] + [0] * n_counts,
+            "zone": [*files["zone"], *[None] * n_counts],
+            "partition": [*files["partition"], *counts],
+            "file": [*files["file"], *[None] * n_counts],
+            "rows": [*files["rows"], *[0] * n_counts],
         }
         for k in COUNT_FIELDS:
             report[k] = [0] * n_files + [c[k] for c in counts.values()]
@@ -219,7 +180,7 @@ class EtlJob:
         return dict(rows)
 
     def plan(self, only: list[str] | None = None, force: bool = False) -> Plan:
-        raw = fingerprints(self.lake.files(RAW_ZONE), RAW_ZONE)
+        raw = fingerprints(self.lake.files(RAW_VITALS), RAW_VITALS)
         return plan(raw, self._done(), context_hours=self.cfg.context_hours, only=only, force=force)
 
     def run(self, *, only: list[str] | None = None, force: bool = False) -> EtlSummary:
@@ -236,9 +197,9 @@ class EtlJob:
             summary.pending, summary.context = p.pending, p.context
             if p.pending:
                 self._process(p, summary, report_dir)
-            summary.status = "success" if p.pending else "nothing_to_do"
+            summary.status = JobStatus.SUCCEEDED if p.pending else JobStatus.NOTHING_TO_DO
         except Exception as exc:
-            summary.status = "failed"
+            summary.status = JobStatus.FAILED
             summary.seconds = time.monotonic() - t0
             self._record_run(summary, error=str(exc))
             raise
@@ -259,7 +220,6 @@ class EtlJob:
 
     # ------------------------------------------------------------------ steps
     def _process(self, p: Plan, summary: EtlSummary, report_dir: Path) -> None:
-        from pyspark.sql import functions as F  # noqa: N812
         from pyspark.sql.pandas.types import from_arrow_schema
 
         # Great Expectations takes about 3 s to import and set up its context, in Python;
@@ -299,32 +259,8 @@ class EtlJob:
         try:
             # 3. one pass: dedupe, time bounds, clean, resample, quarantine, count.
             tick = time.monotonic()
-            bounds = Bounds(
-                pending=frozenset(p.pending),
-                future=pd.Timestamp(now + timedelta(minutes=self.cfg.max_future_minutes)),
-                too_old=pd.Timestamp(now - timedelta(days=self.cfg.max_age_days)),
-                run_id=summary.run_id,
-            )
-            reported = (
-                raw.select(*INPUT_COLUMNS, F.xxhash64("event_id").alias("event_key"))
-                .repartition(self.settings.spark.shuffle_partitions, "patient_id")
-                .sortWithinPartitions("patient_id", "ts", "event_id")
-                .mapInPandas(_etl_partition(bounds, self.lake.uri, staging), STAGED_SCHEMA)
-                .collect()
-            )
-            counts = {q: PartitionCounts() for q in p.pending}
-            files: dict[str, dict[str, list[str]]] = {"minutes": {}, "quarantine": {}}
-            for r in reported:
-                if r.kind == "file":
-                    files[r.zone].setdefault(r.partition, []).append(r.file)
-                    continue
-                c = counts[r.partition]
-                for k in COUNT_FIELDS:
-                    setattr(c, k, getattr(c, k) + int(r[k]))
+            counts, files = self._transform(raw, p, summary.run_id, now, staging)
             timings["transform_s"] = time.monotonic() - tick
-            for q, c in counts.items():
-                if not c.reconciles:
-                    raise RuntimeError(f"reconciliation failed for partition {q}: {c}")
             summary.partitions = counts
 
             # 4. output validation, on the staged files (nothing is published yet)
@@ -352,8 +288,43 @@ class EtlJob:
         self._write_postgres(p, summary, counts)
         timings["write_postgres_s"] = time.monotonic() - tick
 
+    def _transform(
+        self, raw: DataFrame, p: Plan, run_id: str, now: datetime, staging: str
+    ) -> tuple[dict[str, PartitionCounts], dict[str, dict[str, list[str]]]]:
+        """The one pass over the raw rows, by patient; each task writes its own files under
+        ``staging``. Returns the counts per pending partition (reconciled) and the staged
+        files per zone and partition."""
+        from pyspark.sql import functions as F  # noqa: N812
+
+        bounds = Bounds(
+            pending=frozenset(p.pending),
+            future=pd.Timestamp(now + timedelta(minutes=self.cfg.max_future_minutes)),
+            too_old=pd.Timestamp(now - timedelta(days=self.cfg.max_age_days)),
+            run_id=run_id,
+        )
+        reported = (
+            raw.select(*INPUT_COLUMNS, F.xxhash64("event_id").alias("event_key"))
+            .repartition(self.settings.spark.shuffle_partitions, "patient_id")
+            .sortWithinPartitions("patient_id", "ts", "event_id")
+            .mapInPandas(_etl_partition(bounds, self.lake.uri, staging), STAGED_SCHEMA)
+            .collect()
+        )
+        counts = {q: PartitionCounts() for q in p.pending}
+        empty: dict[str, dict[str, list[str]]] = {"minutes": {}, "quarantine": {}}
+        files = empty | staged_files(r.asDict() for r in reported)
+        for r in reported:
+            if r.kind == "file":
+                continue
+            c = counts[r.partition]
+            for k in COUNT_FIELDS:
+                setattr(c, k, getattr(c, k) + int(r[k]))
+        for q, c in counts.items():
+            if not c.reconciles:
+                raise RuntimeError(f"reconciliation failed for partition {q}: {c}")
+        return counts, files
+
     def _read_raw(self, spark: SparkSession, partitions: list[str]) -> DataFrame:
-        return spark.read.parquet(*(self._uri(f"{RAW_ZONE}/{q}") for q in partitions))
+        return spark.read.parquet(*(self._uri(f"{RAW_VITALS}/{q}") for q in partitions))
 
     def _publish(self, pending: list[str], files: dict[str, dict[str, list[str]]]) -> None:
         """Replace each pending partition's files in both zones with the staged ones.
@@ -361,9 +332,8 @@ class EtlJob:
         A partition that now has no quarantine rows loses its old ones. PostgreSQL's
         record is updated last, so a crash here means the partition is processed again.
         """
-        for kind, zone in (("minutes", PROCESSED_ZONE), ("quarantine", QUARANTINE_ZONE)):
-            for q in pending:
-                self.lake.replace_dir(f"{zone}/{q}", files[kind].get(q, []))
+        for kind, zone in (("minutes", PROCESSED_VITALS), ("quarantine", QUARANTINE)):
+            publish(self.lake, zone, pending, files[kind])
 
     def _uri(self, rel: str) -> str:
         """What Spark reads and writes: a local path, or ``s3a://bucket/...``."""
@@ -373,8 +343,8 @@ class EtlJob:
         self, p: Plan, summary: EtlSummary, counts: dict[str, PartitionCounts]
     ) -> None:
         def load(conn: psycopg.Connection[tuple], q: str) -> None:  # type: ignore[type-arg]
-            minutes = self.lake.read_table(f"{PROCESSED_ZONE}/{q}")
-            quarantine = self.lake.read_table(f"{QUARANTINE_ZONE}/{q}")
+            minutes = self.lake.read_table(f"{PROCESSED_VITALS}/{q}")
+            quarantine = self.lake.read_table(f"{QUARANTINE}/{q}")
             c = counts[q]
             # Binary COPY: the Arrow types of both zones are those of the migrations' DDL.
             # vitals_minute is partitioned by hour: the hour's rows go into a fresh table,

@@ -12,30 +12,12 @@ minutes are forward-filled from H and so are *reprocessed* when H changes.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-_PARTITION = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/hour=([01]\d|2[0-3])$")
-
-
-def partition_of(hour: datetime) -> str:
-    return f"date={hour:%Y-%m-%d}/hour={hour:%H}"
-
-
-def hour_of(partition: str) -> datetime:
-    """The start of the hour a partition name stands for.
-
-    Raises:
-        ValueError: not of the form ``date=YYYY-MM-DD/hour=HH``.
-    """
-    m = _PARTITION.match(partition)
-    if not m:
-        raise ValueError(f"not a partition name: {partition!r} (want date=YYYY-MM-DD/hour=HH)")
-    day = datetime.strptime(m.group(1), "%Y-%m-%d")
-    return day.replace(hour=int(m.group(2)), tzinfo=UTC)
+from stack.catalog import hour_of, partition_of
 
 
 def fingerprints(files: Iterable[str], zone: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from features.cleaning import STATUS_OK, STATUS_QUARANTINED, VITALS, clean_events
 from features.resample import COUNT_COLUMNS, MINUTE_COLUMNS, to_minutes
-from pipelines.etl.plan import partition_of
+from stack.catalog import partition_of
 
 # What the job reads from the raw zone for this pass (the shuffle carries nothing else).
 INPUT_COLUMNS = (

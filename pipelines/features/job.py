@@ -53,15 +53,21 @@ from features.spec import (
     LABELS_ZONE,
 )
 from features.transform import patient_feature_arrays, static_vector
-from pipelines.etl.job import PROCESSED_ZONE, by_patient
-from pipelines.etl.plan import hour_of, partition_of
-from pipelines.landing import RAW_ADMISSIONS, RAW_OUTCOMES
+from stack.catalog import (
+    PROCESSED_VITALS,
+    RAW_ADMISSIONS,
+    RAW_OUTCOMES,
+    hour_of,
+    partition_of,
+    staging_zone,
+)
 from stack.db import connect, copy_table, load_partitions, migrate, transaction
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
 from stack.settings import Settings, load_settings
 from stack.spark import spark_session
+from stack.sparkjob import JobStatus, StagedWriter, by_patient, publish, staged_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -71,7 +77,7 @@ log = logging.getLogger("vigil.features")
 STATIC_COLUMNS = ("age", "sex", "spo2_scale")
 # Where tasks write their files until the driver publishes them (outside the zone, so
 # that no reader of the zone ever sees them).
-STAGING_ZONE = f"_staging/{FEATURES_ZONE}"
+STAGING_ZONE = staging_zone(FEATURES_ZONE)
 
 
 def features_ddl() -> str:
@@ -88,7 +94,7 @@ def features_ddl() -> str:
 @dataclass
 class FeatureSummary:
     run_id: str
-    status: str = "running"
+    status: str = JobStatus.RUNNING
     pending: list[str] = field(default_factory=list)
     feature_rows: int = 0
     patients: int = 0
@@ -101,8 +107,9 @@ class FeatureSummary:
         return asdict(self)
 
 
-STAGED_SCHEMA = "kind string, partition string, file string, rows long"
+STAGED_SCHEMA = "kind string, zone string, partition string, file string, rows long"
 FLUSH_ROWS = 200_000  # a task writes its buffered feature rows once it holds this many
+FEATURE_FILES = "features"  # the one kind of file a feature task writes
 
 
 def _feature_table(
@@ -133,24 +140,9 @@ def _features_partition(
     """
 
     def body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        tag = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
-        lake = Lake(lake_root)
+        writer = StagedWriter(lake_root, staging, FLUSH_ROWS)
         start = pd.Timestamp(since)
-        held: dict[str, list[pa.Table]] = {}
-        wrote: list[tuple[str, str, int]] = []  # hour, file, rows
         patients = 0
-
-        def flush() -> None:
-            for q, parts in sorted(held.items()):
-                rel = f"{staging}/{q}/part-{tag}-{len(wrote):04d}.parquet"
-                table = pa.concat_tables(parts)
-                lake.write_parquet(table, rel)
-                wrote.append((q, rel, table.num_rows))
-            held.clear()
-
         for pdf in by_patient(batches):
             # cache=False: the cache check alone costs more than the conversion.
             pdf["minute"] = pd.to_datetime(pdf["minute"], utc=True, cache=False)
@@ -184,18 +176,18 @@ def _features_partition(
                 q = partition_of(hours[lo].item())
                 if q in targets:
                     seen[owner[lo:hi]] = True
-                    held.setdefault(q, []).append(table.slice(lo, hi - lo))
+                    writer.add(FEATURE_FILES, q, table.slice(lo, hi - lo))
             patients += int(seen.sum())
-            if sum(t.num_rows for parts in held.values() for t in parts) >= FLUSH_ROWS:
-                flush()
-        flush()
-        hours_written, files, rows = zip(*wrote, strict=True) if wrote else ((), (), ())
+        writer.flush()
+        files = writer.files()
+        n = len(files["file"])
         yield pd.DataFrame(
             {
-                "kind": ["file"] * len(wrote) + ["task"],
-                "partition": [*hours_written, None],
-                "file": [*files, None],
-                "rows": [*rows, patients],
+                "kind": ["file"] * n + ["task"],
+                "zone": [*files["zone"], None],
+                "partition": [*files["partition"], None],
+                "file": [*files["file"], None],
+                "rows": [*files["rows"], patients],
             }
         )
 
@@ -243,7 +235,7 @@ class FeatureJob:
         summary.pending = pending
         outcomes_fp = self._outcomes_fingerprint()
         if not pending and outcomes_fp == self._last_outcomes_fingerprint():
-            summary.status = "nothing_to_do"
+            summary.status = JobStatus.NOTHING_TO_DO
             summary.seconds = time.monotonic() - t0
             return summary
         self._record_run(summary, started=True)
@@ -251,9 +243,9 @@ class FeatureJob:
             if pending:
                 self._compute(pending, summary)
             summary.labels = self._label(summary)
-            summary.status = "succeeded"
+            summary.status = JobStatus.SUCCEEDED
         except Exception as exc:
-            summary.status = "failed"
+            summary.status = JobStatus.FAILED
             summary.seconds = time.monotonic() - t0
             self._record_run(summary, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -293,13 +285,13 @@ class FeatureJob:
                 .mapInPandas(body, STAGED_SCHEMA)
                 .collect()
             )
-            files = [(r.partition, r.file, r.rows) for r in reported if r.kind == "file"]
-            summary.feature_rows = sum(n for _q, _f, n in files)
-            summary.patients = sum(r.rows for r in reported if r.kind == "task")
+            rows = [r.asDict() for r in reported]
+            summary.feature_rows = sum(r["rows"] for r in rows if r["kind"] == "file")
+            summary.patients = sum(r["rows"] for r in rows if r["kind"] == "task")
             summary.timings["compute_s"] = round(time.monotonic() - t, 2)
 
             t = time.monotonic()
-            self._publish(pending, files)
+            self._publish(pending, staged_files(rows).get(FEATURE_FILES, {}))
             summary.timings["lake_s"] = round(time.monotonic() - t, 2)
         finally:
             self.lake.delete_dir(staging)
@@ -308,13 +300,9 @@ class FeatureJob:
         self._load_postgres(pending, summary.run_id)
         summary.timings["postgres_s"] = round(time.monotonic() - t, 2)
 
-    def _publish(self, pending: list[str], files: list[tuple[str, str, int]]) -> None:
+    def _publish(self, pending: list[str], files: dict[str, list[str]]) -> None:
         """Replace each computed hour's files in the feature zone with the staged ones."""
-        staged: dict[str, list[str]] = {q: [] for q in pending}
-        for q, rel, _rows in files:
-            staged[q].append(rel)
-        for q in pending:
-            self.lake.replace_dir(f"{FEATURES_ZONE}/{q}", staged[q])
+        publish(self.lake, FEATURES_ZONE, pending, files)
 
     def _load_postgres(self, pending: list[str], run_id: str) -> None:
         """Each hour replaces its rows in one transaction, ``postgres.load_connections`` at once."""
@@ -345,7 +333,7 @@ class FeatureJob:
         load_partitions(self.settings, pending, load)
 
     def _read_processed(self, spark: SparkSession) -> DataFrame:
-        df = spark.read.parquet(f"{self.lake.uri}/{PROCESSED_ZONE}")
+        df = spark.read.parquet(f"{self.lake.uri}/{PROCESSED_VITALS}")
         return df.drop("date", "hour")
 
     def _static(self, spark: SparkSession) -> DataFrame | None:

@@ -52,7 +52,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
                    "ETL:", "GX Data Docs"):  # fmt: skip
         assert needle in text
     etl = result["etl"]
-    assert etl["status"] == "success"
+    assert etl["status"] == "succeeded"
     totals = etl["totals"]
     assert totals["raw_rows"] == result["landed"]["vitals"]
     assert totals["raw_rows"] == (

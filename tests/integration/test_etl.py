@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.etl.job import PROCESSED_ZONE, QUARANTINE_ZONE, RAW_ZONE, run_etl
+from pipelines.etl.job import run_etl
 from pipelines.landing import VITALS_SCHEMA, Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import WardSimulator
+from stack.catalog import PROCESSED_VITALS, QUARANTINE, RAW_VITALS
 from stack.db import connect
 from stack.lake import Lake
 from stack.settings import Settings
@@ -46,8 +47,8 @@ def lake(s: Settings) -> Lake:
 def test_faults_end_where_they_belong_and_rows_reconcile(etl_settings: Settings) -> None:
     s, sim = land(etl_settings)
     summary = run_etl(s)
-    assert summary.status == "success"
-    raw = lake(s).read_table(RAW_ZONE)
+    assert summary.status == "succeeded"
+    raw = lake(s).read_table(RAW_VITALS)
 
     # Reconciliation, per partition, recorded in PostgreSQL.
     rows = q(s, "SELECT partition, raw_rows, source_rows, quarantined_rows, duplicates"
@@ -72,7 +73,7 @@ def test_faults_end_where_they_belong_and_rows_reconcile(etl_settings: Settings)
     assert share("artifact", "artifact:") >= 0.95
     assert share("impossible", "impossible:") >= 0.97
     # °F readings are corrected, not quarantined, and land in °C.
-    minutes = lake(s).read_table(PROCESSED_ZONE)
+    minutes = lake(s).read_table(PROCESSED_VITALS)
     assert pc.max(minutes["temperature"]).as_py() < 43
     assert pc.min(minutes["temperature"]).as_py() > 33
     corrected = q(s, "SELECT sum(corrected_values) FROM etl_partitions")[0][0]
@@ -104,7 +105,7 @@ def test_faults_end_where_they_belong_and_rows_reconcile(etl_settings: Settings)
     assert (report / "processed_vitals.json").exists()
     assert (report / "data_docs" / "index.html").exists()
     run = q(s, "SELECT status, raw_validation_success, processed_validation_success FROM etl_runs")
-    assert run == [("success", True, True)]
+    assert run == [("succeeded", True, True)]
 
 
 def _snapshot(s: Settings) -> tuple[Any, ...]:
@@ -115,7 +116,7 @@ def _snapshot(s: Settings) -> tuple[Any, ...]:
               " '|' ORDER BY event_id, reason)) FROM quarantine")  # fmt: skip
     p = q(s, "SELECT partition, raw_rows, source_rows, quarantined_rows, duplicates, minute_rows"
              " FROM etl_partitions ORDER BY partition")  # fmt: skip
-    files = lake(s).read_table(PROCESSED_ZONE).sort_by([("patient_id", "ascending"),
+    files = lake(s).read_table(PROCESSED_VITALS).sort_by([("patient_id", "ascending"),
                                                        ("minute", "ascending")])  # fmt: skip
     return m[0][0], qq[0][0], tuple(p), files.num_rows, hash(files.to_pandas().to_csv())
 
@@ -129,7 +130,7 @@ def test_rerun_does_nothing_and_forced_rerun_replaces_identically(etl_settings: 
     assert forced.pending == first.pending
     assert _snapshot(s) == before
     statuses = [r[0] for r in q(s, "SELECT status FROM etl_runs ORDER BY started_at")]
-    assert statuses == ["success", "nothing_to_do", "success"]
+    assert statuses == ["succeeded", "nothing_to_do", "succeeded"]
 
 
 def test_late_events_reprocess_their_hour_and_replace_it(etl_settings: Settings) -> None:
@@ -154,7 +155,7 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
 ) -> None:
     s, _ = land(etl_settings, patients=10, hours=2)
     # A feed whose heart rate went missing for a whole hour (next day, 03:00).
-    good = lake(s).read_table(RAW_ZONE)
+    good = lake(s).read_table(RAW_VITALS)
     broken = good.slice(0, 500)
     shifted = pc.add(broken["ts"], pa.scalar(86_400_000_000 + 3 * 3_600_000_000, pa.duration("us")))
     broken = broken.set_column(broken.schema.get_field_index("ts"), "ts",
@@ -162,7 +163,7 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     broken = broken.set_column(
         broken.schema.get_field_index("heart_rate"), "heart_rate", pa.nulls(500, pa.float64())
     )
-    lake(s).write_parquet(broken, f"{RAW_ZONE}/date=2026-01-06/hour=03/part-broken.parquet")
+    lake(s).write_parquet(broken, f"{RAW_VITALS}/date=2026-01-06/hour=03/part-broken.parquet")
     # Through Airflow (the stage itself, once: Spark and GX start-up are most of the cost):
     # the ETL task fails at once, no retry, with the validation's message naming the
     # partition and the expectation, and the processed Asset is not updated, so features
@@ -184,7 +185,7 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     assert "date=2026-01-06/hour=03" in failed[0][1]
     # Nothing was written for any partition of the failed run.
     assert q(s, "SELECT count(*) FROM etl_partitions") == [(0,)]
-    assert lake(s).files(QUARANTINE_ZONE) == []
+    assert lake(s).files(QUARANTINE) == []
     assert asset_events(airflow_home, processed) == before
 
 
@@ -211,8 +212,8 @@ def test_a_failed_output_suite_publishes_nothing(
     assert "partition date=2026-01-05/hour=00" in message
     assert "expect_column_values_to_be_between(column=n_events" in message
     # The tasks' files were written and validated, but never published or loaded.
-    assert lake(s).files(PROCESSED_ZONE) == []
-    assert lake(s).files(QUARANTINE_ZONE) == []
+    assert lake(s).files(PROCESSED_VITALS) == []
+    assert lake(s).files(QUARANTINE) == []
     assert lake(s).files("_staging", suffix="") == []
     assert q(s, "SELECT count(*) FROM etl_partitions") == [(0,)]
     assert q(s, "SELECT count(*) FROM vitals_minute") == [(0,)]

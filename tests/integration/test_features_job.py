@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from features.spec import FEATURE_SET_VERSION, FEATURES_TABLE, FEATURES_ZONE, LABELS_ZONE
-from pipelines.etl.job import RAW_ZONE, run_etl
+from pipelines.etl.job import run_etl
 from pipelines.features.job import STAGING_ZONE, run_features
-from pipelines.landing import RAW_ADMISSIONS
+from stack.catalog import RAW_ADMISSIONS, RAW_VITALS
 from stack.settings import Settings
 from tests.integration.test_etl import lake, land, q
 from tests.unit.test_online_parity import stream_and_compare
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _landed_events(s: Settings) -> pd.DataFrame:
-    raw = lake(s).read_table(RAW_ZONE).to_pandas()
+    raw = lake(s).read_table(RAW_VITALS).to_pandas()
     # Landing order within each Kafka partition is the arrival order the scorer sees.
     return raw.sort_values(["kafka_ts", "kafka_partition", "kafka_offset"]).reset_index(drop=True)
 
@@ -32,7 +32,7 @@ def _landed_events(s: Settings) -> pd.DataFrame:
 def test_spark_features_equal_the_online_path_and_labels_land(etl_settings: Settings) -> None:
     s, sim = land(etl_settings, patients=24, hours=6, seed=21)
     s = s.model_copy(update={"features": s.features.model_copy(update={"cascade_hours": 5})})
-    assert run_etl(s).status == "success"
+    assert run_etl(s).status == "succeeded"
     summary = run_features(s)
     assert summary.status == "succeeded"
     feats = lake(s).read_table(FEATURES_ZONE).to_pandas()

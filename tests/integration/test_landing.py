@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipelines.landing import RAW_ADMISSIONS, RAW_DEAD, RAW_OUTCOMES, RAW_VITALS, Lander
+from pipelines.landing import Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import MALFORMED_KINDS
+from stack.catalog import RAW_ADMISSIONS, RAW_DEAD, RAW_OUTCOMES, RAW_VITALS
 from stack.contracts import VitalsEvent
 from stack.kafka import KafkaClient
 from stack.lake import Lake

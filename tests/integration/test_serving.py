@@ -35,13 +35,16 @@ from features.spec import FEATURE_NAMES
 from pipelines.produce import simulate_to_kafka, with_simulator
 from serving import wire
 from serving.client import ServiceClient
-from serving.model import ModelSlot, ModelUnavailableError, tracking_uri
+from serving.model import ModelSlot, ModelUnavailableError
 from serving.scorer import Scorer
 from serving.server import ServingProcess
+from serving.takeover import Admissions
 from stack.db import migrate
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints, free_port
+from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.modelsafety import signing_key
+from stack.registry import CHALLENGER, CHAMPION, ModelRegistry
 from stack.settings import REPO_ROOT, Settings
 from tests.integration.conftest import (
     _faulty,
@@ -50,7 +53,6 @@ from tests.integration.conftest import (
     _topic_messages,
     _wait_version,
 )
-from training.registry import CHALLENGER, CHAMPION, Registry
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +141,7 @@ def test_moving_champion_mid_stream_swaps_without_errors(
     scorer_settings: Settings, served: dict[str, Any]
 ) -> None:
     s = scorer_settings
-    reg = Registry(served["settings"])
+    reg = ModelRegistry(served["settings"])
     simulate_to_kafka(with_simulator(s, seed=31))
     first = Scorer(s).run(bounded=True)
 
@@ -529,7 +531,7 @@ def test_warm_up_calls_the_service_but_keeps_no_state_and_tolerates_its_absence(
 def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
     scorer_settings: Settings, served: dict[str, Any]
 ) -> None:
-    reg = Registry(served["settings"])
+    reg = ModelRegistry(served["settings"])
     reg.client.delete_registered_model_alias(reg.name, CHALLENGER)
     try:
         deadline = time.monotonic() + 30
@@ -755,10 +757,10 @@ def test_a_takeover_reads_every_admission_before_it_scores(scorer_settings: Sett
     was scored without them."""
     sent, _ = simulate_to_kafka(with_simulator(scorer_settings, seed=43))
     scorer = Scorer(scorer_settings)
-    adm = scorer.kafka.consumer(None)
+    adm = Admissions(scorer.kafka, scorer_settings.kafka.topics.admissions,
+                     scorer.adm_validator, scorer.online)  # fmt: skip
     try:
-        adm.assign(scorer.kafka.all_partitions([scorer_settings.kafka.topics.admissions]))
-        scorer._admissions(adm, to_end=True)
+        adm.read(to_end=True)
         assert scorer.online.admissions == sent.stats.admissions > 0
     finally:
         adm.close()

@@ -13,10 +13,12 @@ from mlflow import MlflowClient
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from stack.lake import Lake
+from stack.localstack import mlflow_tracking_uri as tracking_uri
+from stack.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from stack.settings import Settings
+from stack.tracking import experiment_name
 from training.job import TrainingDataError, load_rows, run_training
 from training.promotion import run_promote
-from training.registry import CHALLENGER, CHAMPION, Registry, RegistryError, tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,7 @@ def test_train_gate_promote_refuse_and_roll_back(
     cohort.to_lake(Lake(s.lake.root))
     rows = load_rows(s)
     assert len(rows) == len(cohort_rows)
-    reg = Registry(s)
+    reg = ModelRegistry(s)
     client = MlflowClient(tracking_uri(s))
 
     # 1. A model that is NEWS2 in disguise (every other feature blanked) is refused.
@@ -45,7 +47,7 @@ def test_train_gate_promote_refuse_and_roll_back(
     assert not gate_a.promoted
     assert not gate_a.decision.checks["beats_news2_roc_auc"]
     assert reg.by_alias(CHAMPION) is None
-    assert reg.get(a.model_version).tags["gate_decision"] == "reject"
+    assert reg.ref(a.model_version).tags["gate_decision"] == "reject"
 
     # 2. The real model beats NEWS2 and becomes the first champion.
     b = run_training(s)
@@ -81,13 +83,13 @@ def test_train_gate_promote_refuse_and_roll_back(
     gate_d = run_promote(s)
     assert gate_d.promoted, gate_d.decision.reasons
     assert gate_d.champion_before == b.model_version
-    assert reg.get(d.model_version).tags["previous_champion"] == b.model_version
-    assert "retired_at" in reg.get(b.model_version).tags
+    assert reg.ref(d.model_version).tags["previous_champion"] == b.model_version
+    assert "retired_at" in reg.ref(b.model_version).tags
 
     # 5. Rollback restores the previous champion, once; the first has no predecessor.
     assert reg.rollback() == (d.model_version, b.model_version)
     assert reg.by_alias(CHAMPION).version == b.model_version  # type: ignore[union-attr]
-    assert "rolled_back_at" in reg.get(d.model_version).tags
+    assert "rolled_back_at" in reg.ref(d.model_version).tags
     with pytest.raises(RegistryError, match="first champion"):
         reg.rollback()
     listed = {v.version: v.aliases for v in reg.versions()}  # what `make models` prints
@@ -103,7 +105,7 @@ def test_train_gate_promote_refuse_and_roll_back(
 
     # What a data scientist sees in the MLflow UI: parent runs, nested studies and trials,
     # sortable metrics, lineage, figures and the model card.
-    exp = client.get_experiment_by_name(reg.experiment_name)
+    exp = client.get_experiment_by_name(experiment_name(s, s.training.experiment))
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=500)
     parent = next(r for r in runs if r.info.run_id == b.run_id)

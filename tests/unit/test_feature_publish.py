@@ -30,10 +30,12 @@ def test_reported_files_replace_their_hours_and_unreported_ones_never_land(
     lake.write_parquet(_rows(4), f"{staging}/{q1}/part-00001-0-0000.parquet")
     # A failed attempt's file: written, never reported.
     lake.write_parquet(_rows(9), f"{staging}/{q1}/part-00001-1-0000.parquet")
-    reported = [
-        (q1, f"{staging}/{q1}/part-00000-0-0000.parquet", 3),
-        (q1, f"{staging}/{q1}/part-00001-0-0000.parquet", 4),
-    ]
+    reported = {
+        q1: [
+            f"{staging}/{q1}/part-00000-0-0000.parquet",
+            f"{staging}/{q1}/part-00001-0-0000.parquet",
+        ]
+    }
     job._publish([q1, q2], reported)
     lake.delete_dir(staging)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.landing import _by_hour
+from stack.catalog import by_hour as _by_hour
 from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.settings import LoggingSettings

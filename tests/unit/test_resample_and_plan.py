@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from features.resample import FFILL_MINUTES, MINUTE_COLUMNS, to_minutes
-from pipelines.etl.plan import fingerprints, hour_of, partition_of, plan
+from pipelines.etl.plan import fingerprints, plan
+from stack.catalog import hour_of, partition_of
 
 T0 = pd.Timestamp("2026-01-05T10:00:00Z")
 

@@ -208,7 +208,7 @@ def test_guard_enforces_each_endpoints_content_type(
 
 
 def test_scorer_summary_keeps_recent_latencies_only() -> None:
-    from serving.scorer import LATENCY_WINDOW, ScoreSummary
+    from serving.summary import LATENCY_WINDOW, ScoreSummary
 
     s = ScoreSummary()
     s.latency_ms.extend([1000.0] * LATENCY_WINDOW)  # an old backlog...
@@ -221,7 +221,8 @@ def test_laps_time_each_step_into_the_summary_and_the_histogram() -> None:
     import time
 
     from serving.metrics import ScorerMetrics
-    from serving.scorer import ScoreSummary, _Laps
+    from serving.summary import Laps as _Laps
+    from serving.summary import ScoreSummary
 
     summary, metrics = ScoreSummary(), ScorerMetrics()
     laps = _Laps(summary, metrics)
@@ -240,7 +241,7 @@ def test_laps_time_each_step_into_the_summary_and_the_histogram() -> None:
 
 
 def test_scorer_summary_keeps_the_slowest_batches_with_their_steps() -> None:
-    from serving.scorer import SLOWEST_KEPT, ScoreSummary
+    from serving.summary import SLOWEST_KEPT, ScoreSummary
 
     s = ScoreSummary()
     for i in range(20):
@@ -256,7 +257,8 @@ def test_scorer_summary_keeps_the_slowest_batches_with_their_steps() -> None:
 
 def test_laps_add_up_a_step_lapped_twice_in_one_batch() -> None:
     from serving.metrics import ScorerMetrics
-    from serving.scorer import ScoreSummary, _Laps
+    from serving.summary import Laps as _Laps
+    from serving.summary import ScoreSummary
 
     laps = _Laps(ScoreSummary(), ScorerMetrics())
     laps.t -= 0.5
@@ -284,7 +286,7 @@ def test_freezing_the_startup_heap_exempts_it_from_collections() -> None:
 
 
 def test_scorer_summary_drain_rate_leaves_out_startup_and_the_idle_tail() -> None:
-    from serving.scorer import ScoreSummary
+    from serving.summary import ScoreSummary
 
     s = ScoreSummary(scored=10_000, seconds=30.0)
     assert s.to_dict()["drain_events_per_s"] == 0.0  # no data seen: no rate
@@ -294,7 +296,7 @@ def test_scorer_summary_drain_rate_leaves_out_startup_and_the_idle_tail() -> Non
 
 
 def test_a_poll_s_batches_read_end_to_end_with_each_record_and_the_offsets_to_commit() -> None:
-    from serving.scorer import Polled
+    from stack.consume import Polled
     from stack.kafka import PartitionBatch, Record, TopicPartition
 
     polled = Polled([
@@ -304,7 +306,7 @@ def test_a_poll_s_batches_read_end_to_end_with_each_record_and_the_offsets_to_co
         PartitionBatch("v", 0, [7], [999], [b"c"], [b"w"]),
     ])  # fmt: skip
     assert len(polled) == 4
-    assert polled.values == [b"x", b"", b"z", b"w"]  # a null value validates as empty
+    assert polled.values == [b"x", None, b"z", b"w"]  # a null value: an empty message
     assert polled.timestamps_ms.tolist() == [1000, 1001, 1002, 999]
     assert polled.record(1) == Record("v", 2, 11, b"b", None, 1001)
     assert polled.record(3) == Record("v", 0, 7, b"c", b"w", 999)

@@ -112,3 +112,22 @@ def test_values_are_put_on_the_grid_before_anything_else() -> None:
     got = quantize(np.array([36.849999999, 36.856, 72.5, np.nan]))
     assert got[:3].tolist() == [3685, 3686, 7250]
     assert np.isnan(got[3])
+
+
+def test_the_online_block_sums_are_the_shared_minute_moments_summed() -> None:
+    """One window-sum kernel: the online state's block totals (a matrix product, for
+    speed) equal :func:`minute_moments` summed over the block's minutes, and shifting the
+    time origin is :func:`shift_moments` on both paths."""
+    from features.online import BLOCK, _block_sums
+    from features.transform import minute_moments, shift_moments
+
+    rng = np.random.default_rng(7)
+    q = np.rint(rng.normal(0, 5000, size=(BLOCK, 40, 5)))
+    q[rng.random(q.shape) < 0.3] = np.nan
+    t = np.arange(BLOCK, dtype=np.int64)[:, None, None]
+    expected = minute_moments(q, t).sum(axis=0)  # [40, 6, 5]
+    got = _block_sums(q.astype(np.float32))
+    np.testing.assert_array_equal(got, expected)
+    c = rng.integers(-500, 500, size=40)
+    shifted = minute_moments(q, t + c[None, :, None]).sum(axis=0)
+    np.testing.assert_array_equal(shift_moments(expected, c), shifted)
