@@ -31,7 +31,6 @@ def package(settings: Settings) -> dict[str, Any]:
         RuntimeError: there is no champion to package.
     """
     import bentoml
-    from bentoml._internal.bento.build_config import BentoEnvSchema
 
     registry = ModelRegistry(settings)
     alias = settings.serving.model_alias
@@ -63,7 +62,34 @@ def package(settings: Settings) -> dict[str, Any]:
         ) as bm:
             shutil.copytree(local, bm.path_of("mlflow_model"))
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    bento = bentoml.bentos.build(
+    with tempfile.TemporaryDirectory(prefix="vigil-bento-") as ctx:
+        bento = _build(bm, name, version, stamp, Path(ctx))
+    return {
+        "bento": str(bento.tag),
+        "model": str(bm.tag),
+        "mlflow_version": version,
+        "path": str(Path(bento.path)),
+        "requirements": len(serving_requirements()),
+    }
+
+
+def _build(bm: Any, name: str, version: str, stamp: str, ctx: Path) -> Any:
+    """``bentoml build`` from a context of the service's own code and requirements.
+
+    BentoML takes the requirements file relative to the build context (it refuses an
+    absolute path), and the context holds only what the service runs: its packages, the
+    configuration and :func:`serving_requirements`, not the whole lock (Airflow, PySpark
+    and Great Expectations are not served).
+    """
+    import bentoml
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
+    for package in SERVED_PACKAGES:
+        shutil.copytree(
+            REPO_ROOT / package, ctx / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    (ctx / REQUIREMENTS).write_text("\n".join(serving_requirements()) + "\n")
+    return bentoml.bentos.build(
         "serving.service:Vigil",
         name="vigil",
         version=f"v{version}-{stamp}",
@@ -73,21 +99,53 @@ def package(settings: Settings) -> dict[str, Any]:
             "mlflow_version": version,
             "feature_set_version": FEATURE_SET_VERSION,
         },
-        include=["serving/*.py", "features/*.py", "stack/*.py", "conf/*.yaml"],
+        include=[f"{p}/*.py" for p in SERVED_PACKAGES if p != "conf"] + ["conf/*.yaml"],
         models=[str(bm.tag)],
-        python={"requirements_txt": str(REPO_ROOT / "requirements.lock")},
+        python={"requirements_txt": REQUIREMENTS},
         envs=[  # inside a container the service listens on all interfaces
             BentoEnvSchema(name="VIGIL__SERVING__MODEL_SOURCE", value="bento"),
             BentoEnvSchema(name="VIGIL__SERVING__HOST", value="0.0.0.0"),
         ],
-        build_ctx=str(REPO_ROOT),
+        build_ctx=str(ctx),
     )
-    return {
-        "bento": str(bento.tag),
-        "model": str(bm.tag),
-        "mlflow_version": version,
-        "path": str(Path(bento.path)),
-    }
+
+
+SERVED_PACKAGES = ("serving", "features", "stack", "conf")
+REQUIREMENTS = "requirements-serving.txt"
+# What the service imports, directly or through features/ and stack/; the rest of the
+# lock (Airflow, PySpark, Great Expectations, MLflow's server, dev tools) is not served.
+SERVING_ROOTS = (
+    "bentoml", "fastapi", "httpx", "numpy", "orjson", "pandas", "prometheus-client",
+    "psutil", "pyarrow", "pydantic", "pydantic-core", "pyyaml", "scikit-learn", "scipy",
+    "skops", "xgboost-cpu",
+)  # fmt: skip
+
+
+def serving_requirements(roots: tuple[str, ...] = SERVING_ROOTS) -> list[str]:
+    """The service's own requirements, pinned: ``roots`` and everything they require, at
+    the installed versions (which are the lock's), markers evaluated for this platform."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned: dict[str, str] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        key = canonicalize_name(name)
+        if key in pinned:
+            continue
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # an optional requirement that is not installed
+        pinned[key] = f"{dist.metadata['Name']}=={dist.version}"
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return sorted(pinned.values(), key=str.lower)
 
 
 def main() -> None:

@@ -353,7 +353,9 @@ class _Scoring:
     def take(self, polled: Polled) -> None:
         if self.summary.first_record_s is None:
             self.summary.first_record_s = time.monotonic() - self.t0
+        t_poll = time.perf_counter()
         self.admissions.read()  # the admissions up to these vitals (or raced ahead)
+        self.summary.step_seconds["poll"] += self.loop.last_poll_s + time.perf_counter() - t_poll
         try:
             with self.scorer.metrics.batch.time():
                 self.scorer.process(polled, self.producer, self.summary)

@@ -149,6 +149,7 @@ class ConsumeLoop:
         self.held: set[TopicPartition] = set()
         self.first_record_s: float | None = None
         self.uncommitted = 0  # flushes whose commit a rebalance refused
+        self.last_poll_s = 0.0  # how long the last poll took (a handler's step timing)
 
     def run(
         self,
@@ -179,7 +180,9 @@ class ConsumeLoop:
             if ended is not None:
                 reason = ended
                 break
+            t_poll = time.perf_counter()
             polled = Polled(self._poll())
+            self.last_poll_s = time.perf_counter() - t_poll
             if self._assignment is not None:
                 held = self._assignment()
                 if held - self.held:
