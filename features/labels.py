@@ -6,10 +6,15 @@ the patient's first landed outcome at time *o*:
 - ``t > o`` (or ``t == o``): the row is **excluded** — after the outcome the patient is
   in intensive care or being resuscitated, not on the ward being predicted;
 - ``t < o <= t + horizon``: label **1**;
-- otherwise label **0**, but only when the data shows the horizon has passed: if the
-  outcome feed is known only up to ``observed_until`` and ``t + horizon`` lies beyond it,
-  the row is **censored** (label unknown, not 0) — a patient whose last four hours have
-  not happened yet has not been shown to stay well.
+- otherwise label **0**.
+
+Both labels need the whole horizon observed: if the outcome feed is known only up to
+``observed_until`` and ``t + horizon`` lies beyond it, the row is **censored** (label
+unknown), *whether or not an outcome has already landed inside the partial horizon*. A
+patient whose last four hours have not happened yet has not been shown to stay well, and
+keeping only the positives of that last stretch would make "close to the end of the
+data" (and so length of stay) carry label information: a leak the model can learn and
+that a prospective deployment never sees.
 
 Outcomes are joined on ``patient_id``; times are UTC.
 """
@@ -58,10 +63,10 @@ def make_labels(
     has = o.notna()
     after = has & (t >= o)
     positive = has & (t < o) & (o <= t + horizon)
-    known = positive | (t + horizon <= observed_until)
+    known = t + horizon <= observed_until  # the same rule for positives and negatives
     label = pd.Series(pd.NA, index=out.index, dtype="Int8")
     label[known & ~after] = LABEL_NEGATIVE
-    label[positive & ~after] = LABEL_POSITIVE
+    label[known & positive & ~after] = LABEL_POSITIVE
     out["label"] = label
     out["label_status"] = np.where(
         after, STATUS_AFTER_OUTCOME, np.where(known, STATUS_LABELLED, STATUS_CENSORED)

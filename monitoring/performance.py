@@ -2,8 +2,9 @@
 
 A prediction at time *t* is labelled exactly as a training row is
 (:func:`features.labels.make_labels`): positive when the patient's first deterioration
-follows within the horizon, negative when the horizon has passed without one, censored
-(not judged) while it has not, and excluded after the outcome.
+follows within the horizon, negative when it does not; either only once the whole horizon
+has passed (until then censored, not judged, even if the outcome already landed), and
+excluded after the outcome.
 
 Alert quality is judged on the alerts actually raised (after the quiet-period policy):
 an alert is *true* when a deterioration follows within the horizon; an episode is

@@ -140,7 +140,8 @@ def render_card(c: ModelCard) -> str:
         "established before any clinical use.",
         "- Labels come from recorded outcomes: a patient who deteriorated without an "
         "escalation being recorded counts as a negative.",
-        "- Rows within 4 hours of the data's end are censored and not used; patients whose "
+        "- Rows within 4 hours of the data's end are censored (positives and negatives "
+        "alike) and not used; patients whose "
         "outcome preceded the data window are absent.",
         "- Subgroups with few positives have wide, unreported uncertainty; the logistic "
         "regression is class-weighted, so its risks are not calibrated probabilities.",

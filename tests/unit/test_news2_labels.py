@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.labels import make_labels
 from features.news2 import news2, qsofa, score_parameter, score_spo2
@@ -105,14 +107,56 @@ def test_labels_on_hand_built_timelines() -> None:
         {"patient_id": ["a", "a"], "ts": [_ts(300), _ts(350)], "kind": ["sepsis", "cardiac"]}
     )
     got = make_labels(rows, outcomes, horizon=pd.Timedelta(hours=4), observed_until=_ts(400))
-    # a@0: outcome 300 min later > 240 → 0; a@60: exactly 240 → 1; a@100, a@299 → 1;
+    # a@0: outcome 300 min later > 240 → 0; a@60: exactly 240 → 1; a@100 → 1;
+    # a@299: the outcome landed, but its horizon ends at 539 > 400 → censored like b@200;
     # a@300 (the outcome's own time) and after → excluded. b@0 and b@60 are known to be
     # negative (horizon ended by 400); b@200's horizon ends at 440 > 400 → censored.
-    assert got["label"].tolist() == [0, 1, 1, 1, pd.NA, pd.NA, 0, 0, pd.NA]
+    assert got["label"].tolist() == [0, 1, 1, pd.NA, pd.NA, pd.NA, 0, 0, pd.NA]
     assert got["label_status"].tolist() == [
-        "labelled", "labelled", "labelled", "labelled", "after_outcome", "after_outcome",
+        "labelled", "labelled", "labelled", "censored", "after_outcome", "after_outcome",
         "labelled", "labelled", "censored",
     ]  # fmt: skip
     assert got["outcome_kind"].iloc[0] == "sepsis"  # the first outcome counts
     assert got["minutes_to_outcome"].iloc[1] == 240
     assert got["minutes_to_outcome"].iloc[6:].isna().all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    row_min=st.lists(st.integers(0, 1000), min_size=1, max_size=30),
+    outcome_min=st.one_of(st.none(), st.integers(0, 1200)),
+    until_min=st.integers(0, 1200),
+    horizon_min=st.integers(1, 600),
+)
+def test_censoring_does_not_depend_on_the_outcome(
+    row_min: list[int], outcome_min: int | None, until_min: int, horizon_min: int
+) -> None:
+    """Near the data's end, positives and negatives are censored alike.
+
+    The rule that labelled a row iff it was positive *or* its horizon had passed kept the
+    last stretch's positives and dropped its negatives, so time-to-end-of-data predicted
+    the label. Here: a row before the outcome is labelled iff its whole horizon is
+    observed, whatever the outcome.
+    """
+    rows = pd.DataFrame({"patient_id": "p", "ts": [_ts(m) for m in row_min]})
+    outcomes = pd.DataFrame(
+        {"patient_id": ["p"] * (outcome_min is not None),
+         "ts": [_ts(outcome_min)] if outcome_min is not None else [],
+         "kind": ["sepsis"] * (outcome_min is not None)}
+    )  # fmt: skip
+    outcomes["ts"] = pd.to_datetime(outcomes["ts"], utc=True)
+    horizon = pd.Timedelta(minutes=horizon_min)
+    got = make_labels(rows, outcomes, horizon=horizon, observed_until=_ts(until_min))
+    before = (
+        np.ones(len(row_min), bool) if outcome_min is None
+        else np.array(row_min) < outcome_min
+    )  # fmt: skip
+    whole_horizon_seen = np.array(row_min) + horizon_min <= until_min
+    labelled = (got["label_status"] == "labelled").to_numpy()
+    assert (labelled[before] == whole_horizon_seen[before]).all()
+    assert got["label"].notna().to_numpy().tolist() == labelled.tolist()
+    if outcome_min is not None:
+        assert (got["label_status"].to_numpy()[~before] == "after_outcome").all()
+        pos = before & (np.array(row_min) + horizon_min >= outcome_min)
+        assert (got["label"].to_numpy()[labelled & pos] == 1).all()
+        assert (got["label"].to_numpy()[labelled & ~pos] == 0).all()
