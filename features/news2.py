@@ -25,11 +25,31 @@ is read as "up to and including its upper limit": 20.5 breaths/min scores like 2
 A missing parameter scores 0 and is counted in ``news2_missing``; a clinician would not
 chart a total with a parameter missing, a model can use the count.
 
+The chart's clinical response (RCP 2017, chart 2 "NEWS thresholds and triggers" and
+chart 3 "Clinical response") has three triggers and four tiers, all computed here:
+
+============================  ===========  ========================================
+trigger                       tier         minimum monitoring frequency (chart 3)
+============================  ===========  ========================================
+aggregate 0                   low          12-hourly
+aggregate 1-4                 low          4-6-hourly
+3 in a single parameter       low-medium   hourly ("red score": urgent ward review)
+("red score")
+aggregate 5-6                 medium       hourly (urgent response threshold)
+aggregate 7 or more           high         continuous (emergency response)
+============================  ===========  ========================================
+
+:data:`TRIGGERS` names the three escalation rules evaluations compare a model with:
+NEWS2 ≥ 5, NEWS2 ≥ 7, and NEWS2 ≥ 5 *or* a red score (the rule that sends for a
+clinician at tier low-medium or above).
+
 qSOFA (Singer et al., *JAMA* 2016;315(8):801-810): respiratory rate ≥ 22/min, systolic BP
 ≤ 100 mmHg, altered mentation (here: any AVPU other than alert).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +73,58 @@ NEWS2_PARAMETERS = (
     "temperature",
 )  # fmt: skip
 AVPU_ALERT = 0  # rank of "A" in A < C < V < P < U
+
+# Response tiers of RCP 2017 chart 3, as ordinal codes (the ``news2_tier`` feature).
+TIER_LOW, TIER_LOW_MEDIUM, TIER_MEDIUM, TIER_HIGH = 0, 1, 2, 3
+TIER_NAMES = ("low", "low-medium", "medium", "high")
+
+
+def response_tier(total: F, red: F) -> F:
+    """RCP 2017 clinical-response tier: high (≥ 7), medium (5-6), low-medium (a red
+    score with an aggregate below 5), else low."""
+    total = np.asarray(total, dtype=np.float64)
+    red = np.asarray(red, dtype=np.float64)
+    return np.select(
+        [total >= 7, total >= 5, red >= 1], [TIER_HIGH, TIER_MEDIUM, TIER_LOW_MEDIUM], TIER_LOW
+    ).astype(np.float64)
+
+
+def monitoring_interval_minutes(total: F, red: F, *, low_score_hours: float = 4.0) -> F:
+    """The longest gap between observation sets chart 3 allows: 12 h at 0, 4-6 h at 1-4
+    (``low_score_hours`` picks within that range), 1 h at a red score or 5-6, and 0
+    (continuous) at 7 or more."""
+    total = np.asarray(total, dtype=np.float64)
+    tier = response_tier(total, red)
+    low = np.where(total <= 0, 12 * 60.0, low_score_hours * 60.0)
+    return np.select([tier == TIER_HIGH, tier >= TIER_LOW_MEDIUM], [0.0, 60.0], low).astype(
+        np.float64
+    )
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One escalation rule of the NEWS2 chart, evaluated on the total and red flag."""
+
+    key: str  # a metric-safe name: news2_ge5
+    label: str  # for people: NEWS2 ≥ 5
+    min_total: float  # fires at an aggregate ≥ this …
+    or_red: bool  # … or, if set, at any single-parameter score of 3
+
+    def fires(self, total: npt.ArrayLike, red: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        t = np.asarray(total, dtype=np.float64) >= self.min_total
+        if self.or_red:
+            t |= np.asarray(red, dtype=np.float64) >= 1
+        return t
+
+
+TRIGGERS: dict[str, Trigger] = {
+    t.key: t
+    for t in (
+        Trigger("news2_ge5", "NEWS2 ≥ 5", 5, False),
+        Trigger("news2_ge7", "NEWS2 ≥ 7", 7, False),
+        Trigger("news2_ge5_or_red", "NEWS2 ≥ 5 or red", 5, True),
+    )
+}
 
 
 def _banded(x: F, bands: tuple[tuple[float, int], ...], top: int) -> F:
@@ -107,7 +179,8 @@ def news2(
     temperature: F,
     scale2: F,
 ) -> dict[str, F]:
-    """Per-parameter points (NaN when missing), ``total`` (missing = 0) and ``missing``."""
+    """Per-parameter points (NaN when missing), ``total`` (missing = 0), ``missing``,
+    ``red`` (1 when any parameter scores 3) and the response ``tier``."""
     parts = {
         "resp_rate": score_parameter("resp_rate", resp_rate),
         "spo2": score_spo2(spo2, on_oxygen, scale2),
@@ -123,6 +196,8 @@ def news2(
     out = {p: parts[p].astype(np.float64) for p in NEWS2_PARAMETERS}
     out["total"] = np.nansum(stacked, axis=-1)
     out["missing"] = np.isnan(stacked).sum(axis=-1).astype(np.float64)
+    out["red"] = (np.nan_to_num(stacked, nan=0.0) >= 3).any(axis=-1).astype(np.float64)
+    out["tier"] = response_tier(out["total"], out["red"])
     return out
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from features.news2 import NEWS2_PARAMETERS
 from stack import catalog
 
-FEATURE_SET_VERSION = "vitals-v2"  # v2: statistics over values on a 0.01 grid (exact sums)
+# v2: statistics over values on a 0.01 grid (exact sums); v3: NEWS2 red score and tier.
+FEATURE_SET_VERSION = "vitals-v3"
 # Where this version's rows live (stack.catalog spells them, keyed by the version): a
 # version bump moves every reader and writer together.
 FEATURES_ZONE = catalog.features_zone(FEATURE_SET_VERSION)
@@ -65,7 +66,8 @@ class FeatureSpec:
         return self.unit in _DISCRETE_UNITS
 
 
-_DISCRETE_UNITS = frozenset({"0/1", "points", "count", UNITS["avpu"]})
+TIER_UNIT = "tier"
+_DISCRETE_UNITS = frozenset({"0/1", "points", "count", TIER_UNIT, UNITS["avpu"]})
 
 
 def _declare() -> tuple[FeatureSpec, ...]:
@@ -107,6 +109,14 @@ def _declare() -> tuple[FeatureSpec, ...]:
         add(FeatureSpec(f"news2_{p}", "points", f"NEWS2 points for {p} (RCP 2017)"))
     add(FeatureSpec("news2_total", "points", "NEWS2 aggregate score (missing parameters = 0)"))
     add(FeatureSpec("news2_missing", "count", "NEWS2 parameters with no carried value"))
+    add(FeatureSpec("news2_red", "0/1", "a single NEWS2 parameter scores 3 (red score)"))
+    add(
+        FeatureSpec(
+            "news2_tier",
+            TIER_UNIT,
+            "RCP clinical-response tier: 0 low, 1 low-medium, 2 medium, 3 high",
+        )
+    )
     add(FeatureSpec("qsofa_resp_rate", "0/1", "respiratory rate ≥ 22/min"))
     add(FeatureSpec("qsofa_systolic_bp", "0/1", "systolic BP ≤ 100 mmHg"))
     add(FeatureSpec("qsofa_mentation", "0/1", "AVPU other than alert"))

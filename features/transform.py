@@ -218,6 +218,8 @@ def compute(stats: WindowStats, stay_minutes: F, static: F) -> F:
         put(f"news2_{param}", score[param])
     put("news2_total", score["total"])
     put("news2_missing", score["missing"])
+    put("news2_red", score["red"])
+    put("news2_tier", score["tier"])
     q = qsofa(resp_rate=last("resp_rate"), systolic_bp=last("systolic_bp"), avpu_rank=last("avpu"))
     for crit in ("resp_rate", "systolic_bp", "mentation", "score"):
         put(f"qsofa_{crit}", q[crit])

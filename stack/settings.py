@@ -130,6 +130,9 @@ class PopulationSettings(_Strict):
     age_sd: float = Field(17.0, gt=0)
     female_share: float = Field(0.5, ge=0, le=1)
     copd_share: float = Field(0.12, ge=0, le=1)
+    hypercapnic_share_of_copd: float = Field(
+        0.35, ge=0, le=1, description="COPD patients with chronic hypercapnia (SpO2 scale 2)"
+    )
     beta_blocker_share: float = Field(0.2, ge=0, le=1)
     hypertension_share: float = Field(0.35, ge=0, le=1)
     admit_spread: float = Field(
@@ -330,6 +333,12 @@ class ThresholdSettings(_Strict):
         return f"alerts_per_patient_day<={self.alerts_per_patient_day:g}"
 
 
+# The escalation triggers of the RCP NEWS2 chart (features.news2.TRIGGERS defines them;
+# a unit test keeps the two lists equal).
+News2Trigger = Literal["news2_ge5", "news2_ge7", "news2_ge5_or_red"]
+NEWS2_TRIGGERS: tuple[News2Trigger, ...] = ("news2_ge5", "news2_ge7", "news2_ge5_or_red")
+
+
 class GateSettings(_Strict):
     """When a challenger may replace the champion."""
 
@@ -337,7 +346,11 @@ class GateSettings(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     margin_roc_auc: float = Field(0.02, ge=0, description="may be at most this much worse")
     margin_pr_auc: float = Field(0.05, ge=0)
-    news2_rule: int = Field(5, ge=1, le=20, description="NEWS2 >= this is the clinical rule")
+    news2_triggers: list[News2Trigger] = Field(
+        default_factory=lambda: list(NEWS2_TRIGGERS),
+        min_length=1,
+        description="NEWS2 escalation triggers the challenger must beat at a matched budget",
+    )
 
 
 class TrainingSettings(_Strict):

@@ -147,7 +147,7 @@ def etl_settings(stack_settings: Settings) -> Iterator[Settings]:
 def cohort() -> Any:
     """A small labelled cohort (features + labels) from the seeded simulator, in process.
 
-    Deteriorations are made frequent (0.5 per patient-day) so that 160 patients × 24 h
+    Deteriorations are made frequent (0.5 per patient-day) so that 240 patients × 24 h
     hold enough episodes for a patient split with CV folds and a meaningful gate.
     """
     from pipelines.cohort import build_cohort
@@ -155,7 +155,7 @@ def cohort() -> Any:
     base = load_settings(environ={})
     sim = base.simulator.model_copy(
         update={
-            "patients": 160,
+            "patients": 240,
             "hours": 24,
             "seed": 5,
             "episodes": base.simulator.episodes.model_copy(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.clinical import MatchedComparison, comparisons_table
 from training.evaluate import Interval
 from training.threshold import OperatingPoint
 from training.tune import StudyResult
@@ -24,13 +25,11 @@ class ModelCard:
     cv: dict[str, float]
     test: dict[str, float]
     intervals: dict[str, dict[str, Interval]]
-    news2_rule: int
-    news2_rule_op: OperatingPoint
+    triggers: dict[str, MatchedComparison]
     operating_valid: OperatingPoint
     operating_test: OperatingPoint
     budget: str
     lead_model: dict[str, float]
-    lead_news2: dict[str, float]
     subgroups: pd.DataFrame
     importances: pd.Series
     studies: list[StudyResult]
@@ -114,20 +113,21 @@ def render_card(c: ModelCard) -> str:
         f"| model, test | {_f(c.operating_test.threshold, 4)} | {_f(c.test['recall'])} | "
         f"{_f(c.test['precision'])} | {_f(c.operating_test.alerts_per_patient_day, 1)} | "
         f"{_f(c.test['f1'])} | {_f(c.test['accuracy'])} | {_f(c.test['brier'], 4)} |",
-        f"| NEWS2 ≥ {c.news2_rule}, test | {c.news2_rule} | {_f(c.news2_rule_op.sensitivity)} | "
-        f"{_f(c.news2_rule_op.precision)} | "
-        f"{_f(c.news2_rule_op.alerts_per_patient_day, 1)} | | | |",
         "",
         "Alerts here are feature rows (one per patient per 5 minutes) over the threshold; "
         "the scorer's quiet period turns runs of them into far fewer ward alerts.",
         "",
-        "## Warning lead time (held-out episodes)",
+        "## NEWS2 triggers vs the model at the same alert budget (held-out patients)",
+        "Each trigger of the RCP chart (≥ 5, ≥ 7, ≥ 5 or a single parameter scoring 3) and "
+        "the model given exactly as many alerts (its highest risks). Episodes are caught by "
+        "an alert within the horizon before the outcome; lead is from the first such alert.",
+        "",
+        _table(comparisons_table(c.triggers)),
+        "",
+        "## Warning lead time at the operating threshold (held-out episodes)",
         f"- Model: {int(c.lead_model['detected'])} of {int(c.lead_model['episodes'])} episodes "
         f"alerted within the horizon; median lead {_f(c.lead_model['median_minutes'], 0)} min "
         "from the first alert to the outcome.",
-        f"- NEWS2 ≥ {c.news2_rule}: {int(c.lead_news2['detected'])} of "
-        f"{int(c.lead_news2['episodes'])}; median lead "
-        f"{_f(c.lead_news2['median_minutes'], 0)} min.",
         "",
         "## Subgroups (held-out patients, model at the threshold)",
         _table(c.subgroups),

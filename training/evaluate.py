@@ -184,15 +184,16 @@ def lead_times(rows: pd.DataFrame, alert: npt.ArrayLike) -> dict[str, float]:
 
 
 def subgroup_of(rows: pd.DataFrame) -> dict[str, pd.Series]:
-    """Age band, sex and COPD (SpO2 scale 2) of each row, from the static features."""
+    """Age band, sex and SpO2 scale (2: hypercapnic COPD) of each row, from the static
+    features."""
     age = rows["age"]
     band = pd.cut(age, bins=[-1, 49, 69, 200], labels=["<50", "50-69", "70+"]).astype("object")
     female = rows["female"].map({1.0: "F", 0.0: "M"})
-    copd = rows["spo2_scale2"].map({1.0: "COPD", 0.0: "no COPD"})
+    scale = rows["spo2_scale2"].map({1.0: "scale 2 (hypercapnic)", 0.0: "scale 1"})
     return {
         "age band": band.fillna("unknown"),
         "sex": female.fillna("unknown"),
-        "COPD": copd.fillna("unknown"),
+        "SpO2 scale": scale.fillna("unknown"),
     }
 
 

@@ -8,8 +8,10 @@ bootstrap intervals (``training.evaluate.compare``) of the *differences*:
    no champion yet);
 2. **better than NEWS2 as a score**: the lower bound of challenger − NEWS2 is > 0, for
    ROC-AUC and for PR-AUC;
-3. **better than the NEWS2 ≥ 5 rule**: given as many alerts as the rule raises on these
-   rows, the challenger catches at least as many of the rows that precede a deterioration.
+3. **better than each NEWS2 trigger** of ``gate.news2_triggers`` (by default all three of
+   the RCP chart: ≥ 5, ≥ 7, ≥ 5 or a red score; ``features.news2.TRIGGERS``): given as
+   many alerts as the trigger raises on these rows (a matched alert budget), the
+   challenger catches at least as many of the rows that precede a deterioration.
 
 Pure: the caller loads models and rows; this module only decides and explains.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from features.news2 import TRIGGERS, Trigger
 from stack.settings import GateSettings
 from training.evaluate import Interval, compare
 
@@ -34,7 +37,7 @@ class GateDecision:
     checks: dict[str, bool]
     reasons: list[str]
     intervals: dict[str, dict[str, Interval]]
-    rule: dict[str, float] = field(default_factory=dict)
+    rule: dict[str, dict[str, float]] = field(default_factory=dict)  # per trigger key
 
     def evidence(self) -> dict[str, Any]:
         """A JSON-able record of the decision (tagged on the model version)."""
@@ -45,16 +48,20 @@ class GateDecision:
             "intervals": {
                 k: {m: iv.to_dict() for m, iv in v.items()} for k, v in self.intervals.items()
             },
-            "news2_rule": self.rule,
+            "news2_triggers": self.rule,
         }
 
 
 def rule_comparison(
-    y: npt.ArrayLike, challenger: npt.ArrayLike, news2_total: npt.ArrayLike, rule: int
+    y: npt.ArrayLike,
+    challenger: npt.ArrayLike,
+    news2_total: npt.ArrayLike,
+    news2_red: npt.ArrayLike,
+    trigger: Trigger,
 ) -> dict[str, float]:
-    """Sensitivity of NEWS2 ≥ ``rule`` and of the challenger given as many alerts."""
+    """Sensitivity of a NEWS2 trigger and of the challenger given as many alerts."""
     y_a = np.asarray(y, dtype=np.int8)
-    fired = np.asarray(news2_total, dtype=np.float64) >= rule
+    fired = trigger.fires(news2_total, news2_red)
     k = int(fired.sum())
     pos = max(int((y_a == 1).sum()), 1)
     top = np.argsort(-np.asarray(challenger, dtype=np.float64), kind="stable")[:k]
@@ -72,6 +79,7 @@ def decide(
     *,
     challenger: npt.ArrayLike,
     news2_total: npt.ArrayLike,
+    news2_red: npt.ArrayLike,
     champion: npt.ArrayLike | None,
     cfg: GateSettings,
     seed: int = 0,
@@ -105,15 +113,17 @@ def decide(
             f"{'PASS' if ok else 'FAIL'} {metric} challenger − NEWS2 = {d} ({pct} CI); "
             "lower bound must be > 0"
         )
-    rule = rule_comparison(y, challenger, news2_total, cfg.news2_rule)
-    ok = rule["model_sensitivity_same_alerts"] >= rule["rule_sensitivity"]
-    checks["beats_news2_rule"] = ok
-    reasons.append(
-        f"{'PASS' if ok else 'FAIL'} with NEWS2 ≥ {cfg.news2_rule}'s "
-        f"{int(rule['alerts']):,} alerts "
-        f"the challenger catches {rule['model_sensitivity_same_alerts']:.1%} of pre-deterioration "
-        f"rows vs the rule's {rule['rule_sensitivity']:.1%}"
-    )
+    rules: dict[str, dict[str, float]] = {}
+    for key in cfg.news2_triggers:
+        trigger = TRIGGERS[key]
+        rule = rules[key] = rule_comparison(y, challenger, news2_total, news2_red, trigger)
+        ok = rule["model_sensitivity_same_alerts"] >= rule["rule_sensitivity"]
+        checks[f"beats_{key}"] = ok
+        reasons.append(
+            f"{'PASS' if ok else 'FAIL'} with {trigger.label}'s {int(rule['alerts']):,} alerts "
+            f"the challenger catches {rule['model_sensitivity_same_alerts']:.1%} of "
+            f"pre-deterioration rows vs the trigger's {rule['rule_sensitivity']:.1%}"
+        )
     return GateDecision(
-        promote=all(checks.values()), checks=checks, reasons=reasons, intervals=iv, rule=rule
+        promote=all(checks.values()), checks=checks, reasons=reasons, intervals=iv, rule=rules
     )

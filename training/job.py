@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import typer
 
+from features.news2 import TRIGGERS
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE, digest
 from stack.catalog import REFERENCE_ARTIFACT
 from stack.lake import Lake
@@ -46,6 +47,7 @@ from stack.settings import REPO_ROOT, Settings, TrainingSettings, load_settings
 from stack.tracking import TrackedRun, Tracking
 from training import plots
 from training.card import ModelCard, render_card
+from training.clinical import MatchedComparison, matched_comparisons
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
 from training.models import build, importances, pip_requirements, risk
@@ -186,10 +188,9 @@ class Evaluation:
     test: dict[str, float]
     news2_metrics: dict[str, float]
     operating_test: OperatingPoint
-    news2_operating: OperatingPoint
     intervals: dict[str, Any]
     lead_model: dict[str, float]
-    lead_news2: dict[str, float]
+    triggers: dict[str, MatchedComparison]  # each NEWS2 trigger vs the model, same budget
     subgroups: pd.DataFrame
     importances: pd.Series
     cv: dict[str, float]
@@ -304,23 +305,23 @@ def choose(settings: Settings, prepared: Prepared, studies: list[StudyResult]) -
 
 
 def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluation:
-    """Score the held-out patients once: metrics at the threshold, NEWS2 at its rule,
-    patient-bootstrap intervals, lead times, subgroups, importances."""
+    """Score the held-out patients once: metrics at the threshold, NEWS2 and each of its
+    triggers at a matched alert budget, patient-bootstrap intervals, lead times,
+    subgroups, importances."""
     cfg = settings.training
     test = prepared.test
     days = _patient_days(test, settings.features.cadence_minutes)
     y = test["label"].to_numpy(dtype=np.int8)
     p = risk(chosen.model, test[list(FEATURE_NAMES)])
     news2 = test["news2_total"].to_numpy(dtype=np.float64)
-    thr, rule = chosen.threshold, float(cfg.gate.news2_rule)
+    thr = chosen.threshold
     return Evaluation(
         y=y,
         risk=p,
         news2=news2,
         test=metrics_at(y, p, thr),
-        news2_metrics=metrics_at(y, news2, rule),
+        news2_metrics=metrics_at(y, news2, TRIGGERS["news2_ge5"].min_total),
         operating_test=operating_point(y, p, thr, days),
-        news2_operating=operating_point(y, news2, rule, days),
         intervals=compare(
             y,
             {"model": p, "news2": news2},
@@ -330,7 +331,7 @@ def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluati
             seed=cfg.seed,
         ),
         lead_model=lead_times(test, p >= thr),
-        lead_news2=lead_times(test, news2 >= cfg.gate.news2_rule),
+        triggers=matched_comparisons(test, p, days),
         subgroups=subgroup_metrics(test, p, thr),
         importances=importances(chosen.model, list(FEATURE_NAMES)),
         cv={k: v for k, v in chosen.study.best.metrics.items() if k.startswith("cv_")},
@@ -350,15 +351,13 @@ def evaluation_metrics(chosen: Chosen, ev: Evaluation) -> dict[str, float]:
         "valid_precision": chosen.operating_valid.precision,
         "valid_alerts_per_patient_day": chosen.operating_valid.alerts_per_patient_day,
         "test_alerts_per_patient_day": ev.operating_test.alerts_per_patient_day,
-        "news2_rule_alerts_per_patient_day": ev.news2_operating.alerts_per_patient_day,
         "test_roc_auc_low": iv["roc_auc"].low,
         "test_roc_auc_high": iv["roc_auc"].high,
         "test_pr_auc_low": iv["pr_auc"].low,
         "test_pr_auc_high": iv["pr_auc"].high,
         "lead_minutes_median": ev.lead_model["median_minutes"],
-        "news2_lead_minutes_median": ev.lead_news2["median_minutes"],
         "episodes_detected_share": _share(ev.lead_model),
-        "news2_episodes_detected_share": _share(ev.lead_news2),
+        **{k: v for c in ev.triggers.values() for k, v in c.metrics().items()},
     }
 
 
@@ -389,13 +388,11 @@ def write_report(
         cv=ev.cv,
         test=ev.test,
         intervals={k: {m: iv[k][m] for m in iv[k]} for k in ("model", "news2", "model-news2")},
-        news2_rule=cfg.gate.news2_rule,
-        news2_rule_op=ev.news2_operating,
+        triggers=ev.triggers,
         operating_valid=chosen.operating_valid,
         operating_test=ev.operating_test,
         budget=cfg.threshold.describe(),
         lead_model=ev.lead_model,
-        lead_news2=ev.lead_news2,
         subgroups=ev.subgroups,
         importances=ev.importances,
         studies=studies,

@@ -87,6 +87,7 @@ def run_promote(settings: Settings, rows: pd.DataFrame | None = None) -> Promoti
         judged["patient_id"].to_numpy(),
         challenger=risk(reg.load(challenger), x),
         news2_total=judged["news2_total"].to_numpy(dtype=np.float64),
+        news2_red=judged["news2_red"].to_numpy(dtype=np.float64),
         champion=risk(reg.load(champion), x) if champion is not None else None,
         cfg=cfg,
         seed=settings.training.seed,

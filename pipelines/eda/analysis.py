@@ -175,10 +175,10 @@ def circadian(d: EdaData) -> pd.DataFrame:
 
 
 def subgroups(d: EdaData) -> pd.DataFrame:
-    """Patients, deteriorations and label balance by age band, sex and COPD."""
+    """Patients, deteriorations and label balance by age band, sex and SpO2 scale."""
     m = d.minutes
     per_patient = m.groupby("patient_id").agg(
-        age=("age", "first"), sex=("sex", "first"), copd=("copd", "first"),
+        age=("age", "first"), sex=("sex", "first"), scale2=("scale2", "first"),
         minutes=("ts", "size"),
     )  # fmt: skip
     per_patient["deteriorated"] = per_patient.index.isin(d.outcomes["patient_id"])
@@ -188,11 +188,11 @@ def subgroups(d: EdaData) -> pd.DataFrame:
     pos = lab.groupby("patient_id")["group"].agg(["sum", "size"])
     per_patient = per_patient.join(pos)
     rows = []
-    for col, label in (("age_band", "age band"), ("sex", "sex"), ("copd", "COPD")):
+    for col, label in (("age_band", "age band"), ("sex", "sex"), ("scale2", "SpO2 scale 2")):
         for value, g in per_patient.groupby(col, observed=True):
             days = g["minutes"].sum() / 1440
             rows.append({
-                "subgroup": label, "value": str(value) if col != "copd" else
+                "subgroup": label, "value": str(value) if col != "scale2" else
                 ("yes" if value == 1 else "no"),
                 "patients": len(g), "deteriorated": int(g["deteriorated"].sum()),
                 "per_patient_day": float(g["deteriorated"].sum() / days) if days else None,

@@ -33,7 +33,8 @@ class EdaData:
 
     ``minutes`` carries, per patient-minute, the processed vitals, ``group`` (1 when a
     deterioration follows within the horizon, 0 when the horizon passed without one, NA
-    otherwise), ``hours_to_outcome`` and the admission facts (``age``, ``sex``, ``copd``).
+    otherwise), ``hours_to_outcome`` and the admission facts (``age``, ``sex``,
+    ``scale2``: charted on SpO2 scale 2, i.e. hypercapnic COPD).
     """
 
     raw: pd.DataFrame
@@ -74,7 +75,7 @@ def _prepare(
     adm = admissions.sort_values("ts").drop_duplicates("patient_id", keep="last")
     facts = adm.set_index("patient_id")[["age", "sex", "spo2_scale"]]
     m = m.join(facts, on="patient_id")
-    m["copd"] = (m["spo2_scale"] == 2).astype("Int8").where(m["spo2_scale"].notna())
+    m["scale2"] = (m["spo2_scale"] == 2).astype("Int8").where(m["spo2_scale"].notna())
     return EdaData(
         raw=raw[[c for c in RAW_COLUMNS if c in raw]],
         minutes=m,

@@ -171,8 +171,8 @@ _TEXT = {
     "deterioration, against patients who never deteriorated aligned at the same time since "
     "admission.",
     "circadian": "Mean of each vital by hour of day in patient-minutes that stayed well.",
-    "subgroups": "Class balance, and deterioration rates by age band, sex and COPD (SpO₂ "
-    "scale 2 on the chart).",
+    "subgroups": "Class balance, and deterioration rates by age band, sex and SpO₂ scale "
+    "(scale 2: hypercapnic COPD).",
 }
 
 

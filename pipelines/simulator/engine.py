@@ -271,8 +271,8 @@ class WardSimulator:
     ) -> list[Message]:
         """The ADT feed: one admission per patient at the start of their stay.
 
-        Patients with COPD live at 88-92 % on purpose (see ``population``), so their chart
-        prescribes NEWS2's SpO2 scale 2.
+        Patients with hypercapnic COPD live at 88-92 % on purpose (see ``population``), so
+        their chart prescribes NEWS2's SpO2 scale 2; other COPD patients stay on scale 1.
         """
         pop = self.population
         ids = _uuids(rng, len(patients))
@@ -286,7 +286,7 @@ class WardSimulator:
                 "ts": _iso(self._start_ms, np.array([ts_s]))[0],
                 "age": int(pop.age[i]),
                 "sex": "F" if pop.female[i] else "M",
-                "spo2_scale": 2 if pop.copd[i] else 1,
+                "spo2_scale": 2 if pop.hypercapnic[i] else 1,
             }
             out.append(("admissions", pop.patient_id[i].encode(), orjson.dumps(event), ts_s))
         self.stats.admissions += len(out)
@@ -340,6 +340,7 @@ def summarize_population(pop: Population) -> dict[str, Any]:
     return {
         "patients": pop.size,
         "copd": int(pop.copd.sum()),
+        "hypercapnic": int(pop.hypercapnic.sum()),
         "beta_blocker": int(pop.beta_blocker.sum()),
         "median_age": float(np.median(pop.age)),
         "episodes": dict(kinds),

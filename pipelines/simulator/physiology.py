@@ -144,7 +144,7 @@ def generate_chunk(
     d["systolic_bp"] += -38 * sep**2 + 5 * resp - 42 * hypo**1.5 - 32 * card
     d["diastolic_bp"] += -20 * sep**2 + 3 * resp - 18 * hypo**1.5 - 14 * card
     d["spo2"] += -3.5 * sep - 11 * resp_spo2 - 1.5 * hypo - 6 * card
-    confusion = sep + 0.75 * resp_conf * np.where(pop.copd[col], 1.3, 1.0) + 0.85 * hypo**1.5
+    confusion = sep + 0.75 * resp_conf * np.where(pop.hypercapnic[col], 1.3, 1.0) + 0.85 * hypo**1.5
     confusion = confusion + 0.85 * card
 
     # --- mimics: alarming but benign
@@ -190,7 +190,10 @@ def generate_chunk(
 
     # --- the oximeter (vendor offset), then oxygen therapy in response to what it shows
     spo2 = values["spo2"] + pop.spo2_offset[col]
-    need = spo2 < np.where(pop.copd, 86.0, 91.5)[:, None]
+    # Oxygen is started below the patient's usual range: 86 % for hypercapnic COPD (target
+    # 88-92 %), 90 % for other COPD (who live at 92-95 %), 91.5 % for everyone else.
+    start_below = np.select([pop.hypercapnic, pop.copd], [86.0, 90.0], 91.5)
+    need = spo2 < start_below[:, None]
     on_o2 = np.logical_or.accumulate(np.concatenate([state.on_o2[:, None], need], axis=1), axis=1)
     on_o2 = on_o2[:, 1:]
     state.on_o2 = on_o2[:, -1].copy()

@@ -6,8 +6,13 @@ so that the vital-sign generator can work on whole wards at a time.
 Physiology behind the numbers (adult ward patients):
 - Resting heart rate ~75 bpm (sd ~10), lower on beta-blockers (~-12 bpm).
 - Systolic BP rises with age (~+0.5 mmHg/year over 40) and with treated hypertension.
-- SpO2 96–99 % in healthy lungs; patients with COPD and chronic hypercapnia live at
-  88–92 % on purpose (the BTS/RCP target range, hence NEWS2's SpO2 scale 2).
+- SpO2 96–99 % in healthy lungs. Patients with COPD and *confirmed hypercapnic
+  respiratory failure* live at 88–92 % on purpose (the BTS target range; O'Driscoll et
+  al., BTS guideline for oxygen use, Thorax 2017;72:i1-i90), and only their chart
+  prescribes NEWS2's SpO2 scale 2 (RCP 2017, section 5). They are a minority of COPD
+  (``population.hypercapnic_share_of_copd``, default 0.35: chronic hypercapnia is
+  reported in roughly a fifth to two fifths of COPD patients admitted to hospital); the
+  others sit at 92–95 % and are charted on scale 1 like everyone else.
 - Respiratory rate 12–20/min, higher in COPD; temperature 36.3–37.3 °C.
 """
 
@@ -41,6 +46,7 @@ class Population:
     age: F
     female: B
     copd: B
+    hypercapnic: B  # COPD with chronic hypercapnic respiratory failure: SpO2 scale 2
     beta_blocker: B
     hypertension: B
     admit_min: F  # minutes after simulation start
@@ -195,6 +201,10 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     viral = rng.random(n) < scenario.viral_share
     temp = temp + viral * rng.uniform(0.5, 1.3, n)
     rr = rr + viral * rng.uniform(3.0, 8.0, n)
+    # Only the hypercapnic share of COPD targets 88-92 %; the rest live at 92-95 %.
+    hypercapnic = copd & (rng.random(n) < pop.hypercapnic_share_of_copd)
+    spo2 = np.where(copd & ~hypercapnic, rng.uniform(92, 95, n), spo2)
+    baseline_o2 &= hypercapnic
 
     return Population(
         patient_id=patient_id,
@@ -202,6 +212,7 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
         age=age,
         female=female,
         copd=copd,
+        hypercapnic=hypercapnic,
         beta_blocker=beta_blocker,
         hypertension=hypertension,
         admit_min=admit,

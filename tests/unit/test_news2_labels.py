@@ -9,7 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.labels import make_labels
-from features.news2 import news2, qsofa, score_parameter, score_spo2
+from features.news2 import (
+    TIER_HIGH,
+    TIER_LOW,
+    TIER_LOW_MEDIUM,
+    TIER_MEDIUM,
+    TRIGGERS,
+    monitoring_interval_minutes,
+    news2,
+    qsofa,
+    response_tier,
+    score_parameter,
+    score_spo2,
+)
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES, digest
 
 # (value, points) at and either side of every boundary of the RCP 2017 chart.
@@ -77,18 +89,61 @@ def test_news2_aggregate_and_missing() -> None:
     assert s["total"].tolist() == [0, 19, 0]
     assert s["missing"].tolist() == [0, 0, 3]
     assert np.isnan(s["resp_rate"][2])
+    assert s["red"].tolist() == [0, 1, 0]
+    assert s["tier"].tolist() == [TIER_LOW, TIER_HIGH, TIER_LOW]
     q = qsofa(resp_rate=arr(16, 26, nan), systolic_bp=arr(120, 88, nan), avpu_rank=arr(0, 2, nan))
     assert q["score"].tolist() == [0, 3, 0]
 
 
+def _one(**over: float) -> dict[str, np.ndarray]:
+    base = {"resp_rate": 16, "spo2": 97, "on_oxygen": 0, "systolic_bp": 120, "heart_rate": 70,
+                "avpu_rank": 0, "temperature": 37.0, "scale2": 0}  # fmt: skip
+    base.update(over)
+    return news2(**{k: np.array([v], dtype=float) for k, v in base.items()})
+
+
+@pytest.mark.parametrize(
+    ("over", "total", "red", "tier", "every_min"),
+    [
+        ({}, 0, 0, TIER_LOW, 720),  # all normal: 12-hourly
+        ({"heart_rate": 95}, 1, 0, TIER_LOW, 240),  # 1-4: 4-6-hourly (4 h by default)
+        ({"avpu_rank": 1}, 3, 1, TIER_LOW_MEDIUM, 60),  # new confusion alone: red, hourly
+        ({"resp_rate": 7}, 3, 1, TIER_LOW_MEDIUM, 60),  # RR ≤ 8 alone: red
+        ({"resp_rate": 22, "heart_rate": 115, "temperature": 38.5}, 5, 0, TIER_MEDIUM, 60),
+        ({"resp_rate": 22, "heart_rate": 115, "on_oxygen": 1, "temperature": 39.5}, 8, 0,
+         TIER_HIGH, 0),  # ≥ 7: continuous
+        ({"systolic_bp": 85, "heart_rate": 135, "resp_rate": 26}, 9, 1, TIER_HIGH, 0),
+        ({"temperature": 39.5, "heart_rate": 115, "resp_rate": 22}, 6, 0, TIER_MEDIUM, 60),
+    ],
+)  # fmt: skip
+def test_red_score_tier_and_monitoring_frequency(
+    over: dict[str, float], total: int, red: int, tier: int, every_min: float
+) -> None:
+    """RCP 2017 charts 2 and 3 on hand-built observation sets."""
+    s = _one(**over)
+    assert (s["total"][0], s["red"][0], s["tier"][0]) == (total, red, tier)
+    assert monitoring_interval_minutes(s["total"], s["red"])[0] == every_min
+
+
+def test_triggers_fire_as_the_chart_says() -> None:
+    total = np.array([0, 3, 3, 4, 5, 6, 7, 12], dtype=float)
+    red = np.array([0, 0, 1, 1, 0, 1, 0, 1], dtype=float)
+    fired = {k: t.fires(total, red).tolist() for k, t in TRIGGERS.items()}
+    assert fired["news2_ge5"] == [False, False, False, False, True, True, True, True]
+    assert fired["news2_ge7"] == [False] * 6 + [True, True]
+    assert fired["news2_ge5_or_red"] == [False, False, True, True, True, True, True, True]
+    # The tier is ordered like the triggers: ≥ 5-or-red fires exactly at low-medium and up.
+    assert ((response_tier(total, red) >= TIER_LOW_MEDIUM) == fired["news2_ge5_or_red"]).all()
+
+
 def test_feature_declaration_is_pinned_to_its_version() -> None:
     # Changing the feature set without bumping FEATURE_SET_VERSION breaks served models.
-    assert (FEATURE_SET_VERSION, digest()) == ("vitals-v2", PINNED_DIGEST)
+    assert (FEATURE_SET_VERSION, digest()) == ("vitals-v3", PINNED_DIGEST)
     assert len(set(FEATURE_NAMES)) == len(FEATURES)
     assert all(f.unit and f.description and f.dtype == "float64" for f in FEATURES)
 
 
-PINNED_DIGEST = "048d5d7fa242982f"
+PINNED_DIGEST = "036bce3dc61ad1dd"
 
 
 def _ts(minutes: float) -> pd.Timestamp:

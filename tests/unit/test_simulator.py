@@ -101,7 +101,10 @@ def test_every_patient_is_admitted_before_their_first_reading() -> None:
         a = admissions[pid]
         assert a["age"] == int(pop.age[i])
         assert a["sex"] == ("F" if pop.female[i] else "M")
-        assert a["spo2_scale"] == (2 if pop.copd[i] else 1)
+        assert a["spo2_scale"] == (2 if pop.hypercapnic[i] else 1)
+    # RCP 2017: scale 2 only for confirmed hypercapnic failure, a subset of COPD.
+    assert (pop.hypercapnic <= pop.copd).all()
+    assert 0 < pop.hypercapnic.sum() < pop.copd.sum()
 
 
 def test_baselines_are_physiological(clean_ward: Any) -> None:
@@ -111,8 +114,11 @@ def test_baselines_are_physiological(clean_ward: Any) -> None:
     assert pop.hr.max() <= 110
     assert pop.sbp.min() >= 85
     assert pop.sbp.max() <= 200
-    assert (pop.spo2[pop.copd] >= 88).all()
-    assert (pop.spo2[pop.copd] <= 92).all()
+    assert (pop.spo2[pop.hypercapnic] >= 88).all()
+    assert (pop.spo2[pop.hypercapnic] <= 92).all()
+    other_copd = pop.copd & ~pop.hypercapnic
+    assert (pop.spo2[other_copd] >= 92).all()
+    assert (pop.spo2[other_copd] <= 95).all()
     assert (pop.spo2[~pop.copd] >= 93).all()
     assert pop.temp.min() >= 36.0
     assert pop.temp.max() <= 37.6
@@ -124,13 +130,16 @@ def test_baselines_are_physiological(clean_ward: Any) -> None:
     assert set(v["consciousness"].dropna()) <= set("ACVPU")
 
 
-def test_copd_patients_live_at_lower_spo2(clean_ward: Any) -> None:
+def test_hypercapnic_patients_live_at_lower_spo2(clean_ward: Any) -> None:
     sim, v, _ = clean_ward
     pop = sim.population
-    copd_ids = {pop.patient_id[i] for i in np.nonzero(pop.copd)[0]}
-    med = v.groupby(v["patient_id"].isin(copd_ids))["spo2"].median()
-    assert med[True] <= 92
-    assert med[False] >= 95
+    group = {pop.patient_id[i]: ("hypercapnic" if pop.hypercapnic[i] else
+                                 "copd" if pop.copd[i] else "other")
+             for i in range(pop.size)}  # fmt: skip
+    med = v.groupby(v["patient_id"].map(group))["spo2"].median()
+    assert med["hypercapnic"] <= 92
+    assert 92 <= med["copd"] < med["other"]
+    assert med["other"] >= 95
 
 
 def test_circadian_rhythm_in_heart_rate(clean_ward: Any) -> None:

@@ -11,8 +11,9 @@ import pytest
 from pydantic import ValidationError
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from features.news2 import TRIGGERS
 from features.spec import FEATURE_NAMES
-from stack.settings import GateSettings, ParamRange, load_settings
+from stack.settings import NEWS2_TRIGGERS, GateSettings, ParamRange, load_settings
 from training.dataset import split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, weighted_ranking
 from training.gate import decide, rule_comparison
@@ -153,10 +154,26 @@ def test_gate_promotes_a_better_challenger_and_refuses_a_worse_one() -> None:
     champion = latent + rng.normal(scale=0.8, size=len(y))
     better = latent
     worse = latent + rng.normal(scale=3.0, size=len(y))
-    ok = decide(y, pid, challenger=better, news2_total=news2, champion=champion, cfg=GATE)
+    ok = decide(
+        y,
+        pid,
+        challenger=better,
+        news2_total=news2,
+        news2_red=np.zeros_like(news2),
+        champion=champion,
+        cfg=GATE,
+    )
     assert ok.promote, ok.reasons
     assert all(ok.checks.values())
-    bad = decide(y, pid, challenger=worse, news2_total=news2, champion=champion, cfg=GATE)
+    bad = decide(
+        y,
+        pid,
+        challenger=worse,
+        news2_total=news2,
+        news2_red=np.zeros_like(news2),
+        champion=champion,
+        cfg=GATE,
+    )
     assert not bad.promote
     assert not bad.checks["not_worse_than_champion_roc_auc"]
     assert any(r.startswith("FAIL roc_auc challenger − champion") for r in bad.reasons)
@@ -166,7 +183,15 @@ def test_gate_refuses_a_model_that_does_not_beat_news2() -> None:
     pid, y, latent = _patients_scores(120, 4)
     news2 = np.round(np.clip(latent * 3 + 3, 0, 20))
     same_as_news2 = news2 / 20 + 1e-3  # a monotone transform: the same ranking
-    d = decide(y, pid, challenger=same_as_news2, news2_total=news2, champion=None, cfg=GATE)
+    d = decide(
+        y,
+        pid,
+        challenger=same_as_news2,
+        news2_total=news2,
+        news2_red=np.zeros_like(news2),
+        champion=None,
+        cfg=GATE,
+    )
     assert not d.promote
     assert not d.checks["beats_news2_roc_auc"]
     assert not d.checks["beats_news2_pr_auc"]
@@ -177,10 +202,33 @@ def test_rule_comparison_gives_the_model_the_rules_alert_count() -> None:
     y = np.array([1, 1, 0, 0, 0, 1])
     news2 = np.array([6, 2, 7, 1, 0, 5])  # rule >= 5 fires 3 times, catches 2 of 3
     model = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.7])  # its top 3 are all positives
-    r = rule_comparison(y, model, news2, 5)
+    red = np.array([0, 1, 0, 0, 0, 0])  # row 1 has a single parameter scoring 3
+    r = rule_comparison(y, model, news2, red, TRIGGERS["news2_ge5"])
     assert r["alerts"] == 3
     assert r["rule_sensitivity"] == pytest.approx(2 / 3)
     assert r["model_sensitivity_same_alerts"] == pytest.approx(1.0)
+    # ≥ 5 or red also fires on row 1: 4 alerts, all 3 positives; ≥ 7 fires once, on a miss.
+    r = rule_comparison(y, model, news2, red, TRIGGERS["news2_ge5_or_red"])
+    assert (r["alerts"], r["rule_sensitivity"]) == (4, 1.0)
+    r = rule_comparison(y, model, news2, red, TRIGGERS["news2_ge7"])
+    assert (r["alerts"], r["rule_sensitivity"], r["model_sensitivity_same_alerts"]) == (1, 0, 1 / 3)
+
+
+def test_gate_checks_every_configured_trigger() -> None:
+    pid, y, latent = _patients_scores(120, 4)
+    rng = np.random.default_rng(2)
+    news2 = np.round(np.clip(latent * 2 + rng.normal(scale=2.0, size=len(y)), 0, 20))
+    red = (rng.random(len(y)) < 0.1).astype(float)
+    d = decide(y, pid, challenger=latent, news2_total=news2, news2_red=red, champion=None,
+               cfg=GateSettings(bootstrap=50, news2_triggers=["news2_ge7"]))  # fmt: skip
+    assert [k for k in d.checks if k.startswith("beats_news2_ge")] == ["beats_news2_ge7"]
+    assert set(d.rule) == {"news2_ge7"}
+    with pytest.raises(ValidationError):
+        GateSettings(news2_triggers=["news2_ge6"])
+    with pytest.raises(ValidationError):
+        GateSettings(news2_triggers=[])
+    # The settings' list of triggers is the chart's (features.news2.TRIGGERS).
+    assert tuple(GateSettings().news2_triggers) == NEWS2_TRIGGERS == tuple(TRIGGERS)
 
 
 def test_gate_set_excludes_patients_the_champion_trained_on() -> None:

@@ -1,0 +1,201 @@
+"""What a deployment committee asks of a model beside the NEWS2 chart.
+
+Every comparison here is at a *matched alert budget*: a NEWS2 trigger raises some number
+of alerts on the held-out rows, and the model is given exactly as many (its highest
+risks). At equal workload, which catches more of the rows that precede a deterioration,
+with what positive predictive value, how many episodes, and how early?
+
+Also here: the decision curve (Vickers & Elkin, *Med Decis Making* 2006;26:565-574) —
+net benefit ``TP/n − FP/n · pt/(1 − pt)`` across threshold probabilities ``pt``, for the
+model, for alerting on everyone and for each trigger — and calibration statistics
+(slope and intercept of the logistic recalibration of the predicted log-odds, Brier
+score and its skill against the base rate; Van Calster et al., *BMC Med* 2019;17:230).
+
+Pure functions of arrays and frames; the training job and ``bench/bench_clinical.py``
+call them on held-out patients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from features.news2 import TRIGGERS, Trigger
+from training.evaluate import lead_times
+from training.threshold import OperatingPoint, operating_point
+
+F = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class MatchedComparison:
+    """One NEWS2 trigger and the model given as many alerts, on the same rows."""
+
+    key: str
+    label: str
+    trigger: OperatingPoint
+    model: OperatingPoint
+    trigger_lead: dict[str, float]
+    model_lead: dict[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat, MLflow-safe metric names: ``news2_ge5_ppv``, ``model_at_news2_ge5_ppv``…"""
+        out: dict[str, float] = {}
+        for prefix, op, lead in (
+            (self.key, self.trigger, self.trigger_lead),
+            (f"model_at_{self.key}", self.model, self.model_lead),
+        ):
+            out[f"{prefix}_sensitivity"] = op.sensitivity
+            out[f"{prefix}_ppv"] = op.precision
+            out[f"{prefix}_alerts_per_patient_day"] = op.alerts_per_patient_day
+            out[f"{prefix}_episodes_caught"] = lead["detected"]
+            out[f"{prefix}_episodes_caught_share"] = lead["detected"] / max(lead["episodes"], 1)
+            out[f"{prefix}_lead_minutes_median"] = lead["median_minutes"]
+        return out
+
+
+def top_k(score: npt.ArrayLike, k: int) -> npt.NDArray[np.bool_]:
+    """The ``k`` rows of highest score (ties broken by row order), as a mask."""
+    s = np.asarray(score, dtype=np.float64)
+    out = np.zeros(len(s), dtype=bool)
+    out[np.argsort(-s, kind="stable")[:k]] = True
+    return out
+
+
+def matched_comparison(
+    rows: pd.DataFrame, risk: npt.ArrayLike, trigger: Trigger, patient_days: float
+) -> MatchedComparison:
+    """A trigger and the model at the trigger's alert count, on ``rows`` (``label``,
+    ``patient_id``, ``minutes_to_outcome``, ``news2_total``, ``news2_red``)."""
+    y = rows["label"].to_numpy(dtype=np.int8)
+    fired = trigger.fires(rows["news2_total"].to_numpy(), rows["news2_red"].to_numpy())
+    mine = top_k(risk, int(fired.sum()))
+    r = np.asarray(risk, dtype=np.float64)
+    op_model = operating_point(y, mine.astype(np.float64), 1.0, patient_days)
+    cut = float(r[mine].min()) if mine.any() else float("inf")
+    return MatchedComparison(
+        key=trigger.key,
+        label=trigger.label,
+        trigger=operating_point(y, fired.astype(np.float64), 1.0, patient_days),
+        model=OperatingPoint(
+            cut,
+            op_model.sensitivity,
+            op_model.precision,
+            op_model.alerts,
+            op_model.alerts_per_patient_day,
+        ),
+        trigger_lead=lead_times(rows, fired),
+        model_lead=lead_times(rows, mine),
+    )
+
+
+def matched_comparisons(
+    rows: pd.DataFrame, risk: npt.ArrayLike, patient_days: float
+) -> dict[str, MatchedComparison]:
+    """:func:`matched_comparison` for every trigger of the NEWS2 chart."""
+    return {k: matched_comparison(rows, risk, t, patient_days) for k, t in TRIGGERS.items()}
+
+
+def net_benefit(y: npt.ArrayLike, alert: npt.ArrayLike, pt: float) -> float:
+    """Net benefit of acting on ``alert`` at threshold probability ``pt``."""
+    y_a = np.asarray(y, dtype=np.int8)
+    a = np.asarray(alert, dtype=bool)
+    n = len(y_a)
+    tp = float((a & (y_a == 1)).sum())
+    fp = float((a & (y_a == 0)).sum())
+    return tp / n - fp / n * pt / (1 - pt)
+
+
+def decision_curve(
+    y: npt.ArrayLike,
+    risk: npt.ArrayLike,
+    rules: dict[str, npt.ArrayLike],
+    thresholds: npt.ArrayLike,
+) -> pd.DataFrame:
+    """Net benefit of the model (alert when risk ≥ pt), of treating all, and of each
+    fixed rule (its alerts do not move with pt), at each threshold probability."""
+    y_a = np.asarray(y, dtype=np.int8)
+    r = np.asarray(risk, dtype=np.float64)
+    everyone = np.ones(len(y_a), dtype=bool)
+    out: list[dict[str, float]] = []
+    for pt in np.asarray(thresholds, dtype=np.float64):
+        row = {
+            "threshold": float(pt),
+            "model": net_benefit(y_a, r >= pt, pt),
+            "treat all": net_benefit(y_a, everyone, pt),
+            "treat none": 0.0,
+        }
+        for name, fired in rules.items():
+            row[name] = net_benefit(y_a, fired, pt)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _logit(p: F) -> F:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
+
+
+def calibration_stats(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
+    """Slope and intercept (logistic recalibration of logit(p)), calibration-in-the-large
+    (observed − mean predicted), Brier and Brier skill (1 − Brier / Brier of the base
+    rate). A well-calibrated model has slope ≈ 1, intercept ≈ 0, skill > 0."""
+    y_a = np.asarray(y, dtype=np.float64)
+    p_a = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    base = float(y_a.mean()) if len(y_a) else float("nan")
+    brier = float(np.mean((p_a - y_a) ** 2)) if len(y_a) else float("nan")
+    ref = base * (1 - base)
+    slope, intercept = _recalibration(y_a, _logit(p_a))
+    return {
+        "brier": brier,
+        "brier_skill": 1 - brier / ref if ref > 0 else float("nan"),
+        "calibration_slope": slope,
+        "calibration_intercept": intercept,
+        "observed_rate": base,
+        "mean_predicted": float(p_a.mean()) if len(p_a) else float("nan"),
+    }
+
+
+def _recalibration(y: F, x: F, iters: int = 50) -> tuple[float, float]:
+    """Maximum-likelihood (slope, intercept) of y ~ Bernoulli(sigmoid(a + b·x)), by
+    Newton-Raphson; NaN when one class is absent."""
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan"), float("nan")
+    beta = np.array([0.0, 1.0])  # intercept, slope
+    design = np.column_stack([np.ones_like(x), x])
+    for _ in range(iters):
+        eta = np.clip(design @ beta, -35, 35)
+        mu = 1 / (1 + np.exp(-eta))
+        w = mu * (1 - mu) + 1e-12
+        grad = design.T @ (y - mu)
+        hess = design.T @ (design * w[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        beta = beta + step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(beta[1]), float(beta[0])
+
+
+def comparisons_table(comparisons: dict[str, MatchedComparison]) -> pd.DataFrame:
+    """Rows a person reads: each trigger, then the model at the same alert count."""
+    out: list[dict[str, Any]] = []
+    for c in comparisons.values():
+        for who, op, lead in (
+            (c.label, c.trigger, c.trigger_lead),
+            (f"model, {c.label}'s budget", c.model, c.model_lead),
+        ):
+            out.append(
+                {
+                    "rule": who,
+                    "alerts / patient-day": op.alerts_per_patient_day,
+                    "sensitivity": op.sensitivity,
+                    "PPV": op.precision,
+                    "episodes caught": f"{int(lead['detected'])} / {int(lead['episodes'])}",
+                    "median lead (min)": lead["median_minutes"],
+                }
+            )
+    return pd.DataFrame(out)
