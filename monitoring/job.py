@@ -213,12 +213,12 @@ def stored_predictions(
 
 
 def backtest_risk(settings: Settings, champ: ModelRef, rows: pd.DataFrame) -> np.ndarray:
-    """The champion's risk for batch feature rows (the same vectors the scorer built)."""
+    """The champion's calibrated risk for batch feature rows (the same vectors the scorer
+    built, the same map it applies)."""
     model = ModelRegistry(settings).load(champ)
     if rows.empty:
         return np.empty(0)
-    proba = model.predict_proba(rows[list(FEATURE_NAMES)])
-    return np.asarray(proba[:, 1], dtype=np.float64)
+    return np.asarray(model.risk(rows[list(FEATURE_NAMES)]), dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- decision

@@ -290,6 +290,10 @@ class BatchScorer:
         summary.replayed_alerts += len(stored)
         if len(raised):
             raised = raised.assign(top_features=self._explanations(b, raised))
+            # What the risk means (outcome, horizon), as the version that scored it says.
+            if "risk_of" in b.preds:
+                meaning = dict(zip(b.preds["model_version"], b.preds["risk_of"], strict=True))
+                raised = raised.assign(risk_of=raised["model_version"].map(meaning).fillna(""))
         b.raised = raised
         b.laps.lap("alerts")
 

@@ -102,6 +102,7 @@ class ServiceClient:
             "model_name": np.full(n, out["model_name"], dtype=object),
             "model_version": np.full(n, str(out["model_version"]), dtype=object),
             "role": np.full(n, out["role"], dtype=object),
+            "risk_of": np.full(n, str(out.get("risk_of", "")), dtype=object),
         }
         if explain:
             tops = out.get("top_features") or [None] * n

@@ -41,6 +41,6 @@ def alert_message(a: pd.Series) -> bytes:
             "ts": pd.Timestamp(a["ts"]).isoformat(), "risk": float(a["risk"]),
             "threshold": float(a["threshold"]), "reason": a["reason"],
             "model_name": a["model_name"], "model_version": a["model_version"],
-            "top_features": a["top_features"],
+            "risk_of": a.get("risk_of", ""), "top_features": a["top_features"],
         }
     )  # fmt: skip

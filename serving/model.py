@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
+from stack.calibration import Calibration, read_calibration
 from stack.localstack import mlflow_tracking_uri as tracking_uri
 from stack.modelsafety import DIGEST_TAG, check_seal, load_sklearn
 from stack.registry import ModelRegistry
@@ -41,20 +42,33 @@ class LoadedModel:
     name: str
     alias: str
     version: str
-    threshold: float
+    threshold: float  # on the calibrated scale
     feature_set_version: str
     model: Any
+    calibration: Calibration = field(default_factory=Calibration)
     _direct: Risk | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_direct", direct_risk(self.model))
 
-    def risk(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
-        """The positive-class probability of each row of ``x`` (its feature columns)."""
+    def raw(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """The estimator's positive-class score of each row of ``x`` (its feature columns)."""
         if self._direct is not None:
             same = list(x.columns) == _FEATURES
             return self._direct((x if same else x[_FEATURES]).to_numpy(dtype=np.float64))
         return np.asarray(self.model.predict_proba(x[_FEATURES])[:, 1], dtype=float)
+
+    @property
+    def risk_of(self) -> str:
+        """What :meth:`risk` means: ``risk of deterioration … within 4 h``."""
+        if not self.calibration.calibrated:
+            return "uncalibrated score (model trained before calibration): not a probability"
+        return self.calibration.describe()
+
+    def risk(self, x: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """The calibrated risk of each row of ``x`` (``calibration.describe()`` says of
+        what, within which horizon); the raw score for a model trained before calibration."""
+        return self.calibration.apply(self.raw(x))
 
 
 def direct_risk(model: Any, probe_rows: int = 256) -> Risk | None:
@@ -114,13 +128,15 @@ def load_version(settings: Settings, alias: str, version: str) -> LoadedModel:
         )
     if ref.threshold != ref.threshold:  # NaN: no threshold tag
         raise ModelUnavailableError(f"{ref.label} has no threshold tag: not a Vigil model")
+    sealed = registry.load(ref)
     return LoadedModel(
         name=ref.name,
         alias=alias,
         version=ref.version,
         threshold=ref.threshold,
         feature_set_version=ref.feature_set_version,
-        model=registry.load(ref),
+        model=sealed.estimator,
+        calibration=sealed.calibration,
     )
 
 
@@ -135,13 +151,15 @@ def load_packaged(settings: Settings, alias: str) -> LoadedModel:
             f"packaged model {bm.tag} uses features {meta.get('feature_set_version')!r}, "
             f"this code {FEATURE_SET_VERSION!r}"
         )
+    folder = Path(bm.path_of("mlflow_model"))
     return LoadedModel(
         name=settings.training.registered_model,
         alias=alias,
         version=str(meta["mlflow_version"]),
         threshold=float(str(meta["threshold"])),
         feature_set_version=str(meta["feature_set_version"]),
-        model=_load_packaged_model(Path(bm.path_of("mlflow_model")), meta, str(bm.tag)),
+        model=_load_packaged_model(folder, meta, str(bm.tag)),
+        calibration=read_calibration(folder),  # inside the folder the digest just covered
     )
 
 

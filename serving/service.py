@@ -113,13 +113,21 @@ FeatureColumns = create_model(  # type: ignore[call-overload]
 FeatureColumns.__doc__ = "Feature rows column by column: every feature, one value per row."
 
 
+_RISK = (
+    "calibrated probability of the outcome named by risk_of (the raw score of a model "
+    "trained before calibration: then risk_of says so)"
+)
+_RISK_OF = "what the risk is a risk of, and within which horizon"
+
+
 class Prediction(BaseModel):
-    risk: float = Field(description="probability of deterioration within the horizon")
+    risk: float = Field(description=_RISK)
     alert: bool = Field(description="risk >= the model's operating threshold")
     threshold: float
     model_name: str
     model_version: str
     role: str = Field(description="champion, or shadow for the challenger")
+    risk_of: str = Field("", description=_RISK_OF)
 
 
 class Contribution(BaseModel):
@@ -131,12 +139,13 @@ class Contribution(BaseModel):
 class PredictionColumns(BaseModel):
     """Predictions of a column request, column by column (one model scored them all)."""
 
-    risk: list[float] = Field(description="probability of deterioration within the horizon")
+    risk: list[float] = Field(description=_RISK)
     alert: list[bool] = Field(description="risk >= the model's operating threshold")
     threshold: float
     model_name: str
     model_version: str
     role: str = Field(description="champion, or shadow for the challenger")
+    risk_of: str = Field("", description=_RISK_OF)
     top_features: list[list[Contribution] | None] | None = Field(
         None,
         description="with explain=true and a model whose explanations are cheap (linear, "
@@ -232,7 +241,7 @@ def _predict(m: LoadedModel, x: pd.DataFrame, role: str) -> list[Prediction]:
     return [
         Prediction(
             risk=float(r), alert=bool(a), threshold=m.threshold, model_name=m.name,
-            model_version=m.version, role=role,
+            model_version=m.version, role=role, risk_of=m.risk_of,
         )
         for r, a in zip(risk.tolist(), alert.tolist(), strict=True)
     ]  # fmt: skip
@@ -374,6 +383,7 @@ class Vigil:
         return PredictionColumns(
             risk=risk.tolist(), alert=alert.tolist(), threshold=m.threshold,
             model_name=m.name, model_version=m.version, role=role, top_features=tops,
+            risk_of=m.risk_of,
         )  # fmt: skip
 
     @bentoml.api
@@ -447,7 +457,8 @@ class Vigil:
                     None
                     if m is None
                     else {"name": m.name, "version": m.version, "threshold": m.threshold,
-                          "feature_set_version": m.feature_set_version, "reloads": slot.reloads}
+                          "feature_set_version": m.feature_set_version, "reloads": slot.reloads,
+                          "calibration": m.calibration.method, "risk_of": m.risk_of}
                 )  # fmt: skip
         return out
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stack.calibration import Calibration, read_calibration
 from stack.localstack import mlflow_tracking_uri
 from stack.modelsafety import (
     DIGEST_TAG,
@@ -107,6 +108,18 @@ class ModelRef:
         return f"{self.name} v{self.version}"
 
 
+@dataclass(frozen=True)
+class SealedModel:
+    """A loaded version: the estimator (raw scores) and the map that makes them risks."""
+
+    estimator: Any
+    calibration: Calibration
+
+    def risk(self, x: Any) -> Any:
+        """Calibrated risk of each row of the feature frame ``x``."""
+        return self.calibration.apply(self.estimator.predict_proba(x)[:, 1])
+
+
 class ModelRegistry:
     """Aliases, versions, evidence and verified loading of ``training.registered_model``."""
 
@@ -166,16 +179,18 @@ class ModelRegistry:
             )
         )
 
-    def load(self, ref: ModelRef) -> Any:
-        """The estimator of ``ref``, only if its seal verifies and its format is safe.
+    def load(self, ref: ModelRef) -> SealedModel:
+        """The estimator of ``ref`` and its calibration map, only if the seal over both
+        verifies and the format is safe.
 
         Raises:
             UnsafeModelError: not loaded, and why (``stack.modelsafety``).
+            CalibrationError: the sealed calibration map is not a valid one.
         """
         with tempfile.TemporaryDirectory() as tmp:
             local = self.download(ref.version, Path(tmp))
             check_seal(local, ref.tags, signing_key(self.settings), ref.label)
-            return load_sklearn(local, ref.label)
+            return SealedModel(load_sklearn(local, ref.label), read_calibration(local))
 
     def run_json(self, run_id: str, path: str) -> Any:
         """A JSON artifact of a run (e.g. ``split.json``)."""

@@ -339,6 +339,32 @@ News2Trigger = Literal["news2_ge5", "news2_ge7", "news2_ge5_or_red"]
 NEWS2_TRIGGERS: tuple[News2Trigger, ...] = ("news2_ge5", "news2_ge7", "news2_ge5_or_red")
 
 
+CalibrationShape = Literal["platt", "isotonic"]
+CALIBRATION_SHAPES: tuple[CalibrationShape, ...] = ("platt", "isotonic")
+
+
+class CalibrationSettings(_Strict):
+    """How raw scores become risks (``training.calibrate``, ``stack.calibration``)."""
+
+    shapes: list[CalibrationShape] = Field(
+        default_factory=lambda: list(CALIBRATION_SHAPES),
+        min_length=1,
+        description="candidate maps; the one of lowest patient-grouped CV log-loss wins",
+    )
+    odds_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="deployment odds of the outcome / training odds: 1 when training data "
+        "come from the ward the model serves; below 1 for enriched training data",
+    )
+    outcome: str = Field(
+        "deterioration (ICU transfer, emergency response or cardiac arrest)",
+        min_length=1,
+        max_length=200,
+        description="what the risk is a risk of, shown with every risk",
+    )
+
+
 class GateSettings(_Strict):
     """When a challenger may replace the champion."""
 
@@ -346,6 +372,18 @@ class GateSettings(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     margin_roc_auc: float = Field(0.02, ge=0, description="may be at most this much worse")
     margin_pr_auc: float = Field(0.05, ge=0)
+    calibration_slope: tuple[float, float] = Field(
+        (0.6, 1.6),
+        description="held-out calibration slope must lie within (1: ideal; < 1: risks too "
+        "extreme; > 1: too timid)",
+    )
+    expected_observed: tuple[float, float] = Field(
+        (0.67, 1.5),
+        description="held-out mean risk / observed rate must lie within (1: ideal)",
+    )
+    min_brier_skill: float = Field(
+        0.0, le=1, description="held-out Brier skill vs the base rate must exceed this"
+    )
     news2_triggers: list[News2Trigger] = Field(
         default_factory=lambda: list(NEWS2_TRIGGERS),
         min_length=1,
@@ -374,6 +412,7 @@ class TrainingSettings(_Strict):
     n_jobs: int = Field(2, ge=1)
     search_spaces: dict[Family, dict[str, ParamRange]] = Field(default_factory=dict)
     threshold: ThresholdSettings = ThresholdSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
     gate: GateSettings = GateSettings()
     reports_dir: Path = Path("reports/training")
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.calibrate import CalibrationChoice
 from training.clinical import MatchedComparison, comparisons_table
 from training.evaluate import Interval
 from training.threshold import OperatingPoint
@@ -26,6 +27,10 @@ class ModelCard:
     test: dict[str, float]
     intervals: dict[str, dict[str, Interval]]
     triggers: dict[str, MatchedComparison]
+    calibration: CalibrationChoice
+    calibration_test: dict[str, float]
+    calibration_raw: dict[str, float]
+    calibration_groups: pd.DataFrame
     operating_valid: OperatingPoint
     operating_test: OperatingPoint
     budget: str
@@ -46,6 +51,58 @@ def _table(frame: pd.DataFrame) -> str:
         cells = [_f(v) if isinstance(v, float) else str(v) for v in row.tolist()]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _odds_note(odds_ratio: float) -> str:
+    if odds_ratio == 1.0:
+        return " (no prevalence correction)"
+    return f", then corrected to deployment odds × {odds_ratio:g} (enriched training data)"
+
+
+def _calibration_lines(c: ModelCard) -> list[str]:
+    cal, t, r = c.calibration.calibration, c.calibration_test, c.calibration_raw
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in c.calibration.cv_log_loss.items())
+    return [
+        f"The served number is the **{cal.describe()}**. A **{cal.method}** map, chosen by "
+        f"patient-grouped cross-validated log-loss on out-of-fold predictions ({losses}), "
+        "turns the estimator's score into it; the map is sealed with the model.",
+        "",
+        "| held-out patients | observed rate | mean risk | slope | intercept | Brier | "
+        "Brier skill |",
+        "|---|---|---|---|---|---|---|",
+        f"| calibrated risk | {_f(t['observed_rate'], 4)} | {_f(t['mean_predicted'], 4)} | "
+        f"{_f(t['calibration_slope'], 2)} | {_f(t['calibration_intercept'], 2)} | "
+        f"{_f(t['brier'], 4)} | {_f(t['brier_skill'])} |",
+        f"| raw score | {_f(r['observed_rate'], 4)} | {_f(r['mean_predicted'], 4)} | "
+        f"{_f(r['calibration_slope'], 2)} | {_f(r['calibration_intercept'], 2)} | "
+        f"{_f(r['brier'], 4)} | {_f(r['brier_skill'])} |",
+        "",
+        "Slope 1 and intercept 0 are ideal; Brier skill is 1 − Brier / Brier of predicting "
+        "the observed rate for everyone (> 0: better than the base rate). Figures: "
+        "`calibration.png` (reliability diagram), `decision_curve.png` (net benefit).",
+    ]
+
+
+# What the card and the run report, item by item (TRIPOD+AI 2024's headings, abridged).
+_CHECKLIST = [
+    "| item | where |",
+    "|---|---|",
+    "| Source of data, participants, outcome and its horizon | Data; docs/simulator.md; "
+    "`features/labels.py` |",
+    "| Predictors, their definition and timing | `features/spec.py` (feature-set version "
+    "above); docs/features.md |",
+    "| Sample size, events, missing data | Data (rows, positives); `news2_missing` and "
+    "`*_age_min` features carry missingness |",
+    "| Model type, tuning, internal validation | Model selection (patient-grouped CV) |",
+    "| Performance: discrimination with intervals | Held-out patients (patient bootstrap) |",
+    "| Performance: calibration | Calibration; per subgroup |",
+    "| Clinical utility | NEWS2 triggers at matched budgets; decision curve |",
+    "| Fairness: performance by subgroup | Subgroups |",
+    "| Comparison with the standard of care | NEWS2 (continuous and its three triggers) |",
+    "| Limitations, intended use | opening paragraph; Limitations |",
+    "| Code and model availability | MLflow run and registry version; git commit above |",
+    "| External validation | **not done**: simulated data only |",
+]
 
 
 def render_card(c: ModelCard) -> str:
@@ -101,6 +158,9 @@ def render_card(c: ModelCard) -> str:
         "",
         f"PR-AUC ratio model / NEWS2: {_f(iv_m['pr_auc'].estimate / iv_n['pr_auc'].estimate, 2)}×.",
         "",
+        "## Calibration: the risk is a probability",
+        *_calibration_lines(c),
+        "",
         "## Operating threshold and alert budget",
         f"Budget: {c.budget}; threshold {_f(c.operating_valid.threshold, 4)} chosen on "
         "out-of-fold validation predictions.",
@@ -132,6 +192,9 @@ def render_card(c: ModelCard) -> str:
         "## Subgroups (held-out patients, model at the threshold)",
         _table(c.subgroups),
         "",
+        "### Calibration per subgroup",
+        _table(c.calibration_groups),
+        "",
         "## Most important features",
         _table(c.importances.head(15).rename("importance").rename_axis("feature").reset_index()),
         "",
@@ -143,8 +206,13 @@ def render_card(c: ModelCard) -> str:
         "- Rows within 4 hours of the data's end are censored (positives and negatives "
         "alike) and not used; patients whose "
         "outcome preceded the data window are absent.",
-        "- Subgroups with few positives have wide, unreported uncertainty; the logistic "
-        "regression is class-weighted, so its risks are not calibrated probabilities.",
+        "- Subgroups with few positives have wide, unreported uncertainty.",
+        f"- The calibration map was fitted on this data's event rate"
+        f"{_odds_note(c.calibration.calibration.odds_ratio)}; a ward with another rate needs "
+        "`training.calibration.odds_ratio` (or recalibration on its own outcomes).",
         "- Drift in population or sensors degrades it; see the monitoring reports.",
+        "",
+        "## Reporting checklist (TRIPOD+AI, Collins et al., BMJ 2024;385:e078378)",
+        *_CHECKLIST,
     ]
     return "\n".join(lines) + "\n"

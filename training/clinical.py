@@ -149,7 +149,7 @@ def calibration_stats(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     base = float(y_a.mean()) if len(y_a) else float("nan")
     brier = float(np.mean((p_a - y_a) ** 2)) if len(y_a) else float("nan")
     ref = base * (1 - base)
-    slope, intercept = _recalibration(y_a, _logit(p_a))
+    slope, intercept = recalibration_line(y_a, _logit(p_a))
     return {
         "brier": brier,
         "brier_skill": 1 - brier / ref if ref > 0 else float("nan"),
@@ -160,24 +160,92 @@ def calibration_stats(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     }
 
 
-def _recalibration(y: F, x: F, iters: int = 50) -> tuple[float, float]:
-    """Maximum-likelihood (slope, intercept) of y ~ Bernoulli(sigmoid(a + b·x)), by
-    Newton-Raphson; NaN when one class is absent."""
-    if len(y) == 0 or y.min() == y.max():
+def recalibration_line(
+    y: F, x: F, weights: F | None = None, iters: int = 100
+) -> tuple[float, float]:
+    """Maximum-likelihood (slope, intercept) of y ~ Bernoulli(sigmoid(a + b·x)), rows
+    weighted by ``weights`` (a bootstrap draw), by Newton-Raphson with step halving (the
+    likelihood never decreases, so scores piled at 0 or 1 cannot make it diverge); NaN
+    when one class is absent."""
+    w_row = np.ones_like(y, dtype=np.float64) if weights is None else np.asarray(weights, float)
+    present = w_row > 0
+    if not present.any() or y[present].min() == y[present].max():
         return float("nan"), float("nan")
-    beta = np.array([0.0, 1.0])  # intercept, slope
     design = np.column_stack([np.ones_like(x), x])
+
+    def loglik(b: F) -> float:
+        eta = design @ b
+        return float(np.sum(w_row * (y * eta - np.logaddexp(0.0, eta))))
+
+    beta = np.array([0.0, 1.0])  # intercept, slope: the identity
+    current = loglik(beta)
     for _ in range(iters):
         eta = np.clip(design @ beta, -35, 35)
         mu = 1 / (1 + np.exp(-eta))
-        w = mu * (1 - mu) + 1e-12
-        grad = design.T @ (y - mu)
-        hess = design.T @ (design * w[:, None]) + 1e-9 * np.eye(2)
+        grad = design.T @ (w_row * (y - mu))
+        hess = design.T @ (design * (w_row * mu * (1 - mu) + 1e-12)[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        beta = beta + step
+        for _halving in range(30):
+            trial = loglik(beta + step)
+            if trial >= current - 1e-12:
+                break
+            step = step / 2
+        beta, current = beta + step, max(trial, current)
         if np.abs(step).max() < 1e-10:
             break
     return float(beta[1]), float(beta[0])
+
+
+def slope_interval(
+    y: npt.ArrayLike,
+    p: npt.ArrayLike,
+    patients: npt.ArrayLike,
+    *,
+    replicates: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float, float]:
+    """The calibration slope and its patient-bootstrap interval (estimate, low, high)."""
+    from training.evaluate import bootstrap_weights
+
+    y_a = np.asarray(y, dtype=np.float64)
+    x = _logit(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
+    est = recalibration_line(y_a, x)[0]
+    rng = np.random.default_rng(seed)
+    draws = [recalibration_line(y_a, x, w)[0] for w in bootstrap_weights(patients, replicates, rng)]
+    d = np.asarray(draws)
+    d = d[np.isfinite(d)]
+    alpha = (1 - confidence) / 2
+    if not len(d):
+        return est, float("nan"), float("nan")
+    lo, hi = np.quantile(d, [alpha, 1 - alpha])
+    return est, float(lo), float(hi)
+
+
+def calibration_by_subgroup(rows: pd.DataFrame, p: npt.ArrayLike) -> pd.DataFrame:
+    """:func:`calibration_stats` per subgroup (``training.evaluate.subgroup_of``)."""
+    from training.evaluate import subgroup_of
+
+    y = rows["label"].to_numpy(dtype=np.int8)
+    p_a = np.asarray(p, dtype=np.float64)
+    out: list[dict[str, Any]] = []
+    for group, labels in subgroup_of(rows).items():
+        for value in sorted(labels.unique(), key=str):
+            m = (labels == value).to_numpy()
+            st = calibration_stats(y[m], p_a[m])
+            out.append(
+                {
+                    "group": group,
+                    "value": value,
+                    "rows": int(m.sum()),
+                    "positives": int(y[m].sum()),
+                    "observed rate": st["observed_rate"],
+                    "mean risk": st["mean_predicted"],
+                    "slope": st["calibration_slope"],
+                    "Brier skill": st["brier_skill"],
+                }
+            )
+    return pd.DataFrame(out)
 
 
 def comparisons_table(comparisons: dict[str, MatchedComparison]) -> pd.DataFrame:

@@ -38,6 +38,7 @@ import typer
 
 from features.news2 import TRIGGERS
 from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES_ZONE, LABELS_FILE, digest
+from stack.calibration import METADATA_KEY as CALIBRATION_METADATA
 from stack.catalog import REFERENCE_ARTIFACT
 from stack.lake import Lake
 from stack.logs import configure_logging
@@ -46,15 +47,25 @@ from stack.registry import CHALLENGER, ModelRef, ModelRegistry
 from stack.settings import REPO_ROOT, Settings, TrainingSettings, load_settings
 from stack.tracking import TrackedRun, Tracking
 from training import plots
+from training.calibrate import CalibrationChoice, choose_calibration
 from training.card import ModelCard, render_card
-from training.clinical import MatchedComparison, matched_comparisons
+from training.clinical import (
+    MatchedComparison,
+    calibration_by_subgroup,
+    calibration_stats,
+    decision_curve,
+    matched_comparisons,
+)
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
 from training.models import build, importances, pip_requirements, risk
 from training.threshold import OperatingPoint, choose_threshold, operating_point
-from training.tune import StudyResult, TrialRecord, tune_family, tuning_rows
+from training.tune import StudyResult, TrialRecord, fold_index, tune_family, tuning_rows
 
 log = logging.getLogger("vigil.training")
+# Threshold probabilities of the decision curve: the range in which a ward would act on a
+# deterioration risk (a review at a few per cent, an escalation at tens of per cent).
+DECISION_THRESHOLDS = np.round(np.arange(0.01, 0.51, 0.01), 2)
 
 
 class TrainingDataError(RuntimeError):
@@ -162,12 +173,18 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Chosen:
-    """The family and parameters cross-validation chose, refit on every training row,
-    with the threshold chosen on its out-of-fold (validation) predictions."""
+    """The family and parameters cross-validation chose, refit on every training row; the
+    calibration map fitted on its out-of-fold predictions, and the threshold chosen on
+    their calibrated values."""
 
     study: StudyResult
     model: Any
     operating_valid: OperatingPoint
+    calibration: CalibrationChoice
+
+    def risk(self, x: pd.DataFrame) -> np.ndarray:
+        """Calibrated risk of the refit model (what the service will answer)."""
+        return self.calibration.calibration.apply(risk(self.model, x))
 
     @property
     def family(self) -> str:
@@ -183,7 +200,8 @@ class Evaluation:
     """The chosen model on the held-out patients, scored once, beside NEWS2."""
 
     y: np.ndarray
-    risk: np.ndarray
+    risk: np.ndarray  # calibrated
+    raw: np.ndarray  # the estimator's score
     news2: np.ndarray
     test: dict[str, float]
     news2_metrics: dict[str, float]
@@ -191,6 +209,10 @@ class Evaluation:
     intervals: dict[str, Any]
     lead_model: dict[str, float]
     triggers: dict[str, MatchedComparison]  # each NEWS2 trigger vs the model, same budget
+    calibration: dict[str, float]  # of the calibrated risk (training.clinical)
+    calibration_raw: dict[str, float]  # of the raw score, for comparison
+    calibration_groups: pd.DataFrame  # per subgroup
+    decision_curve: pd.DataFrame  # net benefit: model, treat all, each NEWS2 trigger
     subgroups: pd.DataFrame
     importances: pd.Series
     cv: dict[str, float]
@@ -285,14 +307,24 @@ def _trial_logger(
 
 
 def choose(settings: Settings, prepared: Prepared, studies: list[StudyResult]) -> Chosen:
-    """The family with the best cross-validated PR-AUC, its threshold on validation
-    (out-of-fold) predictions — never on the test set — and the model refit on all of
-    the training rows."""
+    """The family with the best cross-validated PR-AUC, its calibration map and threshold
+    on validation (out-of-fold) predictions — never on the test set — and the model refit
+    on all of the training rows."""
     cfg = settings.training
     best = max(studies, key=lambda s: s.cv_pr_auc)
     minutes = settings.features.cadence_minutes * cfg.tune_row_stride
     y_tune = prepared.tune["label"].to_numpy(dtype=np.int8)
-    op_valid = _choose(cfg, y_tune, best.oof, _patient_days(prepared.tune, minutes))
+    cal = choose_calibration(
+        best.oof,
+        y_tune,
+        fold_index(prepared.tune["patient_id"], prepared.split.folds),
+        shapes=tuple(cfg.calibration.shapes),
+        odds_ratio=cfg.calibration.odds_ratio,
+        outcome=cfg.calibration.outcome,
+        horizon_hours=settings.features.horizon_hours,
+    )
+    oof = cal.calibration.apply(best.oof)
+    op_valid = _choose(cfg, y_tune, oof, _patient_days(prepared.tune, minutes))
     model = build(
         best.family,
         best.best_params,
@@ -301,7 +333,7 @@ def choose(settings: Settings, prepared: Prepared, studies: list[StudyResult]) -
         n_jobs=cfg.n_jobs,
     )
     model.fit(prepared.train[list(FEATURE_NAMES)], prepared.train["label"].to_numpy(np.int8))
-    return Chosen(best, model, op_valid)
+    return Chosen(best, model, op_valid, cal)
 
 
 def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluation:
@@ -312,12 +344,14 @@ def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluati
     test = prepared.test
     days = _patient_days(test, settings.features.cadence_minutes)
     y = test["label"].to_numpy(dtype=np.int8)
-    p = risk(chosen.model, test[list(FEATURE_NAMES)])
+    raw = risk(chosen.model, test[list(FEATURE_NAMES)])
+    p = chosen.calibration.calibration.apply(raw)
     news2 = test["news2_total"].to_numpy(dtype=np.float64)
     thr = chosen.threshold
     return Evaluation(
         y=y,
         risk=p,
+        raw=raw,
         news2=news2,
         test=metrics_at(y, p, thr),
         news2_metrics=metrics_at(y, news2, TRIGGERS["news2_ge5"].min_total),
@@ -332,6 +366,18 @@ def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluati
         ),
         lead_model=lead_times(test, p >= thr),
         triggers=matched_comparisons(test, p, days),
+        calibration=calibration_stats(y, p),
+        calibration_raw=calibration_stats(y, raw),
+        calibration_groups=calibration_by_subgroup(test, p),
+        decision_curve=decision_curve(
+            y,
+            p,
+            {
+                t.label: t.fires(news2, test["news2_red"].to_numpy(dtype=np.float64))
+                for t in TRIGGERS.values()
+            },
+            DECISION_THRESHOLDS,
+        ),
         subgroups=subgroup_metrics(test, p, thr),
         importances=importances(chosen.model, list(FEATURE_NAMES)),
         cv={k: v for k, v in chosen.study.best.metrics.items() if k.startswith("cv_")},
@@ -358,6 +404,9 @@ def evaluation_metrics(chosen: Chosen, ev: Evaluation) -> dict[str, float]:
         "lead_minutes_median": ev.lead_model["median_minutes"],
         "episodes_detected_share": _share(ev.lead_model),
         **{k: v for c in ev.triggers.values() for k, v in c.metrics().items()},
+        **{f"test_{k}": v for k, v in ev.calibration.items() if k != "brier"},
+        **{f"raw_{k}": v for k, v in ev.calibration_raw.items()},
+        **{f"calibration_cv_log_loss_{k}": v for k, v in chosen.calibration.cv_log_loss.items()},
     }
 
 
@@ -376,6 +425,10 @@ def write_report(
     (out / "split.json").write_text(json.dumps(_split_record(prepared.split, prepared.rows)))
     figures = _figures(out / "figures", ev, chosen.threshold, studies)
     ev.subgroups.to_csv(out / "subgroups.csv", index=False)
+    ev.calibration_groups.to_csv(out / "calibration_subgroups.csv", index=False)
+    (out / "calibration.json").write_text(
+        json.dumps(chosen.calibration.calibration.to_dict(), indent=1)
+    )
     ev.importances.rename("importance").to_csv(out / "feature_importance.csv")
     iv = ev.intervals
     card = ModelCard(
@@ -389,6 +442,10 @@ def write_report(
         test=ev.test,
         intervals={k: {m: iv[k][m] for m in iv[k]} for k in ("model", "news2", "model-news2")},
         triggers=ev.triggers,
+        calibration=chosen.calibration,
+        calibration_test=ev.calibration,
+        calibration_raw=ev.calibration_raw,
+        calibration_groups=ev.calibration_groups,
         operating_valid=chosen.operating_valid,
         operating_test=ev.operating_test,
         budget=cfg.threshold.describe(),
@@ -400,8 +457,8 @@ def write_report(
     (out / "model_card.md").write_text(render_card(card))
     ref_path = out / REFERENCE_ARTIFACT
     ref_path.parent.mkdir(parents=True, exist_ok=True)
-    sample = reference_sample(prepared.tune, chosen.study.oof, prepared.test, ev.risk,
-                              cfg.tune_row_stride)  # fmt: skip
+    oof = chosen.calibration.calibration.apply(chosen.study.oof)  # the served scale
+    sample = reference_sample(prepared.tune, oof, prepared.test, ev.risk, cfg.tune_row_stride)
     sample.to_parquet(ref_path)
     return figures
 
@@ -415,7 +472,12 @@ def register(
         chosen.model,
         example,
         requirements=pip_requirements(chosen.family),
-        metadata={"feature_set_version": FEATURE_SET_VERSION, "feature_names": list(FEATURE_NAMES)},
+        metadata={
+            "feature_set_version": FEATURE_SET_VERSION,
+            "feature_names": list(FEATURE_NAMES),
+            # Inside the sealed folder: the digest and signature cover the map too.
+            CALIBRATION_METADATA: chosen.calibration.calibration.to_dict(),
+        },
     )
     lineage = prepared.lineage
     return ModelRegistry(settings).register(
@@ -424,6 +486,7 @@ def register(
         threshold=chosen.threshold,
         feature_set_version=FEATURE_SET_VERSION,
         family=chosen.family,
+        calibration=chosen.calibration.calibration.method,
         tags={
             "threshold_budget": settings.training.threshold.describe(),
             "data_from": lineage["data_from"],
@@ -432,6 +495,8 @@ def register(
             "git_commit": lineage["git_commit"],
             "test_roc_auc": f"{ev.test['roc_auc']:.4f}",
             "test_pr_auc": f"{ev.test['pr_auc']:.4f}",
+            "test_calibration_slope": f"{ev.calibration['calibration_slope']:.3f}",
+            "risk_of": chosen.calibration.calibration.describe(),
         },
     )
 
@@ -440,7 +505,8 @@ def _figures(out: Path, ev: Evaluation, threshold: float, studies: list[StudyRes
     y, p = ev.y, ev.risk
     return [
         plots.save(plots.roc_pr(y, {"model": p, "NEWS2": ev.news2}), out / "roc_pr.png"),
-        plots.save(plots.calibration(y, p), out / "calibration.png"),
+        plots.save(plots.calibration(y, p, raw=ev.raw), out / "calibration.png"),
+        plots.save(plots.decision_curve(ev.decision_curve), out / "decision_curve.png"),
         plots.save(plots.confusion(y, p >= threshold, threshold), out / "confusion_matrix.png"),
         plots.save(plots.importance(ev.importances), out / "feature_importance.png"),
         plots.save(plots.history(studies), out / "optuna_history.png"),

@@ -46,18 +46,58 @@ def roc_pr(y: npt.ArrayLike, scores: dict[str, npt.ArrayLike]) -> Figure:
     return fig
 
 
-def calibration(y: npt.ArrayLike, p: npt.ArrayLike, bins: int = 10) -> Figure:
-    """Observed event rate against mean predicted risk, in risk deciles."""
+def _deciles(y: npt.ArrayLike, p: npt.ArrayLike, bins: int) -> pd.DataFrame:
     frame = pd.DataFrame({"y": np.asarray(y), "p": np.asarray(p)})
     frame["bin"] = pd.qcut(frame["p"].rank(method="first"), bins, labels=False)
-    g = frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    top = float(max(g["p"].max(), g["y"].max()) * 1.05)
-    ax.plot([0, top], [0, top], ls=":", c="grey", label="perfect calibration")
-    ax.plot(g["p"], g["y"], marker="o", label="model (risk deciles)")
-    ax.set(xlabel="mean predicted risk", ylabel="observed deterioration rate within horizon",
-           title="Calibration, held-out patients")  # fmt: skip
-    ax.legend(loc="upper left", fontsize=8)
+    return frame.groupby("bin").agg(p=("p", "mean"), y=("y", "mean"), n=("y", "size"))
+
+
+def calibration(
+    y: npt.ArrayLike, p: npt.ArrayLike, bins: int = 10, raw: npt.ArrayLike | None = None
+) -> Figure:
+    """Reliability diagram: observed event rate against mean predicted risk in risk
+    deciles, on linear axes (left) and log axes (right, where a ward's low risks live);
+    the raw score's curve beside the calibrated one when given."""
+    g = _deciles(y, p, bins)
+    curves = {"calibrated risk": g}
+    if raw is not None:
+        curves["raw score (before calibration)"] = _deciles(y, raw, bins)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.8))
+    top = float(max(max(c["p"].max(), c["y"].max()) for c in curves.values()) * 1.05)
+    for ax, log in zip(axes, (False, True), strict=True):
+        low = max(min(float(c["p"][c["p"] > 0].min()) for c in curves.values()), 1e-4)
+        lo = low / 1.5 if log else 0.0
+        ax.plot([lo, top], [lo, top], ls=":", c="grey", label="perfect calibration")
+        for name, c in curves.items():
+            ax.plot(c["p"], c["y"].clip(lower=lo if log else 0), marker="o", label=name)
+        if log:
+            ax.set(xscale="log", yscale="log")
+        ax.set(xlabel="mean predicted risk (decile)",
+               ylabel="observed deterioration rate within horizon",
+               title="Calibration, held-out patients" + (" (log axes)" if log else ""))  # fmt: skip
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def decision_curve(curve: pd.DataFrame) -> Figure:
+    """Net benefit across threshold probabilities (Vickers & Elkin 2006): the model, alerting
+    on everyone or no one, and each NEWS2 trigger."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    x = curve["threshold"]
+    ax.plot(x, curve["model"], lw=2.2, label="model (alert when risk ≥ threshold)")
+    ax.plot(x, curve["treat all"], c="grey", ls="--", label="alert on everyone")
+    ax.axhline(0, c="black", lw=0.8, label="alert on no one")
+    for name in curve.columns:
+        if name not in ("threshold", "model", "treat all", "treat none"):
+            ax.plot(x, curve[name], ls=":", label=name)
+    top = float(np.nanmax(curve[[c for c in curve.columns if c != "threshold"]].to_numpy()))
+    ax.set_ylim(-0.2 * max(top, 1e-3), max(top, 1e-3) * 1.15)
+    ax.set(xlabel="threshold probability (the risk at which acting is worth it)",
+           ylabel="net benefit (true alerts per row, less weighted false ones)",
+           title="Decision curve, held-out patients")  # fmt: skip
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

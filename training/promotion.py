@@ -17,7 +17,6 @@ from features.spec import FEATURE_NAMES, FEATURE_SET_VERSION
 from stack.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from stack.settings import Settings
 from training.gate import GateDecision, decide
-from training.models import risk
 
 log = logging.getLogger("vigil.training")
 
@@ -85,10 +84,10 @@ def run_promote(settings: Settings, rows: pd.DataFrame | None = None) -> Promoti
     decision = decide(
         y,
         judged["patient_id"].to_numpy(),
-        challenger=risk(reg.load(challenger), x),
+        challenger=reg.load(challenger).risk(x),
         news2_total=judged["news2_total"].to_numpy(dtype=np.float64),
         news2_red=judged["news2_red"].to_numpy(dtype=np.float64),
-        champion=risk(reg.load(champion), x) if champion is not None else None,
+        champion=reg.load(champion).risk(x) if champion is not None else None,
         cfg=cfg,
         seed=settings.training.seed,
     )

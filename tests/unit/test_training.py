@@ -114,6 +114,13 @@ def _patients_scores(n_pat: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     return pid, y, latent
 
 
+def _calibrated(latent: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(y = 1 | latent) for latent ~ N(y, 0.8²): a perfectly calibrated risk."""
+    prior = float(y.mean())
+    logit = np.log(prior / (1 - prior)) + (2 * latent - 1) / (2 * 0.8**2)
+    return 1 / (1 + np.exp(-logit))
+
+
 def test_bootstrap_intervals_cover_the_estimate_and_a_difference_with_itself_is_zero() -> None:
     pid, y, latent = _patients_scores(60, 0)
     iv = compare(y, {"a": latent, "b": latent}, pid, replicates=100, confidence=0.9, seed=0)
@@ -152,7 +159,7 @@ def test_gate_promotes_a_better_challenger_and_refuses_a_worse_one() -> None:
     rng = np.random.default_rng(9)
     news2 = np.round(np.clip(latent * 2 + rng.normal(scale=2.0, size=len(y)), 0, 20))
     champion = latent + rng.normal(scale=0.8, size=len(y))
-    better = latent
+    better = _calibrated(latent, y)
     worse = latent + rng.normal(scale=3.0, size=len(y))
     ok = decide(
         y,
@@ -198,6 +205,25 @@ def test_gate_refuses_a_model_that_does_not_beat_news2() -> None:
     assert "not_worse_than_champion_roc_auc" not in d.checks  # no champion: not compared
 
 
+def test_gate_refuses_a_good_ranker_whose_risks_are_not_risks() -> None:
+    pid, y, latent = _patients_scores(120, 5)
+    news2 = np.zeros(len(y))
+    good = _calibrated(latent, y)
+    ok = decide(y, pid, challenger=good, news2_total=news2, news2_red=news2, champion=None,
+                cfg=GATE)  # fmt: skip
+    assert ok.checks["calibrated"], ok.reasons
+    assert ok.calibration["calibration_slope"] == pytest.approx(1.0, abs=0.25)
+    # The same ranking, over-confident and inflated (what class weighting does): refused.
+    logit = np.log(good / (1 - good))
+    inflated = 1 / (1 + np.exp(-(2.5 * logit + 2)))
+    bad = decide(y, pid, challenger=inflated, news2_total=news2, news2_red=news2,
+                 champion=None, cfg=GATE)  # fmt: skip
+    assert not bad.checks["calibrated"]
+    assert not bad.promote
+    assert bad.checks["beats_news2_roc_auc"]  # it ranks as well: only calibration fails
+    assert any(r.startswith("FAIL calibration") for r in bad.reasons)
+
+
 def test_rule_comparison_gives_the_model_the_rules_alert_count() -> None:
     y = np.array([1, 1, 0, 0, 0, 1])
     news2 = np.array([6, 2, 7, 1, 0, 5])  # rule >= 5 fires 3 times, catches 2 of 3
@@ -212,6 +238,23 @@ def test_rule_comparison_gives_the_model_the_rules_alert_count() -> None:
     assert (r["alerts"], r["rule_sensitivity"]) == (4, 1.0)
     r = rule_comparison(y, model, news2, red, TRIGGERS["news2_ge7"])
     assert (r["alerts"], r["rule_sensitivity"], r["model_sensitivity_same_alerts"]) == (1, 0, 1 / 3)
+
+
+def test_trigger_check_reads_a_patient_bootstrap_interval() -> None:
+    pid, y, latent = _patients_scores(120, 6)
+    rng = np.random.default_rng(6)
+    news2 = np.round(np.clip(latent * 2 + 3 + rng.normal(scale=1.0, size=len(y)), 0, 20))
+    red = np.zeros(len(y))
+    trig = TRIGGERS["news2_ge5"]
+    good = rule_comparison(y, latent, news2, red, trig, pid, replicates=100, seed=1)
+    assert good["difference_low"] <= good["difference"] <= good["difference_high"]
+    noise = rng.normal(size=len(y))  # ranks nothing: clearly worse at the same workload
+    bad = rule_comparison(y, noise, news2, red, trig, pid, replicates=100, seed=1)
+    assert bad["difference_high"] < 0
+    d = decide(y, pid, challenger=noise, news2_total=news2, news2_red=red, champion=None,
+               cfg=GATE)  # fmt: skip
+    assert not d.checks["beats_news2_ge5"]
+    assert any("upper bound must be ≥ 0" in r and r.startswith("FAIL") for r in d.reasons)
 
 
 def test_gate_checks_every_configured_trigger() -> None:
