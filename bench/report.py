@@ -210,6 +210,42 @@ def _chaos(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _clinical(d: dict[str, Any]) -> list[Row]:
+    t = d["trained"]
+    rows: list[Row] = [(
+        "trained on", f"baseline, {t['patients']:,} patients × {_n(t['hours'])} h (seed "
+        f"{t['seed']}): {t['family']}, {t['calibration']} calibration", "", "–",
+    )]  # fmt: skip
+    for name, w in d["wards"].items():
+        m, g = w["model"], w["roc_auc_gain"]
+        rows.append((
+            f"{name} (seed {w['seed']}, {w['patients']} patients): ROC-AUC model / NEWS2",
+            f"{_n(m['roc_auc'], 3)} / {_n(w['news2']['roc_auc'], 3)}, gain "
+            f"{_n(g['estimate'], 3)} [{_n(g['low'], 3)}, {_n(g['high'], 3)}]", "gain low > 0",
+            _met(g["low"] > 0),
+        ))  # fmt: skip
+        rows.append((
+            f"{name}: PR-AUC model / NEWS2; calibration slope, mean risk / observed, Brier skill",
+            f"{_n(m['pr_auc'], 3)} / {_n(w['news2']['pr_auc'], 3)}; "
+            f"{_n(m['calibration_slope'], 2)}, {_n(m['expected_observed'], 2)}, "
+            f"{_n(m['brier_skill'], 3)}", "", "–",
+        ))  # fmt: skip
+    for tr in d["wards"]["baseline"]["triggers"].values():
+        a, b = tr["trigger"], tr["model"]
+        rows.append((
+            f"baseline, {tr['label']} vs model at its budget: sensitivity, PPV, episodes "
+            "caught, ward alerts / patient-day",
+            f"{_n(a['sensitivity'], 3)} vs {_n(b['sensitivity'], 3)}; {_n(a['ppv'], 3)} vs "
+            f"{_n(b['ppv'], 3)}; {_n(a['episodes_caught'])} vs {_n(b['episodes_caught'])} of "
+            f"{_n(a['episodes'])}; {_n(a['ward_alerts_per_patient_day'], 2)} vs "
+            f"{_n(b['ward_alerts_per_patient_day'], 2)}", "model ≥ trigger",
+            _met(b["sensitivity"] >= a["sensitivity"]),
+        ))  # fmt: skip
+    for name, f in d["figures"].items():
+        rows.append((name.replace("_", " "), _n(f["value"], 3), str(f["target"]), _met(f["met"])))
+    return rows
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("ingest", "Ingest: simulator → Kafka → raw lake", "python -m bench.bench_ingest", _ingest),
     ("etl", "ETL: raw lake → processed lake + PostgreSQL", "python -m bench.bench_etl", _etl),
@@ -220,6 +256,8 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("retrain_respiratory_wave", "Retraining on a respiratory wave",
      "python -m bench.bench_retrain", _retrain),
     ("chaos", "Chaos: hostile messages and killed parts", "python -m bench.bench_chaos", _chaos),
+    ("clinical", "Clinical validity: the model against every NEWS2 trigger",
+     "python -m bench.bench_clinical", _clinical),
 ]  # fmt: skip
 
 

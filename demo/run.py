@@ -261,9 +261,12 @@ def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any
     def show(batch: list[dict[str, Any]]) -> None:
         for a in batch:
             top = ", ".join(f"{t['feature']}={_num(t['value'])}" for t in a["top_features"][:3])
+            # The calibrated risk with what it is a risk of (outcome, horizon).
+            meaning = a.get("risk_of") or "risk"
             console.print(
-                f"[red]ALERT[/] {a['patient_id']} at {a['ts'][11:16]} risk {a['risk']:.3g} "
-                f"({a['reason'].replace('_', ' ')}; model v{a['model_version']}): {top}"
+                f"[red]ALERT[/] {a['patient_id']} at {a['ts'][11:16]}: {a['risk']:.1%} "
+                f"{meaning} ({a['reason'].replace('_', ' ')}; model v{a['model_version']}): "
+                f"{top}"
             )
 
     while producer.is_alive():

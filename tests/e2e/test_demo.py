@@ -74,7 +74,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
     assert gate is not None
     assert set(gate["checks"]) == {
         "beats_news2_roc_auc", "beats_news2_pr_auc",
-        "beats_news2_ge5", "beats_news2_ge7", "beats_news2_ge5_or_red",
+        "beats_news2_ge5", "beats_news2_ge7", "beats_news2_ge5_or_red", "calibrated",
     }  # fmt: skip
     assert "Training and the promotion gate" in text
     assert "model card" in text
