@@ -10,7 +10,7 @@ NEWS2 (RCP 2017) as a score and as each of its triggers (≥ 5, ≥ 7, ≥ 5 or 
 - calibration of the served risk: slope, mean risk / observed rate, Brier skill;
 - at each trigger's alert budget (the model given as many alerts): sensitivity, PPV,
   episodes caught (an alert within the horizon before the outcome), and ward alerts per
-  patient-day *after the scorer's alert policy* (``serving.alerts.AlertPolicy``: quiet
+  patient-day *after the scorer's alert policy* (``features.alerts.AlertPolicy``: quiet
   period, re-alert margin), for the trigger and for the model.
 
 Published reference for NEWS2's own discrimination (24 h, any of death / ICU / arrest):
@@ -36,9 +36,8 @@ from features.news2 import TRIGGERS
 from features.spec import FEATURE_NAMES
 from pipelines.cohort import build_cohort
 from pipelines.simulator.scenarios import SCENARIOS
-from serving.alerts import AlertPolicy
 from stack.settings import Settings, load_settings
-from training.clinical import calibration_stats, matched_comparison, top_k
+from training.clinical import AlertPolicySettings, calibration_stats, matched_comparison
 from training.dataset import labelled_rows
 from training.evaluate import compare
 from training.job import choose, prepare
@@ -85,19 +84,6 @@ def _cohort_frames(sim: Any, settings: Settings) -> tuple[pd.DataFrame, pd.DataF
     return c.features, c.labels
 
 
-def _ward_alerts(rows: pd.DataFrame, alert: np.ndarray, risk_: np.ndarray, s: Settings) -> int:
-    """Alerts the scorer's policy raises from per-row threshold crossings."""
-    policy = AlertPolicy(
-        quiet_period=pd.Timedelta(minutes=s.scorer.quiet_period_minutes),
-        margin=s.scorer.realert_margin,
-    )
-    frame = pd.DataFrame(
-        {"patient_id": rows["patient_id"].to_numpy(), "ts": rows["ts"].to_numpy(),
-         "risk": risk_, "alert": alert}
-    )  # fmt: skip
-    return int(policy.decide(frame).notna().sum())
-
-
 def _scenario(
     chosen: Any, settings: Settings, scenario: str, patients: int, hours: float, seed: int
 ) -> dict[str, Any]:
@@ -109,7 +95,6 @@ def _scenario(
     raw = risk(chosen.model, rows[list(FEATURE_NAMES)])
     p = chosen.calibration.calibration.apply(raw)
     news2 = rows["news2_total"].to_numpy(dtype=np.float64)
-    red = rows["news2_red"].to_numpy(dtype=np.float64)
     days = len(rows) * settings.features.cadence_minutes / 1440.0
     iv = compare(y, {"model": p, "news2": news2}, rows["patient_id"].to_numpy(),
                  replicates=200, confidence=0.95, seed=0)  # fmt: skip
@@ -126,10 +111,11 @@ def _scenario(
         "pr_auc_gain": iv["model-news2"]["pr_auc"].to_dict(),
         "triggers": {},
     }  # fmt: skip
+    policy = AlertPolicySettings(
+        settings.scorer.quiet_period_minutes, settings.scorer.realert_margin
+    )
     for key, trigger in TRIGGERS.items():
-        c = matched_comparison(rows, p, trigger, days)
-        fired = trigger.fires(news2, red)
-        mine = top_k(p, int(fired.sum()))
+        c = matched_comparison(rows, p, trigger, days, policy)
         out["triggers"][key] = {
             "label": trigger.label,
             "alerts_rows": c.trigger.alerts,
@@ -137,13 +123,11 @@ def _scenario(
                         "episodes_caught": c.trigger_lead["detected"],
                         "episodes": c.trigger_lead["episodes"],
                         "lead_minutes_median": c.trigger_lead["median_minutes"],
-                        "ward_alerts_per_patient_day":
-                            _ward_alerts(rows, fired, news2 / 20, settings) / days},
+                        "ward_alerts_per_patient_day": c.trigger_ward_alerts},
             "model": {"sensitivity": c.model.sensitivity, "ppv": c.model.precision,
                       "episodes_caught": c.model_lead["detected"],
                       "lead_minutes_median": c.model_lead["median_minutes"],
-                      "ward_alerts_per_patient_day":
-                          _ward_alerts(rows, mine, p, settings) / days},
+                      "ward_alerts_per_patient_day": c.model_ward_alerts},
         }  # fmt: skip
     return out
 

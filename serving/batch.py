@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.alerts import AlertPolicy
 from features.online import ACCEPTED, DUPLICATE, OnlineFeatures
-from serving.alerts import AlertPolicy
 from serving.client import (
     NoShadowModelError,
     ServiceClient,

@@ -11,7 +11,7 @@ Each poll batch of ``vitals.raw``:
 3. is scored by the service in micro-batches of feature columns sent as Arrow
    (``/arrow/predict``, ``serving.wire``; also with ``shadow`` when a ``@challenger``
    exists: stored with role ``shadow``, never alerting);
-4. passes the alert policy (``serving.alerts``), events scored for the first time only (a
+4. passes the alert policy (``features.alerts``), events scored for the first time only (a
    redelivered event's alert was decided and stored with its first prediction); alerts
    are explained by the call that scored them where the model's explanations are cheap,
    else by ``/explain``;
@@ -65,8 +65,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from features.alerts import AlertPolicy
 from features.online import OnlineFeatures
-from serving.alerts import AlertPolicy
 from serving.batch import BatchScorer
 from serving.client import (
     ServiceClient,

@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from features.alerts import AlertPolicy
 from features.online import OnlineFeatures
-from serving.alerts import AlertPolicy
 from serving.metrics import ScorerMetrics
 from serving.replay import HistoryReplay
 from serving.store import ScoringStore

@@ -33,6 +33,7 @@ class ModelCard:
     calibration_groups: pd.DataFrame
     operating_valid: OperatingPoint
     operating_test: OperatingPoint
+    ward_alerts: float  # per patient-day at the threshold, after the scorer's alert policy
     budget: str
     lead_model: dict[str, float]
     subgroups: pd.DataFrame
@@ -175,7 +176,8 @@ def render_card(c: ModelCard) -> str:
         f"{_f(c.test['f1'])} | {_f(c.test['accuracy'])} | {_f(c.test['brier'], 4)} |",
         "",
         "Alerts here are feature rows (one per patient per 5 minutes) over the threshold; "
-        "the scorer's quiet period turns runs of them into far fewer ward alerts.",
+        "the scorer's alert policy (quiet period, re-alert margin) turns runs of them into "
+        f"**{_f(c.ward_alerts, 2)} ward alerts per patient-day** on the held-out patients.",
         "",
         "## NEWS2 triggers vs the model at the same alert budget (held-out patients)",
         "Each trigger of the RCP chart (≥ 5, ≥ 7, ≥ 5 or a single parameter scoring 3) and "

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from features.alerts import AlertPolicy
 from features.news2 import TRIGGERS, Trigger
 from training.evaluate import lead_times
 from training.threshold import OperatingPoint, operating_point
@@ -41,14 +42,18 @@ class MatchedComparison:
     model: OperatingPoint
     trigger_lead: dict[str, float]
     model_lead: dict[str, float]
+    # After the scorer's alert policy (quiet period, re-alert margin); NaN if not computed.
+    trigger_ward_alerts: float = float("nan")
+    model_ward_alerts: float = float("nan")
 
     def metrics(self) -> dict[str, float]:
         """Flat, MLflow-safe metric names: ``news2_ge5_ppv``, ``model_at_news2_ge5_ppv``…"""
         out: dict[str, float] = {}
-        for prefix, op, lead in (
-            (self.key, self.trigger, self.trigger_lead),
-            (f"model_at_{self.key}", self.model, self.model_lead),
+        for prefix, op, lead, ward in (
+            (self.key, self.trigger, self.trigger_lead, self.trigger_ward_alerts),
+            (f"model_at_{self.key}", self.model, self.model_lead, self.model_ward_alerts),
         ):
+            out[f"{prefix}_ward_alerts_per_patient_day"] = ward
             out[f"{prefix}_sensitivity"] = op.sensitivity
             out[f"{prefix}_ppv"] = op.precision
             out[f"{prefix}_alerts_per_patient_day"] = op.alerts_per_patient_day
@@ -66,11 +71,43 @@ def top_k(score: npt.ArrayLike, k: int) -> npt.NDArray[np.bool_]:
     return out
 
 
+@dataclass(frozen=True)
+class AlertPolicySettings:
+    """The scorer's alert policy (``scorer.quiet_period_minutes``, ``realert_margin``)."""
+
+    quiet_minutes: float
+    margin: float
+
+
+def ward_alerts(
+    rows: pd.DataFrame, crossed: npt.ArrayLike, risk: npt.ArrayLike, policy: AlertPolicySettings
+) -> int:
+    """How many alerts the scorer's policy raises from per-row threshold crossings of
+    ``rows`` (``patient_id``, ``ts``): the alerts a ward actually receives."""
+    frame = pd.DataFrame(
+        {
+            "patient_id": rows["patient_id"].to_numpy(),
+            "ts": rows["ts"].to_numpy(),
+            "risk": np.asarray(risk, dtype=np.float64),
+            "alert": np.asarray(crossed, dtype=bool),
+        }
+    )
+    decide = AlertPolicy(pd.Timedelta(minutes=policy.quiet_minutes), policy.margin).decide
+    return int(decide(frame).notna().sum())
+
+
 def matched_comparison(
-    rows: pd.DataFrame, risk: npt.ArrayLike, trigger: Trigger, patient_days: float
+    rows: pd.DataFrame,
+    risk: npt.ArrayLike,
+    trigger: Trigger,
+    patient_days: float,
+    policy: AlertPolicySettings | None = None,
 ) -> MatchedComparison:
     """A trigger and the model at the trigger's alert count, on ``rows`` (``label``,
-    ``patient_id``, ``minutes_to_outcome``, ``news2_total``, ``news2_red``)."""
+    ``patient_id``, ``ts``, ``minutes_to_outcome``, ``news2_total``, ``news2_red``).
+
+    With a ``policy``, also the ward alerts per patient-day each raises after it (for the
+    trigger, the re-alert margin is read on NEWS2 / 20: 0.15 is a rise of 3 points)."""
     y = rows["label"].to_numpy(dtype=np.int8)
     fired = trigger.fires(rows["news2_total"].to_numpy(), rows["news2_red"].to_numpy())
     mine = top_k(risk, int(fired.sum()))
@@ -90,14 +127,23 @@ def matched_comparison(
         ),
         trigger_lead=lead_times(rows, fired),
         model_lead=lead_times(rows, mine),
-    )
+        trigger_ward_alerts=float("nan") if policy is None else ward_alerts(
+            rows, fired, rows["news2_total"].to_numpy(dtype=np.float64) / 20, policy
+        ) / patient_days,
+        model_ward_alerts=float("nan") if policy is None else ward_alerts(
+            rows, mine, r, policy
+        ) / patient_days,
+    )  # fmt: skip
 
 
 def matched_comparisons(
-    rows: pd.DataFrame, risk: npt.ArrayLike, patient_days: float
+    rows: pd.DataFrame,
+    risk: npt.ArrayLike,
+    patient_days: float,
+    policy: AlertPolicySettings | None = None,
 ) -> dict[str, MatchedComparison]:
     """:func:`matched_comparison` for every trigger of the NEWS2 chart."""
-    return {k: matched_comparison(rows, risk, t, patient_days) for k, t in TRIGGERS.items()}
+    return {k: matched_comparison(rows, risk, t, patient_days, policy) for k, t in TRIGGERS.items()}
 
 
 def net_benefit(y: npt.ArrayLike, alert: npt.ArrayLike, pt: float) -> float:
@@ -252,14 +298,15 @@ def comparisons_table(comparisons: dict[str, MatchedComparison]) -> pd.DataFrame
     """Rows a person reads: each trigger, then the model at the same alert count."""
     out: list[dict[str, Any]] = []
     for c in comparisons.values():
-        for who, op, lead in (
-            (c.label, c.trigger, c.trigger_lead),
-            (f"model, {c.label}'s budget", c.model, c.model_lead),
+        for who, op, lead, ward in (
+            (c.label, c.trigger, c.trigger_lead, c.trigger_ward_alerts),
+            (f"model, {c.label}'s budget", c.model, c.model_lead, c.model_ward_alerts),
         ):
             out.append(
                 {
                     "rule": who,
                     "alerts / patient-day": op.alerts_per_patient_day,
+                    "ward alerts / patient-day": ward,
                     "sensitivity": op.sensitivity,
                     "PPV": op.precision,
                     "episodes caught": f"{int(lead['detected'])} / {int(lead['episodes'])}",

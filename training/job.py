@@ -50,11 +50,13 @@ from training import plots
 from training.calibrate import CalibrationChoice, choose_calibration
 from training.card import ModelCard, render_card
 from training.clinical import (
+    AlertPolicySettings,
     MatchedComparison,
     calibration_by_subgroup,
     calibration_stats,
     decision_curve,
     matched_comparisons,
+    ward_alerts,
 )
 from training.dataset import PatientSplit, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
@@ -209,6 +211,7 @@ class Evaluation:
     intervals: dict[str, Any]
     lead_model: dict[str, float]
     triggers: dict[str, MatchedComparison]  # each NEWS2 trigger vs the model, same budget
+    ward_alerts_per_patient_day: float  # at the threshold, after the scorer's alert policy
     calibration: dict[str, float]  # of the calibrated risk (training.clinical)
     calibration_raw: dict[str, float]  # of the raw score, for comparison
     calibration_groups: pd.DataFrame  # per subgroup
@@ -344,6 +347,9 @@ def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluati
     test = prepared.test
     days = _patient_days(test, settings.features.cadence_minutes)
     y = test["label"].to_numpy(dtype=np.int8)
+    policy = AlertPolicySettings(
+        settings.scorer.quiet_period_minutes, settings.scorer.realert_margin
+    )
     raw = risk(chosen.model, test[list(FEATURE_NAMES)])
     p = chosen.calibration.calibration.apply(raw)
     news2 = test["news2_total"].to_numpy(dtype=np.float64)
@@ -365,7 +371,8 @@ def evaluate(settings: Settings, prepared: Prepared, chosen: Chosen) -> Evaluati
             seed=cfg.seed,
         ),
         lead_model=lead_times(test, p >= thr),
-        triggers=matched_comparisons(test, p, days),
+        triggers=matched_comparisons(test, p, days, policy),
+        ward_alerts_per_patient_day=ward_alerts(test, p >= thr, p, policy) / days,
         calibration=calibration_stats(y, p),
         calibration_raw=calibration_stats(y, raw),
         calibration_groups=calibration_by_subgroup(test, p),
@@ -397,6 +404,7 @@ def evaluation_metrics(chosen: Chosen, ev: Evaluation) -> dict[str, float]:
         "valid_precision": chosen.operating_valid.precision,
         "valid_alerts_per_patient_day": chosen.operating_valid.alerts_per_patient_day,
         "test_alerts_per_patient_day": ev.operating_test.alerts_per_patient_day,
+        "test_ward_alerts_per_patient_day": ev.ward_alerts_per_patient_day,
         "test_roc_auc_low": iv["roc_auc"].low,
         "test_roc_auc_high": iv["roc_auc"].high,
         "test_pr_auc_low": iv["pr_auc"].low,
@@ -448,6 +456,7 @@ def write_report(
         calibration_groups=ev.calibration_groups,
         operating_valid=chosen.operating_valid,
         operating_test=ev.operating_test,
+        ward_alerts=ev.ward_alerts_per_patient_day,
         budget=cfg.threshold.describe(),
         lead_model=ev.lead_model,
         subgroups=ev.subgroups,

@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from features.news2 import TRIGGERS
 from training.clinical import (
+    AlertPolicySettings,
     calibration_stats,
     decision_curve,
     matched_comparison,
     net_benefit,
     top_k,
+    ward_alerts,
 )
 
 
@@ -52,6 +54,33 @@ def test_the_model_gets_exactly_the_triggers_alert_count() -> None:
     red = matched_comparison(rows, risk, TRIGGERS["news2_ge5_or_red"], patient_days=2.0)
     assert red.trigger.alerts == red.model.alerts == 4
     assert red.trigger.alerts_per_patient_day == 2.0
+
+
+def test_ward_alerts_follow_the_scorers_policy() -> None:
+    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
+    rows = pd.DataFrame(
+        {"patient_id": ["a"] * 6 + ["b"] * 2,
+         "ts": [t0 + pd.Timedelta(minutes=m) for m in (0, 5, 10, 70, 75, 80)]
+               + [t0, t0 + pd.Timedelta(minutes=5)]}
+    )  # fmt: skip
+    crossed = np.array([1, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
+    risk = np.array([0.2, 0.25, 0.4, 0.3, 0.3, 0.3, 0.5, 0.1])
+    policy = AlertPolicySettings(quiet_minutes=60, margin=0.15)
+    # a: first at 0, risk_rose at 10 (0.4 ≥ 0.2 + 0.15), quiet over at 70; b: first.
+    assert ward_alerts(rows, crossed, risk, policy) == 4
+    no_quiet = AlertPolicySettings(quiet_minutes=0, margin=0.15)
+    assert ward_alerts(rows, crossed, risk, no_quiet) == 7
+    # Matched comparisons carry both sides' ward alerts per patient-day.
+    labelled = rows.assign(
+        label=[1, 1, 1, 1, 1, 1, 0, 0], minutes_to_outcome=[90, 85, 80, 20, 15, 10, np.nan, np.nan],
+        news2_total=[5, 5, 6, 7, 7, 7, 0, 0], news2_red=0,
+    )  # fmt: skip
+    c = matched_comparison(labelled, risk, TRIGGERS["news2_ge5"], 2.0, policy)
+    assert c.trigger_ward_alerts == 2 / 2.0  # a at 0 and again at 70 (quiet period over)
+    assert c.metrics()["model_at_news2_ge5_ward_alerts_per_patient_day"] == c.model_ward_alerts
+    assert np.isnan(
+        matched_comparison(labelled, risk, TRIGGERS["news2_ge5"], 2.0).model_ward_alerts
+    )
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=40), st.integers(0, 50))

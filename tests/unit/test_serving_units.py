@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.alerts import AlertPolicy
+from features.alerts import AlertPolicy
 from serving.explain import contributions, is_cheap, top_features
 from serving.guard import Guard
 from training.models import build

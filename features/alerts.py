@@ -8,7 +8,9 @@ For each patient, in event-time order, a prediction over the threshold raises an
   risk of the last alert.
 
 Otherwise it is suppressed. Event time, not the wall clock, drives the policy, so a
-replay after a restart makes the same decisions. Pure: state in, decisions out.
+replay after a restart makes the same decisions. Pure: state in, decisions out; here,
+below the stages, because the scorer applies it and training's evaluation replays it
+(ward alerts per patient-day).
 """
 
 from __future__ import annotations
