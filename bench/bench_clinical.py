@@ -40,9 +40,8 @@ from stack.settings import Settings, load_settings
 from training.clinical import AlertPolicySettings, calibration_stats, matched_comparison
 from training.dataset import labelled_rows
 from training.evaluate import compare
-from training.job import choose, prepare
+from training.job import choose, prepare, study
 from training.models import risk
-from training.tune import tune_family
 
 PUBLISHED_NEWS2_AUROC_24H = 0.873  # Smith et al. 2013, any outcome within 24 h
 
@@ -56,19 +55,7 @@ def _train(
     rows = labelled_rows(*_cohort_frames(sim, settings))
     prepared = prepare(settings, rows)
     cfg = settings.training
-    studies = [
-        tune_family(
-            family,
-            prepared.tune,
-            prepared.split.folds,
-            cfg.search_spaces.get(family, {}),
-            trials=cfg.trials,
-            timeout_s=cfg.timeout_s,
-            seed=cfg.seed,
-            n_jobs=cfg.n_jobs,
-        )
-        for family in cfg.families
-    ]
+    studies = [study(cfg, prepared, family) for family in cfg.families]
     chosen = choose(settings, prepared, studies)
     return chosen, {
         "patients": patients, "hours": hours, "seed": seed, "rows": len(rows),

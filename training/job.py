@@ -44,7 +44,7 @@ from stack.lake import Lake
 from stack.logs import configure_logging
 from stack.metrics import record_stage
 from stack.registry import CHALLENGER, ModelRef, ModelRegistry
-from stack.settings import REPO_ROOT, Settings, TrainingSettings, load_settings
+from stack.settings import REPO_ROOT, Family, Settings, TrainingSettings, load_settings
 from stack.tracking import TrackedRun, Tracking
 from training import plots
 from training.calibrate import CalibrationChoice, choose_calibration
@@ -257,6 +257,26 @@ def prepare(settings: Settings, rows: pd.DataFrame) -> Prepared:
     return Prepared(rows, split, train, tune, test, counts, lineage)
 
 
+def study(
+    cfg: TrainingSettings,
+    prepared: Prepared,
+    family: Family,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+) -> StudyResult:
+    """One family's Optuna study on the tuning rows and folds, with the configured budget."""
+    return tune_family(
+        family,
+        prepared.tune,
+        prepared.split.folds,
+        cfg.search_spaces.get(family, {}),
+        trials=cfg.trials,
+        timeout_s=cfg.timeout_s,
+        seed=cfg.seed,
+        n_jobs=cfg.n_jobs,
+        on_trial=on_trial,
+    )
+
+
 def tune_families(
     cfg: TrainingSettings, prepared: Prepared, tracking: Tracking, parent: TrackedRun
 ) -> list[StudyResult]:
@@ -267,17 +287,7 @@ def tune_families(
         with tracking.run(
             f"study-{family}", parent=parent, tags={"vigil.kind": "study", "vigil.family": family}
         ) as run:
-            st = tune_family(
-                family,
-                prepared.tune,
-                prepared.split.folds,
-                cfg.search_spaces.get(family, {}),
-                trials=cfg.trials,
-                timeout_s=cfg.timeout_s,
-                seed=cfg.seed,
-                n_jobs=cfg.n_jobs,
-                on_trial=_trial_logger(tracking, family, run),
-            )
+            st = study(cfg, prepared, family, on_trial=_trial_logger(tracking, family, run))
             run.params(st.best_params)
             run.metrics({
                 **{k: v for k, v in st.best.metrics.items() if k.startswith("cv_")},
