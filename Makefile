@@ -93,7 +93,7 @@ triggers: up ## Recent retraining triggers and what became of them
 eda: up ## EDA report (matplotlib/seaborn) from the lake → reports/eda/<time>/report.html, logged to MLflow
 	$(BIN)/python -m pipelines.eda.report
 
-airflow: up ## Airflow standalone on 127.0.0.1:8080 (no login) with dags/ on the embedded stack; Ctrl-C stops it
+airflow: up ## Airflow standalone on 127.0.0.1:8080 (AIRFLOW_PORT=…; new DAGs paused unless AIRFLOW_UNPAUSED=1); Ctrl-C stops it
 	$(BIN)/python -m ops.airflowcli
 
 demo: setup ## The main job end to end: ward → Kafka → lake → ETL → features → training → live scoring

@@ -78,18 +78,36 @@ def home_of(settings: Settings) -> Path:
     return settings.run_path / "airflow"
 
 
-def standalone(settings: Settings, port: int = 8080) -> int:
+def standalone_env(home: Path, config: Path, port: int, *, unpaused: bool) -> dict[str, str]:
+    """The environment of ``make airflow`` on ``port``.
+
+    Every component is told the port, not only the API server: Airflow 3's task runners
+    call the execution API at ``{AIRFLOW__API__BASE_URL}/execution/`` and fall back to
+    ``http://localhost:8080`` without it, so on any other port every task failed.
+    DAGs new to this Airflow home start **paused** unless ``unpaused``: starting the UI
+    must not start training by itself (its Asset-or-time schedule would run at once).
+    """
+    base = f"http://127.0.0.1:{port}"
+    return {
+        **airflow_env(home, config),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False" if unpaused else "True",
+        # LocalExecutor forks this many workers (default 32): too many for a laptop.
+        "AIRFLOW__CORE__PARALLELISM": str(min(8, max(2, os.cpu_count() or 2))),
+    }
+
+
+def standalone(settings: Settings, port: int = 8080, *, unpaused: bool = False) -> int:
     """``airflow standalone`` on loopback with Vigil's DAGs and config; returns its exit code."""
     home = home_of(settings)
     migrate(home)
     config = write_config(settings, home / "vigil.yaml")
-    env = {
-        **airflow_env(home, config),
-        "AIRFLOW__API__PORT": str(port),
-        # LocalExecutor forks this many workers (default 32): too many for a laptop.
-        "AIRFLOW__CORE__PARALLELISM": str(min(8, max(2, os.cpu_count() or 2))),
-    }
+    env = standalone_env(home, config, port, unpaused=unpaused)
     print(f"Airflow UI: http://127.0.0.1:{port} (no login: simple auth manager, all admins)")
+    if not unpaused:
+        print("New DAGs start paused: unpause them in the UI (or `make airflow UNPAUSED=1`)")
     print(f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home}; Ctrl-C or `make down` stops it")
     # Its own process group, so stopping it stops the scheduler's forked workers too.
     proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, start_new_session=True)
@@ -158,4 +176,10 @@ if __name__ == "__main__":
         print("airflow stopped" if stop(s) else "airflow was not running")
         raise SystemExit(0)
     up(s)
-    raise SystemExit(standalone(s, int(os.environ.get("AIRFLOW_PORT", "8080"))))
+    raise SystemExit(
+        standalone(
+            s,
+            int(os.environ.get("AIRFLOW_PORT", "8080")),
+            unpaused=os.environ.get("AIRFLOW_UNPAUSED", "") not in ("", "0"),
+        )
+    )

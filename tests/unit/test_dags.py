@@ -103,3 +103,18 @@ def test_demo_reads_skip_reasons_from_task_logs() -> None:
         "gate kept the champion: challenger - champion ROC-AUC lower bound -0.031 < -0.02"
     ]
     assert skip_reasons("Task failed\n") == []
+
+
+def test_make_airflow_tells_every_component_its_port_and_starts_paused(tmp_path: Path) -> None:
+    from ops.airflowcli import standalone_env
+
+    env = standalone_env(tmp_path, tmp_path / "vigil.yaml", 8090, unpaused=False)
+    assert env["AIRFLOW__API__PORT"] == "8090"
+    # Task runners reach the execution API through these; without them, localhost:8080.
+    assert env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8090"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8090/execution/"
+    assert "8080" not in " ".join(v for k, v in env.items() if k.startswith("AIRFLOW__"))
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+    assert env["VIGIL_CONFIG"] == str(tmp_path / "vigil.yaml")
+    on = standalone_env(tmp_path, tmp_path / "vigil.yaml", 8080, unpaused=True)
+    assert on["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
