@@ -90,13 +90,13 @@ class Calibration:
         """The calibrated risk of each raw score (NaN stays NaN)."""
         r = np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
         if self.method == "platt":
-            p = _sigmoid(self.intercept + self.slope * _logit(r))
+            p = _sigmoid(self.intercept + self.slope * logit(r))
         elif self.method == "isotonic":
             p = np.interp(r, self.knots_x, self.knots_y)
         else:
             p = r
         if self.odds_ratio != 1.0:
-            p = _sigmoid(_logit(p) + math.log(self.odds_ratio))
+            p = _sigmoid(logit(p) + math.log(self.odds_ratio))
         return np.asarray(p, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,7 +129,8 @@ class Calibration:
             raise CalibrationError(f"not a calibration map: {exc}") from exc
 
 
-def _logit(p: F) -> F:
+def logit(p: npt.ArrayLike) -> F:
+    """log(p / (1 − p)), with p kept within [1e-6, 1 − 1e-6]."""
     q = np.clip(p, _EPS, 1 - _EPS)
     return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.isotonic import IsotonicRegression
 
-from stack.calibration import Calibration
+from stack.calibration import Calibration, logit
 from training.clinical import recalibration_line
 
 F = npt.NDArray[np.float64]
@@ -32,15 +32,10 @@ class CalibrationChoice:
     cv_log_loss: dict[str, float]  # per shape, and "none" for the raw score
 
 
-def _logit(p: F) -> F:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
-
-
 def fit_platt(raw: npt.ArrayLike, y: npt.ArrayLike) -> Calibration:
     """Logistic recalibration of logit(raw)."""
     slope, intercept = recalibration_line(
-        np.asarray(y, dtype=np.float64), _logit(np.asarray(raw, dtype=np.float64))
+        np.asarray(y, dtype=np.float64), logit(np.asarray(raw, dtype=np.float64))
     )
     if not (np.isfinite(slope) and slope > 0):
         slope, intercept = 1.0, 0.0  # degenerate data: the identity in logit space

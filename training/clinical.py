@@ -17,6 +17,7 @@ call them on held-out patients.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ import pandas as pd
 
 from features.alerts import AlertPolicy
 from features.news2 import TRIGGERS, Trigger
-from training.evaluate import lead_times
+from stack.calibration import logit
+from training.evaluate import bootstrap_weights, lead_times, subgroup_masks
 from training.threshold import OperatingPoint, operating_point
 
 F = npt.NDArray[np.float64]
@@ -118,13 +120,7 @@ def matched_comparison(
         key=trigger.key,
         label=trigger.label,
         trigger=operating_point(y, fired.astype(np.float64), 1.0, patient_days),
-        model=OperatingPoint(
-            cut,
-            op_model.sensitivity,
-            op_model.precision,
-            op_model.alerts,
-            op_model.alerts_per_patient_day,
-        ),
+        model=dataclasses.replace(op_model, threshold=cut),
         trigger_lead=lead_times(rows, fired),
         model_lead=lead_times(rows, mine),
         trigger_ward_alerts=float("nan") if policy is None else ward_alerts(
@@ -181,11 +177,6 @@ def decision_curve(
     return pd.DataFrame(out)
 
 
-def _logit(p: F) -> F:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
-
-
 def calibration_stats(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     """Slope and intercept (logistic recalibration of logit(p)), calibration-in-the-large
     (observed − mean predicted), Brier and Brier skill (1 − Brier / Brier of the base
@@ -195,7 +186,7 @@ def calibration_stats(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     base = float(y_a.mean()) if len(y_a) else float("nan")
     brier = float(np.mean((p_a - y_a) ** 2)) if len(y_a) else float("nan")
     ref = base * (1 - base)
-    slope, intercept = recalibration_line(y_a, _logit(p_a))
+    slope, intercept = recalibration_line(y_a, logit(p_a))
     return {
         "brier": brier,
         "brier_skill": 1 - brier / ref if ref > 0 else float("nan"),
@@ -252,10 +243,8 @@ def slope_interval(
     seed: int,
 ) -> tuple[float, float, float]:
     """The calibration slope and its patient-bootstrap interval (estimate, low, high)."""
-    from training.evaluate import bootstrap_weights
-
     y_a = np.asarray(y, dtype=np.float64)
-    x = _logit(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
+    x = logit(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
     est = recalibration_line(y_a, x)[0]
     rng = np.random.default_rng(seed)
     draws = [recalibration_line(y_a, x, w)[0] for w in bootstrap_weights(patients, replicates, rng)]
@@ -269,28 +258,24 @@ def slope_interval(
 
 
 def calibration_by_subgroup(rows: pd.DataFrame, p: npt.ArrayLike) -> pd.DataFrame:
-    """:func:`calibration_stats` per subgroup (``training.evaluate.subgroup_of``)."""
-    from training.evaluate import subgroup_of
-
+    """:func:`calibration_stats` per subgroup (``training.evaluate.subgroup_masks``)."""
     y = rows["label"].to_numpy(dtype=np.int8)
     p_a = np.asarray(p, dtype=np.float64)
     out: list[dict[str, Any]] = []
-    for group, labels in subgroup_of(rows).items():
-        for value in sorted(labels.unique(), key=str):
-            m = (labels == value).to_numpy()
-            st = calibration_stats(y[m], p_a[m])
-            out.append(
-                {
-                    "group": group,
-                    "value": value,
-                    "rows": int(m.sum()),
-                    "positives": int(y[m].sum()),
-                    "observed rate": st["observed_rate"],
-                    "mean risk": st["mean_predicted"],
-                    "slope": st["calibration_slope"],
-                    "Brier skill": st["brier_skill"],
-                }
-            )
+    for group, value, m in subgroup_masks(rows):
+        st = calibration_stats(y[m], p_a[m])
+        out.append(
+            {
+                "group": group,
+                "value": value,
+                "rows": int(m.sum()),
+                "positives": int(y[m].sum()),
+                "observed rate": st["observed_rate"],
+                "mean risk": st["mean_predicted"],
+                "slope": st["calibration_slope"],
+                "Brier skill": st["brier_skill"],
+            }
+        )
     return pd.DataFrame(out)
 
 

@@ -9,7 +9,9 @@ replicates at once from one sort of the scores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -197,26 +199,31 @@ def subgroup_of(rows: pd.DataFrame) -> dict[str, pd.Series]:
     }
 
 
+def subgroup_masks(rows: pd.DataFrame) -> Iterator[tuple[str, Any, npt.NDArray[np.bool_]]]:
+    """(group, value, row mask) for every value of every subgroup of :func:`subgroup_of`."""
+    for group, labels in subgroup_of(rows).items():
+        for value in sorted(labels.unique(), key=str):
+            yield group, value, (labels == value).to_numpy()
+
+
 def subgroup_metrics(rows: pd.DataFrame, score: npt.ArrayLike, threshold: float) -> pd.DataFrame:
     """Rows, positives, ROC-AUC, PR-AUC, sensitivity and PPV per subgroup."""
     s = np.asarray(score, dtype=np.float64)
     y = rows["label"].to_numpy(dtype=np.int8)
     out = []
-    for group, labels in subgroup_of(rows).items():
-        for value in sorted(labels.unique(), key=str):
-            m = (labels == value).to_numpy()
-            metric = metrics_at(y[m], s[m], threshold)
-            out.append(
-                {
-                    "group": group,
-                    "value": value,
-                    "patients": int(rows.loc[m, "patient_id"].nunique()),
-                    "rows": int(m.sum()),
-                    "positives": int(y[m].sum()),
-                    "roc_auc": metric["roc_auc"],
-                    "pr_auc": metric["pr_auc"],
-                    "sensitivity": metric["recall"],
-                    "ppv": metric["precision"],
-                }
-            )
+    for group, value, m in subgroup_masks(rows):
+        metric = metrics_at(y[m], s[m], threshold)
+        out.append(
+            {
+                "group": group,
+                "value": value,
+                "patients": int(rows.loc[m, "patient_id"].nunique()),
+                "rows": int(m.sum()),
+                "positives": int(y[m].sum()),
+                "roc_auc": metric["roc_auc"],
+                "pr_auc": metric["pr_auc"],
+                "sensitivity": metric["recall"],
+                "ppv": metric["precision"],
+            }
+        )
     return pd.DataFrame(out)

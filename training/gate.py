@@ -91,15 +91,18 @@ def rule_comparison(
     out["difference"] = out["model_sensitivity_same_alerts"] - out["rule_sensitivity"]
     if patients is None or replicates <= 0:
         return out
-    w = bootstrap_weights(patients, replicates, np.random.default_rng(seed))
     hit = (y_a == 1).astype(np.float64)
-    p_w = np.maximum((w * hit).sum(axis=1), 1e-12)
-    rule_sens = (w * (fired * hit)).sum(axis=1) / p_w
-    budget = (w * fired).sum(axis=1, keepdims=True)  # each replicate's own alert count
-    w_ord = w[:, order]
-    alerted = np.cumsum(w_ord, axis=1) <= budget + 1e-9
-    model_sens = (w_ord * alerted * hit[order]).sum(axis=1) / p_w
-    lo, hi = np.quantile(model_sens - rule_sens, [(1 - confidence) / 2, (1 + confidence) / 2])
+    rng = np.random.default_rng(seed)
+    diffs: list[npt.NDArray[np.float64]] = []
+    for start in range(0, replicates, 50):  # [replicates, rows] in chunks, as compare() does
+        w = bootstrap_weights(patients, min(50, replicates - start), rng)
+        p_w = np.maximum((w * hit).sum(axis=1), 1e-12)
+        rule_sens = (w * (fired * hit)).sum(axis=1) / p_w
+        budget = (w * fired).sum(axis=1, keepdims=True)  # each replicate's own alert count
+        w_ord = w[:, order]
+        alerted = np.cumsum(w_ord, axis=1) <= budget + 1e-9
+        diffs.append((w_ord * alerted * hit[order]).sum(axis=1) / p_w - rule_sens)
+    lo, hi = np.quantile(np.concatenate(diffs), [(1 - confidence) / 2, (1 + confidence) / 2])
     out |= {"difference_low": float(lo), "difference_high": float(hi)}
     return out
 

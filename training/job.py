@@ -184,10 +184,6 @@ class Chosen:
     operating_valid: OperatingPoint
     calibration: CalibrationChoice
 
-    def risk(self, x: pd.DataFrame) -> np.ndarray:
-        """Calibrated risk of the refit model (what the service will answer)."""
-        return self.calibration.calibration.apply(risk(self.model, x))
-
     @property
     def family(self) -> str:
         return self.study.family
