@@ -11,7 +11,8 @@ rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -42,6 +43,7 @@ class Cohort:
     raw: pd.DataFrame | None = None
     minutes: pd.DataFrame | None = None
     quarantine: pd.DataFrame | None = None
+    sim_stats: dict[str, Any] = field(default_factory=dict)  # what the simulator sent
 
     def to_lake(self, lake: Lake, part: str = "part-0") -> None:
         """Write features, labels and outcomes where the feature job and landing would.
@@ -68,15 +70,18 @@ class Cohort:
         lake.write_parquet(pa.Table.from_pandas(labels, preserve_index=False), LABELS_FILE)
 
 
-def _messages(cfg: SimulatorSettings) -> tuple[list[bytes], list[bytes], list[bytes]]:
+def _messages(
+    cfg: SimulatorSettings,
+) -> tuple[list[bytes], list[bytes], list[bytes], dict[str, Any]]:
     vitals: list[bytes] = []
     outcomes: list[bytes] = []
     admissions: list[bytes] = []
     sink = {"vitals": vitals, "outcomes": outcomes, "admissions": admissions}
-    for chunk in WardSimulator(cfg).messages():
+    ward = WardSimulator(cfg)
+    for chunk in ward.messages():
         for role, _key, value, _emit in chunk:
             sink[role].append(value)
-    return vitals, outcomes, admissions
+    return vitals, outcomes, admissions, ward.stats.to_dict()
 
 
 def _valid(model: type, raw: list[bytes]) -> pd.DataFrame:
@@ -112,7 +117,7 @@ def build_cohort(
     dead-letter store would take them; the labels treat outcomes as known up to the end
     of the simulated period.
     """
-    vitals_raw, outcomes_raw, admissions_raw = _messages(sim)
+    vitals_raw, outcomes_raw, admissions_raw, stats = _messages(sim)
     events = _valid(VitalsEvent, vitals_raw)
     del vitals_raw  # the raw bytes are the largest thing held here: let them go early
     outcomes = _valid(OutcomeEvent, outcomes_raw)
@@ -148,6 +153,7 @@ def build_cohort(
         labels=labels,
         admissions=admissions,
         outcomes=outcomes,
+        sim_stats=stats,
         raw=raw,
         minutes=minutes if keep_stages else None,
         quarantine=quarantine,

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stack.contracts import DeteriorationKind, EventTimeBounds
+from stack.contracts import DeteriorationKind, EventTimeBounds, OutcomeEventKind
 
 ENV_PREFIX = "VIGIL__"
 CONFIG_ENV = "VIGIL_CONFIG"
@@ -144,10 +144,29 @@ def _default_mix() -> dict[DeteriorationKind, float]:
     return {"sepsis": 0.35, "respiratory": 0.30, "hypovolaemic": 0.15, "cardiac": 0.20}
 
 
+def _default_outcome_mix() -> dict[OutcomeEventKind, float]:
+    return {"icu_transfer": 0.67, "emergency_response": 0.30, "cardiac_arrest": 0.03}
+
+
 class EpisodeSettings(_Strict):
     """Deterioration episodes and their look-alikes (mimics)."""
 
-    deterioration_rate_per_day: float = Field(0.08, ge=0, le=1)
+    # Published ward rates of the composite outcome are near 1.2 per 100 patient-days
+    # (resuscitation events and death: 1.2 % of patient-days, Alvarez et al., BMC Med
+    # Inform Decis Mak 2013;13:28; cardiac arrest, ICU transfer or death: 6.1 % of 269,999
+    # ward admissions, Churpek et al., Am J Respir Crit Care Med 2014;190:649-655). About
+    # 60 % of the simulator's deteriorations end in an outcome (a quarter settle by
+    # themselves, the ward rescues some), so 2 per 100 patient-days give ~1.2 outcomes.
+    deterioration_rate_per_day: float = Field(
+        0.02, ge=0, le=1, description="deteriorations per patient-day on the real ward"
+    )
+    enrichment: float = Field(
+        1.0,
+        ge=1,
+        le=100,
+        description="simulated rate = deterioration_rate_per_day x this (enriched training "
+        "wards; training.calibration.odds_ratio maps risks back to the real rate)",
+    )
     mix: dict[DeteriorationKind, float] = Field(default_factory=_default_mix)
     min_hours: float = Field(2.0, gt=0)
     max_hours: float = Field(12.0, gt=0)
@@ -157,13 +176,73 @@ class EpisodeSettings(_Strict):
     mimic_rate_per_day: float = Field(
         0.25, ge=0, le=5, description="pain/anxiety/benign-fever episodes per patient-day"
     )
+    recover_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="deteriorations that peak and resolve on their own (no outcome)",
+    )
+    acuity_sd: float = Field(
+        0.6, ge=0, le=3, description="spread of admission acuity (abnormal baseline vitals)"
+    )
+    acuity_shift: float = Field(
+        0.8, ge=0, le=3, description="extra acuity of patients whose stay holds a deterioration"
+    )
+    # Of the outcomes, cardiac arrests are a small share: 424 of ~16,450 (2.6 %) in
+    # Churpek et al. 2014; the rest are ICU transfers and emergency (rapid) responses.
+    outcome_mix: dict[OutcomeEventKind, float] = Field(default_factory=_default_outcome_mix)
 
-    @field_validator("mix")
+    @field_validator("mix", "outcome_mix")
     @classmethod
-    def _mix_positive(cls, v: dict[DeteriorationKind, float]) -> dict[DeteriorationKind, float]:
+    def _mix_positive(cls, v: dict[str, float]) -> dict[str, float]:
         if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-            raise ValueError("episode mix needs non-negative weights with a positive sum")
+            raise ValueError("a mix needs non-negative weights with a positive sum")
         return v
+
+    @property
+    def simulated_rate_per_day(self) -> float:
+        """Deteriorations per patient-day the simulator draws (enriched)."""
+        return min(1.0, self.deterioration_rate_per_day * self.enrichment)
+
+
+class RescueSettings(_Strict):
+    """The ward's usual care: an escalation trigger seen at an observation set may start
+    treatment that turns a deterioration around (so alerting has consequences)."""
+
+    trigger: Literal["none", "news2_ge5", "news2_ge7", "news2_ge5_or_red"] = "news2_ge5_or_red"
+    response_share: float = Field(
+        0.6, ge=0, le=1, description="triggers that get a clinical response"
+    )
+    delay_minutes: float = Field(
+        60.0, ge=0, description="trigger to treatment (at least until the simulated hour ends)"
+    )
+    success_share: float = Field(
+        0.5, ge=0, le=1, description="treated deteriorations that recover instead of the outcome"
+    )
+    recovery_minutes: float = Field(
+        180.0, gt=0, description="time constant of recovery once treatment works"
+    )
+
+
+class ObservationSettings(_Strict):
+    """How the ward observes its patients.
+
+    ``continuous``: bedside monitors at :class:`CadenceSettings` (HDU / step-down beds).
+    ``news2_tier``: a nurse charts a full observation set at the interval RCP 2017 chart 3
+    prescribes for the last set's score (12-hourly at 0, 4-6-hourly at 1-4, hourly at a red
+    score or 5-6), and the patient goes on continuous monitoring at 7 or more.
+    """
+
+    mode: Literal["continuous", "news2_tier"] = "continuous"
+    low_score_hours: float = Field(
+        6.0, ge=4, le=6, description="interval at an aggregate of 1-4 (chart 3: 4-6-hourly)"
+    )
+    late_share: float = Field(
+        0.25, ge=0, le=1, description="a set may be charted up to this share of its interval late"
+    )
+    review_minutes: int = Field(
+        60, gt=0, description="on continuous monitoring, how often the score is reviewed"
+    )
 
 
 class FaultSettings(_Strict):
@@ -204,6 +283,8 @@ class SimulatorSettings(_Strict):
     episodes: EpisodeSettings = EpisodeSettings()
     faults: FaultSettings = FaultSettings()
     cadence: CadenceSettings = CadenceSettings()
+    observation: ObservationSettings = ObservationSettings()
+    rescue: RescueSettings = RescueSettings()
 
     @field_validator("start")
     @classmethod
@@ -403,6 +484,11 @@ class TrainingSettings(_Strict):
     folds: int = Field(3, ge=2, le=10)
     tune_row_stride: int = Field(
         3, ge=1, description="tuning uses every Nth feature row of a patient (rows correlate)"
+    )
+    rows: Literal["fresh", "all"] = Field(
+        "fresh",
+        description="fresh: feature rows with a reading since the previous row, the moments "
+        "the scorer scores (on an observation-set ward: the sets); all: every grid row",
     )
     families: tuple[Family, ...] = ("logistic_regression", "random_forest", "xgboost")
     trials: int = Field(8, ge=1, description="Optuna trials per family")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.labels import STATUS_LABELLED
-from features.spec import FEATURE_NAMES
+from features.spec import CHANNELS, FEATURE_NAMES
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,19 @@ def labelled_rows(features: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     out = joined[keep].drop(columns="label_status").reset_index(drop=True)
     out["label"] = out["label"].astype("int8")
     return out
+
+
+def fresh_rows(rows: pd.DataFrame, cadence_minutes: int) -> pd.DataFrame:
+    """The rows with a reading since the previous feature row (``cadence_minutes``).
+
+    These are the moments the scorer scores (it scores each event). On a continuously
+    monitored ward that is nearly every row; on a ward that charts observation sets, it is
+    the sets, and the rows in between (whose vitals are past their carry limit) are
+    predictions nobody makes, so they neither train nor evaluate a model.
+    """
+    ages = rows[[f"{c}_age_min" for c in CHANNELS]].to_numpy(dtype=np.float64)
+    newest = np.min(np.where(np.isnan(ages), np.inf, ages), axis=1, initial=np.inf)
+    return rows[newest < cadence_minutes].reset_index(drop=True)
 
 
 def split_by_patient(

@@ -58,7 +58,7 @@ from training.clinical import (
     matched_comparisons,
     ward_alerts,
 )
-from training.dataset import PatientSplit, labelled_rows, split_by_patient
+from training.dataset import PatientSplit, fresh_rows, labelled_rows, split_by_patient
 from training.evaluate import compare, lead_times, metrics_at, subgroup_metrics
 from training.models import build, importances, pip_requirements, risk
 from training.threshold import OperatingPoint, choose_threshold, operating_point
@@ -116,6 +116,8 @@ def load_rows(settings: Settings) -> pd.DataFrame:
     if cfg.until is not None:
         keep &= features["ts"] < pd.Timestamp(cfg.until)
     rows = labelled_rows(features[keep.to_numpy()], labels)
+    if cfg.rows == "fresh":
+        rows = fresh_rows(rows, settings.features.cadence_minutes)
     if rows.empty:
         raise TrainingDataError(
             f"no labelled rows between {cfg.since or 'the start'} and {cfg.until or 'now'}"

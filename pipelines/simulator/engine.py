@@ -57,6 +57,10 @@ class SimStats:
     outcomes: int = 0
     outcomes_by_kind: dict[str, int] = field(default_factory=dict)
     episodes_started: int = 0
+    episodes_resolving: int = 0  # of the started, those that settle by themselves
+    observation_sets: int = 0  # sets charted (news2_tier) or score reviews (continuous)
+    escalations: int = 0  # triggers the ward responded to during an episode
+    rescues: int = 0  # of those, deteriorations turned around (their outcome averted)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +113,7 @@ class WardSimulator:
         self.stats = SimStats(patients=self.population.size)
         self.record_faults = record_faults
         self.fault_log: dict[str, list[str]] = {}
+        self.state: WardState | None = None  # the ward's care so far, once messages() runs
         self._start_ms = int(cfg.start.timestamp() * 1000)
         self._steps_total = int(np.ceil(cfg.hours * 3600 / cfg.interval_s))
         self._steps_chunk = max(1, int(cfg.chunk_minutes * 60 // cfg.interval_s))
@@ -123,7 +128,7 @@ class WardSimulator:
         state = WardState.initial(self.population, np.random.default_rng([self.cfg.seed, 2]))
         pending: list[Message] = []  # late messages not yet due
         pop = self.population
-        outcome_s = pop.outcome_min * 60.0
+        self.state = state
         for chunk, first in enumerate(range(0, self._steps_total, self._steps_chunk)):
             steps = min(self._steps_chunk, self._steps_total - first)
             rng = np.random.default_rng([self.cfg.seed, 3, chunk])
@@ -136,18 +141,22 @@ class WardSimulator:
                 admitted, admit_s, np.random.default_rng([self.cfg.seed, 4, chunk])
             )
             batch += self._vitals_messages(readings, rng)
+            outcome_s = state.outcome_min * 60.0  # rescues made so far have removed theirs
             ends = np.nonzero((outcome_s >= chunk_start_s) & (outcome_s < chunk_end_s))[0]
             batch += self._outcome_messages(ends, outcome_s, rng)
-            self.stats.episodes_started += int(
-                (
-                    (pop.episode_kind != NO_EPISODE)
-                    & (pop.onset_min * 60 >= chunk_start_s)
-                    & (pop.onset_min * 60 < chunk_end_s)
-                ).sum()
+            started = (
+                (pop.episode_kind != NO_EPISODE)
+                & (pop.onset_min * 60 >= chunk_start_s)
+                & (pop.onset_min * 60 < chunk_end_s)
             )
+            self.stats.episodes_started += int(started.sum())
+            self.stats.episodes_resolving += int((started & pop.recovers).sum())
             emit = np.fromiter((m[3] for m in batch), dtype=np.float64, count=len(batch))
             order = np.argsort(emit, kind="stable")
             due = int(np.searchsorted(emit[order], chunk_end_s, side="left"))
+            self.stats.observation_sets = state.sets
+            self.stats.escalations = state.escalations
+            self.stats.rescues = state.rescues
             yield [batch[i] for i in order[:due].tolist()]
             pending = [batch[i] for i in order[due:].tolist()]
         if pending:

@@ -18,13 +18,14 @@ Physiology behind the numbers (adult ward patients):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from pipelines.simulator.scenarios import Scenario
-from stack.contracts import DeteriorationKind
+from stack.contracts import DeteriorationKind, OutcomeEventKind
 from stack.settings import SimulatorSettings
 
 F = npt.NDArray[np.float64]
@@ -73,6 +74,8 @@ class Population:
     silent_hypoxia: B  # respiratory episodes that desaturate without much breathlessness
     brady: B  # cardiac episodes that slow the heart instead
     outcome_event: list[str]
+    recovers: B  # the episode peaks and resolves on its own: no outcome
+    acuity: F  # how ill on admission (>= 0): shifts the vitals for the whole stay
     # look-alikes that end well
     mimic_kind: I  # (P, MAX_MIMICS), -1 = none
     mimic_start: F
@@ -86,9 +89,11 @@ class Population:
 
     @property
     def outcome_min(self) -> F:
-        """Minute of the outcome event; +inf for patients without an episode."""
+        """Minute of the outcome event if nothing intervenes; +inf for patients without
+        an episode or whose episode resolves on its own (the ward's rescues are decided
+        while the stay runs, in ``physiology.WardState``)."""
         out = np.full(self.size, np.inf)
-        has = self.episode_kind != NO_EPISODE
+        has = (self.episode_kind != NO_EPISODE) & ~self.recovers
         out[has] = self.onset_min[has] + self.duration_min[has]
         return out
 
@@ -96,6 +101,36 @@ class Population:
 def _hex_ids(rng: np.random.Generator, n: int, prefix: str) -> list[str]:
     raw = rng.integers(0, 2**48, size=n, dtype=np.int64)
     return [f"{prefix}{v:012x}" for v in raw.tolist()]
+
+
+# Cardiac episodes end in an arrest several times more often than the others.
+CARDIAC_ARREST_WEIGHT = 4.0
+
+
+def _outcome_events(mix: Mapping[OutcomeEventKind, float], kind: I, draw: F) -> list[str]:
+    """The outcome event of each episode from ``mix`` (weights per event), cardiac
+    episodes :data:`CARDIAC_ARREST_WEIGHT` times as arrest-prone, the overall mix kept."""
+    events = list(mix)
+    w = np.array([mix[e] for e in events], dtype=np.float64)
+    w = w / w.sum()
+    cardiac = kind == KINDS.index("cardiac")
+    out = np.empty(len(kind), dtype=object)
+    arrest = events.index("cardiac_arrest") if "cardiac_arrest" in events else -1
+    for is_cardiac in (False, True):
+        sel = cardiac == is_cardiac
+        wk = w.copy()
+        if arrest >= 0 and is_cardiac:
+            wk[arrest] *= CARDIAC_ARREST_WEIGHT
+        elif arrest >= 0:
+            # Lower the others' share so that the whole ward keeps the configured mix.
+            share = float(np.mean(cardiac)) if len(kind) else 0.0
+            wk[arrest] = max(0.0, w[arrest] * (1 - CARDIAC_ARREST_WEIGHT * share)) / max(
+                1e-9, 1 - share
+            )
+        wk = wk / wk.sum()
+        idx = np.minimum(np.searchsorted(np.cumsum(wk), draw[sel], side="right"), len(wk) - 1)
+        out[sel] = [events[i] for i in idx.tolist()]
+    return out.tolist()
 
 
 def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
@@ -136,7 +171,7 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     ep = cfg.episodes
     days = minutes / 1440.0
     risk = np.exp(0.5 * old + 0.5 * copd + 0.3 * hypertension)
-    risk = risk / risk.mean() * ep.deterioration_rate_per_day * scenario.deterioration_mult * days
+    risk = risk / risk.mean() * ep.simulated_rate_per_day * scenario.deterioration_mult * days
     has_episode = rng.random(n) < np.clip(risk, 0, 0.95)
 
     weights = np.array([ep.mix.get(k, 0.0) * scenario.mix_mult.get(k, 1.0) for k in KINDS])
@@ -159,14 +194,7 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     cold = (rng.random(n) < np.where(age > 75, 0.35, 0.15)) & (kind == KINDS.index("sepsis"))
     brady = (rng.random(n) < 0.3) & (kind == KINDS.index("cardiac"))
     event_draw = rng.random(n)
-    outcome_event = [
-        "cardiac_arrest"
-        if (k == KINDS.index("cardiac") and d < 0.35) or d < 0.05
-        else "emergency_response"
-        if d < 0.35
-        else "icu_transfer"
-        for k, d in zip(kind.tolist(), event_draw.tolist(), strict=True)
-    ]
+    outcome_event = _outcome_events(ep.outcome_mix, kind, event_draw)
     episode_kind = np.where(has_episode, kind, NO_EPISODE).astype(np.int64)
 
     # Mimics: Poisson count per stay, placed uniformly, unrelated to outcomes.
@@ -205,6 +233,15 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
     hypercapnic = copd & (rng.random(n) < pop.hypercapnic_share_of_copd)
     spo2 = np.where(copd & ~hypercapnic, rng.uniform(92, 95, n), spo2)
     baseline_o2 &= hypercapnic
+    # Deteriorations that peak and settle by themselves (no outcome).
+    recovers = (rng.random(n) < ep.recover_share) & (episode_kind != NO_EPISODE)
+    # Acuity at admission: how ill the patient came in. Those who deteriorate were often
+    # sicker from the start (an admission NEWS predicts later deterioration), so a
+    # deterioration is likelier the higher the acuity, which shows in the baseline vitals
+    # (faster heart and breathing, warmer, lower SpO2 and blood pressure).
+    # The baselines above stay the patient's usual values; ``physiology`` adds the acuity.
+    acuity = np.abs(rng.normal(0.0, 1.0, n)) * ep.acuity_sd
+    acuity += np.where(episode_kind != NO_EPISODE, ep.acuity_shift, 0.0)
 
     return Population(
         patient_id=patient_id,
@@ -236,6 +273,8 @@ def draw_population(cfg: SimulatorSettings, scenario: Scenario) -> Population:
         silent_hypoxia=silent,
         brady=brady,
         outcome_event=outcome_event,
+        recovers=recovers,
+        acuity=acuity,
         mimic_kind=m_kind,
         mimic_start=m_start,
         mimic_duration=m_dur,

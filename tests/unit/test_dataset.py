@@ -76,3 +76,20 @@ def test_labelled_rows_drop_censored_and_after_outcome_and_need_every_label() ->
         labelled_rows(feats, labels.iloc[:-1])
     with pytest.raises(ValueError, match="feature table lacks"):
         labelled_rows(feats.drop(columns=FEATURE_NAMES[0]), labels)
+
+
+def test_fresh_rows_keep_the_rows_with_a_reading_since_the_previous_row() -> None:
+    from features.spec import CHANNELS
+    from training.dataset import fresh_rows
+
+    ages = {
+        "a": [0.0, 4.0, 5.0, np.nan],  # heart rate: fresh, fresh, stale, none in the window
+        "b": [np.nan, np.nan, 30.0, 2.0],  # temperature: the last row is fresh through it
+    }
+    rows = pd.DataFrame({f"{c}_age_min": [np.nan] * 4 for c in CHANNELS})
+    rows["heart_rate_age_min"] = ages["a"]
+    rows["temperature_age_min"] = ages["b"]
+    rows["row"] = range(4)
+    assert fresh_rows(rows, 5)["row"].tolist() == [0, 1, 3]
+    assert fresh_rows(rows, 6)["row"].tolist() == [0, 1, 2, 3]
+    assert fresh_rows(rows.iloc[:0], 5).empty
