@@ -251,7 +251,8 @@ def main(
         cohort = build_cohort(
             with_simulator(base, patients=160, hours=24, seed=3,
                            episodes={**base.simulator.episodes.model_dump(),
-                                     "deterioration_rate_per_day": 0.5}).simulator,
+                                     "deterioration_rate_per_day": 0.5,
+                                     "enrichment": 1.0}).simulator,
             base.features,
         )  # fmt: skip
         rows = labelled_rows(cohort.features, cohort.labels)

@@ -223,7 +223,11 @@ def _live(settings: Settings, console: Console, seconds: float) -> dict[str, Any
         start=start.to_pydatetime(),
         mode="live",
         speedup=speedup,
-        episodes={**settings.simulator.episodes.model_dump(), "deterioration_rate_per_day": 1.0},
+        episodes={
+            **settings.simulator.episodes.model_dump(),
+            "deterioration_rate_per_day": 1.0,
+            "enrichment": 1.0,
+        },
     )
     # A consumer group of this run's own, starting from now: earlier demos' events (and
     # this run's backfill) are history, not live traffic. The live ward's events go to

@@ -180,7 +180,7 @@ def ward_day_settings(
     }
     if deterioration_rate is not None:
         update["episodes"] = sim.episodes.model_copy(
-            update={"deterioration_rate_per_day": deterioration_rate}
+            update={"deterioration_rate_per_day": deterioration_rate, "enrichment": 1.0}
         )
     return sim.model_copy(update=update)
 

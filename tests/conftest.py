@@ -159,7 +159,7 @@ def cohort() -> Any:
             "hours": 24,
             "seed": 5,
             "episodes": base.simulator.episodes.model_copy(
-                update={"deterioration_rate_per_day": 0.5}
+                update={"deterioration_rate_per_day": 0.5, "enrichment": 1.0}
             ),
         }
     )

@@ -39,6 +39,9 @@ class ModelCard:
     subgroups: pd.DataFrame
     importances: pd.Series
     studies: list[StudyResult]
+    horizon_hours: float = 4.0
+    rows: str = "fresh"  # training.rows
+    enrichment: float = 1.0  # simulator.episodes.enrichment of the configuration
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -58,6 +61,23 @@ def _odds_note(odds_ratio: float) -> str:
     if odds_ratio == 1.0:
         return " (no prevalence correction)"
     return f", then corrected to deployment odds × {odds_ratio:g} (enriched training data)"
+
+
+def _enrichment_note(enrichment: float, odds_ratio: float) -> str:
+    """What the configured simulator's enrichment means for the served risk."""
+    if enrichment == 1.0:
+        return ""
+    text = (
+        f" This configuration's simulated wards are enriched {enrichment:g}× over the real "
+        "ward's deterioration rate (`simulator.episodes.enrichment`, chosen so a few "
+        "hundred patients hold enough outcomes to train on); "
+    )
+    if abs(odds_ratio * enrichment - 1.0) < 0.05:
+        return text + "the odds ratio above takes the risk back to the real ward's rate."
+    return text + (
+        f"the served risk is the enriched ward's, about {enrichment:g}× the real ward's for "
+        f"a rare outcome (`odds_ratio: {1 / enrichment:.3g}` serves the real ward's)."
+    )
 
 
 def _calibration_lines(c: ModelCard) -> list[str]:
@@ -112,10 +132,11 @@ def render_card(c: ModelCard) -> str:
     lines = [
         f"# Model card — {c.model_name} ({c.family})",
         "",
-        "Predicts, every 5 minutes for each ward patient, the risk of a deterioration "
-        "outcome (ICU transfer, rapid-response call, cardiac arrest) within the label horizon, "
-        "from vital signs and admission facts. It supports, and does not replace, the "
-        "clinical NEWS2 escalation protocol.",
+        "Predicts, at each new reading of a ward patient (a monitor reading or a charted "
+        "observation set), the risk of a deterioration outcome (ICU transfer, rapid-response "
+        f"call, cardiac arrest) within {c.horizon_hours:g} hours, from vital signs and "
+        "admission facts. It supports, and does not replace, the clinical NEWS2 escalation "
+        "protocol.",
         "",
         f"MLflow run `{c.run_id}` · feature set `{c.lineage['feature_set_version']}` "
         f"(digest `{c.lineage['feature_set_digest'][:12]}`) · git `{c.lineage['git_commit'][:12]}`",
@@ -205,13 +226,20 @@ def render_card(c: ModelCard) -> str:
         "established before any clinical use.",
         "- Labels come from recorded outcomes: a patient who deteriorated without an "
         "escalation being recorded counts as a negative.",
-        "- Rows within 4 hours of the data's end are censored (positives and negatives "
-        "alike) and not used; patients whose "
-        "outcome preceded the data window are absent.",
+        f"- Rows within {c.horizon_hours:g} hours of the data's end are censored (positives "
+        "and negatives alike) and not used; patients whose outcome preceded the data window "
+        "are absent."
+        + (
+            " Only rows with a reading since the previous row train and test it "
+            "(`training.rows: fresh`): the moments the scorer scores."
+            if c.rows == "fresh"
+            else ""
+        ),
         "- Subgroups with few positives have wide, unreported uncertainty.",
         f"- The calibration map was fitted on this data's event rate"
         f"{_odds_note(c.calibration.calibration.odds_ratio)}; a ward with another rate needs "
-        "`training.calibration.odds_ratio` (or recalibration on its own outcomes).",
+        "`training.calibration.odds_ratio` (or recalibration on its own outcomes)."
+        + _enrichment_note(c.enrichment, c.calibration.calibration.odds_ratio),
         "- Drift in population or sensors degrades it; see the monitoring reports.",
         "",
         "## Reporting checklist (TRIPOD+AI, Collins et al., BMJ 2024;385:e078378)",

@@ -470,6 +470,9 @@ def write_report(
         subgroups=ev.subgroups,
         importances=ev.importances,
         studies=studies,
+        horizon_hours=settings.features.horizon_hours,
+        rows=cfg.rows,
+        enrichment=settings.simulator.episodes.enrichment,
     )
     (out / "model_card.md").write_text(render_card(card))
     ref_path = out / REFERENCE_ARTIFACT

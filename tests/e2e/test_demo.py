@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_and_reconciles(tmp_path: Path) -> None:
         training={**TINY_TRAINING, "reports_dir": str(tmp_path / "reports" / "training")},
         eda={"reports_dir": str(tmp_path / "reports" / "eda")},
         # Frequent deteriorations, so a small ward holds enough episodes to train on.
-        simulator={"episodes": {"deterioration_rate_per_day": 1.0}},
+        simulator={"episodes": {"deterioration_rate_per_day": 1.0, "enrichment": 1.0}},
     )
     s = with_simulator(s, patients=60, hours=8)
     console = Console(record=True, width=400)  # no wrapping of long paths

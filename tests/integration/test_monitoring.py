@@ -39,7 +39,7 @@ BASELINE_DAY = {
     "hours": 24,
     "seed": 11,
     "scenario": "baseline",
-    "episodes": {"deterioration_rate_per_day": 0.5},
+    "episodes": {"deterioration_rate_per_day": 0.5, "enrichment": 1.0},
 }
 
 

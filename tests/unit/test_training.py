@@ -345,5 +345,4 @@ def test_shuffled_labels_give_chance_level_on_held_out_patients(
     model = build("xgboost", {"n_estimators": 100, "max_depth": 3}, positive_share=0.1,
                   seed=0, n_jobs=2)  # fmt: skip
     model.fit(truth[list(FEATURE_NAMES)], truth["label"])
-    # (0.73 on this cohort since the simulator's episodes can settle or be rescued.)
-    assert roc_auc_score(test["label"], risk(model, test[list(FEATURE_NAMES)])) > 0.68
+    assert roc_auc_score(test["label"], risk(model, test[list(FEATURE_NAMES)])) > 0.75
