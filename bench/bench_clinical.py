@@ -175,8 +175,8 @@ def main(
     test_patients: int = typer.Option(500, help="each held-out ward"),
     test_seed: int = typer.Option(901, help="held-out wards' seed (never trained on)"),
     trials: int = typer.Option(4, help="Optuna trials per family"),
-    general_patients: int = typer.Option(1200, help="general ward: training ward"),
-    general_test_patients: int = typer.Option(1200, help="general ward: each held-out ward"),
+    general_patients: int = typer.Option(4000, help="general ward: training ward"),
+    general_test_patients: int = typer.Option(2000, help="general ward: each held-out ward"),
 ) -> None:
     warnings.filterwarnings("ignore")
 

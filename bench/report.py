@@ -210,37 +210,54 @@ def _chaos(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _clinical(d: dict[str, Any]) -> list[Row]:
-    t = d["trained"]
+def _clinical_wards(kind: str, trained: dict[str, Any], wards: dict[str, Any]) -> list[Row]:
+    t = trained
+    ward = t.get("ward", {})
+    facts = (
+        f"; ward: {_n(ward['outcomes_per_100_patient_days'], 2)} outcomes / 100 patient-days, "
+        f"{_n(ward['scored_rows_per_patient_day'], 1)} scored rows / patient-day, "
+        f"{_n(ward['rescues'])} rescues of {_n(ward['escalations'])} escalations"
+        if ward
+        else ""
+    )
     rows: list[Row] = [(
-        "trained on", f"baseline, {t['patients']:,} patients × {_n(t['hours'])} h (seed "
-        f"{t['seed']}): {t['family']}, {t['calibration']} calibration", "", "–",
+        f"{kind}: trained on", f"baseline, {t['patients']:,} patients × {_n(t['hours'])} h "
+        f"(seed {t['seed']}): {t['family']}, {t['calibration']} calibration{facts}", "", "–",
     )]  # fmt: skip
-    for name, w in d["wards"].items():
+    for name, w in wards.items():
         m, g = w["model"], w["roc_auc_gain"]
         rows.append((
-            f"{name} (seed {w['seed']}, {w['patients']} patients): ROC-AUC model / NEWS2",
+            f"{kind}, {name} (seed {w['seed']}, {w['patients']} patients): ROC-AUC model / NEWS2",
             f"{_n(m['roc_auc'], 3)} / {_n(w['news2']['roc_auc'], 3)}, gain "
             f"{_n(g['estimate'], 3)} [{_n(g['low'], 3)}, {_n(g['high'], 3)}]", "gain low > 0",
             _met(g["low"] > 0),
         ))  # fmt: skip
         rows.append((
-            f"{name}: PR-AUC model / NEWS2; calibration slope, mean risk / observed, Brier skill",
+            f"{kind}, {name}: PR-AUC model / NEWS2; calibration slope, mean risk / observed, "
+            "Brier skill",
             f"{_n(m['pr_auc'], 3)} / {_n(w['news2']['pr_auc'], 3)}; "
             f"{_n(m['calibration_slope'], 2)}, {_n(m['expected_observed'], 2)}, "
             f"{_n(m['brier_skill'], 3)}", "", "–",
         ))  # fmt: skip
-    for tr in d["wards"]["baseline"]["triggers"].values():
+    for tr in wards["baseline"]["triggers"].values():
         a, b = tr["trigger"], tr["model"]
         rows.append((
-            f"baseline, {tr['label']} vs model at its budget: sensitivity, PPV, episodes "
-            "caught, ward alerts / patient-day",
+            f"{kind}, baseline, {tr['label']} vs model at its budget: sensitivity, PPV, "
+            "episodes caught, ward alerts / patient-day",
             f"{_n(a['sensitivity'], 3)} vs {_n(b['sensitivity'], 3)}; {_n(a['ppv'], 3)} vs "
             f"{_n(b['ppv'], 3)}; {_n(a['episodes_caught'])} vs {_n(b['episodes_caught'])} of "
             f"{_n(a['episodes'])}; {_n(a['ward_alerts_per_patient_day'], 2)} vs "
             f"{_n(b['ward_alerts_per_patient_day'], 2)}", "model ≥ trigger",
             _met(b["sensitivity"] >= a["sensitivity"]),
         ))  # fmt: skip
+    return rows
+
+
+def _clinical(d: dict[str, Any]) -> list[Row]:
+    rows = _clinical_wards("monitored", d["trained"], d["wards"])
+    if "general_ward" in d:
+        g = d["general_ward"]
+        rows += _clinical_wards(f"general ({_n(g['horizon_hours'])} h)", g["trained"], g["wards"])
     for name, f in d["figures"].items():
         rows.append((name.replace("_", " "), _n(f["value"], 3), str(f["target"]), _met(f["met"])))
     return rows

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from stack.kafkasecurity import kafka_python_options, librdkafka_options
+
 if TYPE_CHECKING:  # annotations only: the fetch process starts without pydantic
     from stack.settings import KafkaSettings
 
@@ -232,6 +234,7 @@ class _KpProducer:
         try:
             self._p = KafkaProducer(
                 bootstrap_servers=bootstrap,
+                **kafka_python_options(settings.security),
                 acks="all",
                 linger_ms=p.linger_ms,
                 batch_size=p.batch_size_bytes,
@@ -279,6 +282,7 @@ class _KpConsumer:
         try:
             self._c = KafkaConsumer(
                 bootstrap_servers=bootstrap,
+                **kafka_python_options(settings.security),
                 group_id=group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -391,22 +395,31 @@ class _KpConsumer:
 
 
 class _KpAdmin:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaTimeoutError
 
+        self._settings = settings
         try:
-            self._a = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+            self._a = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                **kafka_python_options(settings.security),
+                request_timeout_ms=15000,
+            )
         except KafkaTimeoutError as exc:
             raise KafkaUnavailableError(f"no Kafka broker answered at {bootstrap}") from exc
 
     def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        from kafka.admin import NewTopic
+
         existing = set(self._a.list_topics())
-        missing = {
-            name: {"num_partitions": n, "replication_factor": 1}
+        rf = self._settings.replication_factor
+        configs = dict(self._settings.topic_configs)
+        missing = [
+            NewTopic(name, n, rf, topic_configs=configs)
             for name, n in topics.items()
             if name not in existing
-        }
+        ]
         if missing:
             from kafka.errors import TopicAlreadyExistsError
 
@@ -432,6 +445,7 @@ class _CkProducer:
         self._p = ConfluentProducer(
             {
                 "bootstrap.servers": bootstrap,
+                **librdkafka_options(settings.security),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": p.linger_ms,
@@ -501,6 +515,7 @@ class _CkConsumer:
         self._c = ConfluentConsumer(
             {
                 "bootstrap.servers": bootstrap,
+                **librdkafka_options(settings.security),
                 # librdkafka needs a group id even for manual assignment; it is only used
                 # for offset commits then.
                 "group.id": group_id or "vigil-anonymous",
@@ -638,17 +653,22 @@ class _CkConsumer:
 
 
 class _CkAdmin:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, settings: KafkaSettings, bootstrap: str) -> None:
         from confluent_kafka.admin import AdminClient
 
-        self._a = AdminClient({"bootstrap.servers": bootstrap})
+        self._settings = settings
+        self._a = AdminClient(
+            {"bootstrap.servers": bootstrap, **librdkafka_options(settings.security)}
+        )
 
     def ensure_topics(self, topics: Mapping[str, int]) -> None:
         from confluent_kafka import KafkaError
         from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
         existing = set(self._a.list_topics(timeout=15).topics)
-        new = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        rf = self._settings.replication_factor
+        configs = dict(self._settings.topic_configs)
+        new = [NewTopic(t, n, rf, config=configs) for t, n in topics.items() if t not in existing]
         for topic, fut in (self._a.create_topics(new) if new else {}).items():
             try:
                 fut.result(timeout=15)
@@ -685,8 +705,8 @@ class KafkaClient:
 
     def admin(self) -> Admin:
         if self.settings.client == "confluent":
-            return _CkAdmin(self.bootstrap)
-        return _KpAdmin(self.bootstrap)
+            return _CkAdmin(self.settings, self.bootstrap)
+        return _KpAdmin(self.settings, self.bootstrap)
 
     def all_partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
         admin = self.admin()

@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from stack.gctune import freeze_startup_heap, throughput_gc
 from stack.kafka import Consumer, KafkaClient, PartitionBatch, TopicPartition
+from stack.kafkasecurity import revealed
 from stack.memory import peak_rss_mb
 from stack.resilience import Outage
 
@@ -127,7 +128,9 @@ class ProcessFetcher:
         self._reader = threading.Thread(target=self._read_frames, name="kafka-fetch", daemon=True)
         self._send(
             {
-                "kafka": client.settings.model_dump(mode="json"),
+                # Secrets in clear over the pipe only: model_dump masks SecretStr.
+                "kafka": client.settings.model_dump(mode="json")
+                | {"security": revealed(client.settings.security)},
                 "bootstrap": client.bootstrap,
                 "max_records": max_records,
                 "poll_timeout_s": poll_timeout_s,

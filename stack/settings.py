@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stack.contracts import DeteriorationKind, EventTimeBounds, OutcomeEventKind
 
@@ -65,15 +73,78 @@ class ConsumerSettings(_Strict):
     max_partition_fetch_bytes: int = Field(2_097_152, gt=0, description="per partition")
 
 
+class KafkaSecuritySettings(_Strict):
+    """TLS and SASL towards a secured cluster, for both client libraries.
+
+    Secrets are never printed: passwords are ``SecretStr`` (shown as ``**********``) or
+    read from a file at connect time (``*_file``, e.g. a mounted Kubernetes secret).
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_ca_file: Path | None = Field(None, description="CA bundle (PEM) to verify brokers")
+    ssl_cert_file: Path | None = Field(None, description="client certificate (PEM), mutual TLS")
+    ssl_key_file: Path | None = Field(None, description="client private key (PEM)")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = Field(True, description="verify the broker's host name")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(None, description="read the password from here")
+    # OAUTHBEARER by OIDC client credentials (librdkafka's own token refresh: confluent).
+    oauth_token_endpoint_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_client_secret: SecretStr | None = None
+    oauth_client_secret_file: Path | None = None
+    oauth_scope: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecuritySettings:
+        sasl = self.protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"protocol {self.protocol} needs sasl_mechanism")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError("sasl_mechanism needs protocol SASL_SSL or SASL_PLAINTEXT")
+        if sasl and self.sasl_mechanism == "OAUTHBEARER":
+            if not (self.oauth_token_endpoint_url and self.oauth_client_id):
+                raise ValueError("OAUTHBEARER needs oauth_token_endpoint_url and oauth_client_id")
+            if (self.oauth_client_secret is None) == (self.oauth_client_secret_file is None):
+                raise ValueError("OAUTHBEARER needs one of oauth_client_secret(_file)")
+        elif sasl:
+            if not self.sasl_username:
+                raise ValueError(f"SASL {self.sasl_mechanism} needs sasl_username")
+            if (self.sasl_password is None) == (self.sasl_password_file is None):
+                raise ValueError(f"SASL {self.sasl_mechanism} needs one of sasl_password(_file)")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("mutual TLS needs both ssl_cert_file and ssl_key_file")
+        return self
+
+
 class KafkaSettings(_Strict):
     bootstrap_servers: str | None = Field(
         None, description="host:port list; null starts the embedded Tansu broker"
     )
     client: Literal["kafka-python", "confluent"] = "kafka-python"
+    security: KafkaSecuritySettings = KafkaSecuritySettings()
     partitions: int = Field(4, gt=0)
+    replication_factor: int = Field(
+        1, ge=1, le=16, description="of the topics Vigil creates (3 on a production cluster)"
+    )
+    topic_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description="configs of the topics Vigil creates, e.g. min.insync.replicas: '2'",
+    )
     topics: TopicNames = TopicNames()
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+
+    @model_validator(mode="after")
+    def _oauth_client(self) -> KafkaSettings:
+        if self.security.sasl_mechanism == "OAUTHBEARER" and self.client != "confluent":
+            raise ValueError(
+                "kafka.security.sasl_mechanism OAUTHBEARER needs kafka.client: confluent "
+                "(kafka-python has no built-in OIDC token refresh)"
+            )
+        return self
 
 
 class PostgresSettings(_Strict):
