@@ -174,17 +174,18 @@ def main(
     seed: int = typer.Option(42),
     test_patients: int = typer.Option(500, help="each held-out ward"),
     test_seed: int = typer.Option(901, help="held-out wards' seed (never trained on)"),
-    trials: int = typer.Option(4, help="Optuna trials per family"),
+    trials: int = typer.Option(4, help="Optuna trials per family (monitored ward)"),
+    general_trials: int = typer.Option(8, help="Optuna trials per family (general ward)"),
     general_patients: int = typer.Option(4000, help="general ward: training ward"),
     general_test_patients: int = typer.Option(2000, help="general ward: each held-out ward"),
 ) -> None:
     warnings.filterwarnings("ignore")
 
-    def with_trials(s: Settings) -> Settings:
-        return s.model_copy(update={"training": s.training.model_copy(update={"trials": trials})})
+    def with_trials(s: Settings, n: int) -> Settings:
+        return s.model_copy(update={"training": s.training.model_copy(update={"trials": n})})
 
-    monitored = with_trials(load_settings(environ={}))
-    general = with_trials(load_settings(GENERAL_WARD, environ={}))
+    monitored = with_trials(load_settings(environ={}), trials)
+    general = with_trials(load_settings(GENERAL_WARD, environ={}), general_trials)
     trained, wards = _family(
         monitored, patients, hours, seed, test_patients, test_seed, tuple(SCENARIOS)
     )
@@ -199,7 +200,7 @@ def main(
         "wards": wards,
         "general_ward": {
             "config": str(GENERAL_WARD), "horizon_hours": general.features.horizon_hours,
-            "trained": g_trained | {"trials": trials}, "wards": g_wards,
+            "trained": g_trained | {"trials": general_trials}, "wards": g_wards,
         },
         "figures": {
             "roc_auc_gain_low_every_ward": {

@@ -83,6 +83,28 @@ def _pg_credentials(settings: Settings) -> dict[str, tuple[str, str]] | None:
     return {who: (d["user"], d["password"]) for who, d in data.items()}
 
 
+def sqlalchemy_url(url: str, *, driver: str = "psycopg", database: str | None = None) -> str:
+    """A ``postgresql://`` URL as SQLAlchemy wants it: with the psycopg 3 driver named
+    (``postgresql+psycopg://``; ``psycopg_async`` for asyncio users such as Airflow's
+    ``sql_alchemy_conn_async``) and optionally another database on the same server."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") and not parts.scheme.startswith(
+        "postgresql+"
+    ):
+        raise ValueError(f"not a PostgreSQL URL: {mask_url(url)}")
+    if database is not None:
+        parts = parts._replace(path=f"/{database}")
+    return urlunsplit(parts._replace(scheme=f"postgresql+{driver}"))
+
+
+def mlflow_backend_store_uri(settings: Settings) -> str:
+    """The local MLflow server's tracking store (``mlflow.backend_store``)."""
+    if settings.mlflow.backend_store == "sqlite":
+        return f"sqlite:///{settings.resolve(settings.mlflow.local_store) / 'mlflow.db'}"
+    base = endpoints(settings).database_url
+    return sqlalchemy_url(base, database=settings.mlflow.database)
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for printing and logging)."""
     parts = urlsplit(url)
@@ -117,9 +139,12 @@ def embedded_services(settings: Settings) -> list[str]:
     out = []
     if "kafka" in wanted and not settings.kafka.bootstrap_servers:
         out.append("kafka")
-    if "postgres" in wanted and not settings.postgres.url:
+    mlflow = "mlflow" in wanted and not settings.mlflow.tracking_uri
+    # A local MLflow server on PostgreSQL needs it, asked for or not.
+    mlflow_on_pg = mlflow and settings.mlflow.backend_store == "postgres"
+    if ("postgres" in wanted or mlflow_on_pg) and not settings.postgres.url:
         out.append("postgres")
-    if "mlflow" in wanted and not settings.mlflow.tracking_uri:
+    if mlflow:
         out.append("mlflow")
     return out
 
@@ -484,6 +509,14 @@ class PostgresService(_Service):
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}" OWNER "{app_user}"')
             else:
                 conn.execute(f'ALTER DATABASE "{PG_DATABASE}" OWNER TO "{app_user}"')
+            if self.s.mlflow.backend_store == "postgres":
+                # MLflow's tracking store, a database of its own (its schema migrations
+                # and Vigil's never meet), owned by the same role.
+                name = self.s.mlflow.database
+                if not conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+                ).fetchone():
+                    conn.execute(f'CREATE DATABASE "{name}" OWNER "{app_user}"')
         # Tables made before the role existed belong to postgres: hand them over.
         with psycopg.connect(
             _embedded_database_url(self.s, "superuser"), autocommit=True, connect_timeout=5
@@ -566,6 +599,9 @@ class MlflowService(_Service):
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         # Patient-adjacent metadata stays on site: no usage telemetry (and no network here).
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # Through the environment, not argv: a PostgreSQL URL carries a password, and
+        # argv is readable by every local user.
+        env["MLFLOW_BACKEND_STORE_URI"] = mlflow_backend_store_uri(self.s)
         _spawn(
             [
                 str(mlflow_bin) if mlflow_bin.exists() else shutil.which("mlflow") or "mlflow",
@@ -576,8 +612,6 @@ class MlflowService(_Service):
                 str(self.port),
                 "--workers",
                 "1",
-                "--backend-store-uri",
-                f"sqlite:///{store / 'mlflow.db'}",
                 "--artifacts-destination",
                 str(store / "artifacts"),
             ],

@@ -164,6 +164,15 @@ class MlflowSettings(_Strict):
         Path("mlruns"), description="backend DB and artifacts of the local MLflow server"
     )
     experiment_prefix: str = "vigil"
+    backend_store: Literal["sqlite", "postgres"] = Field(
+        "postgres",
+        description="the local MLflow server's tracking store: SQLite under local_store "
+        "(single writer), or database `database` of Vigil's PostgreSQL (embedded or "
+        "postgres.url) for concurrent writers",
+    )
+    database: str = Field(
+        "mlflow", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="PostgreSQL database"
+    )
     signing_key: str | None = Field(
         None,
         description="HMAC key that signs registered models (training) and verifies them "

@@ -148,7 +148,10 @@ def cohort() -> Any:
     """A small labelled cohort (features + labels) from the seeded simulator, in process.
 
     Deteriorations are made frequent (0.5 per patient-day) so that 240 patients × 24 h
-    hold enough episodes for a patient split with CV folds and a meaningful gate.
+    hold enough episodes for a patient split with CV folds and a meaningful gate; and
+    every one progresses to its outcome (none settles, the ward rescues none), so that
+    a cohort this small carries a clear signal for the machinery under test. What the
+    model is worth on a realistic ward is the clinical benchmark's to measure.
     """
     from pipelines.cohort import build_cohort
 
@@ -159,8 +162,9 @@ def cohort() -> Any:
             "hours": 24,
             "seed": 5,
             "episodes": base.simulator.episodes.model_copy(
-                update={"deterioration_rate_per_day": 0.5, "enrichment": 1.0}
+                update={"deterioration_rate_per_day": 0.5, "enrichment": 1.0, "recover_share": 0.0}
             ),
+            "rescue": base.simulator.rescue.model_copy(update={"trigger": "none"}),
         }
     )
     return build_cohort(sim, base.features)
@@ -175,7 +179,8 @@ def cohort_rows(cohort: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def mlflow_overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A real MLflow tracking server (SQLite + local artifacts) for the session."""
+    """A real MLflow tracking server for the session (tracking store on the embedded
+    PostgreSQL, which it starts; local artifacts)."""
     run = tmp_path_factory.mktemp("mlflow")
     overlay = isolated_stack_overlay(run, ["mlflow"])
     path = run / "overlay.yaml"

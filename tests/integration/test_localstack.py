@@ -109,3 +109,47 @@ def test_configured_production_addresses_disable_embedded_services() -> None:
     ep = endpoints(s)
     assert ep.bootstrap_servers == "kafka.prod:9092"
     assert ep.mlflow_uri == "https://mlflow.prod"
+
+
+@pytest.mark.slow
+def test_mlflow_on_the_embedded_postgresql_keeps_runs_and_hides_the_password(
+    tmp_path: Path,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from stack.localstack import mlflow_backend_store_uri
+
+    # Only MLflow asked for: on PostgreSQL (the default store) it brings PostgreSQL up.
+    overlay = isolated_stack_overlay(tmp_path / "run", ["mlflow"])
+    assert load_settings(environ={}).mlflow.backend_store == "postgres"
+    p = tmp_path / "o.yaml"
+    p.write_text(yaml.safe_dump(overlay))
+    s = load_settings(p, environ={})
+    try:
+        assert up(s, create_topics=False) == {"postgres": "started", "mlflow": "started"}
+        client = MlflowClient(endpoints(s).mlflow_uri)
+        exp = client.create_experiment("pg-store")
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "roc_auc", 0.9)
+        # The server's command line, readable by every local user, holds no password.
+        pid = int(status(s)["mlflow"]["pid"])  # type: ignore[call-overload]
+        password = psycopg.conninfo.conninfo_to_dict(endpoints(s).database_url)["password"]
+        assert password
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+        assert password not in cmdline
+        # MLflow's tables live in their own database of the same server.
+        uri = mlflow_backend_store_uri(s)
+        assert uri.startswith("postgresql+psycopg://")
+        assert uri.endswith("/mlflow")
+        with psycopg.connect(uri.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            found = conn.execute("SELECT count(*) FROM experiments WHERE name = 'pg-store'")
+            assert found.fetchone() == (1,)
+    finally:
+        down(s)
+    # A restarted stack serves the same runs.
+    try:
+        up(s, create_topics=False)
+        again = MlflowClient(endpoints(s).mlflow_uri).get_run(run.info.run_id)
+        assert again.data.metrics["roc_auc"] == 0.9
+    finally:
+        down(s)

@@ -87,3 +87,16 @@ def test_with_scorer_replaces_scorer_keys_and_validates_them() -> None:
     assert s.scorer.workers == 1  # the original untouched
     with pytest.raises(ValidationError, match="workers"):
         s.with_scorer(workers=0)
+
+
+def test_sqlalchemy_urls_name_the_driver_and_database() -> None:
+    from stack.localstack import sqlalchemy_url
+
+    url = "postgresql://vigil:p%40ss@db.hospital.org:5432/vigil?sslmode=require"
+    assert sqlalchemy_url(url, database="mlflow") == (
+        "postgresql+psycopg://vigil:p%40ss@db.hospital.org:5432/mlflow?sslmode=require"
+    )
+    assert sqlalchemy_url(url, driver="psycopg_async").startswith("postgresql+psycopg_async://")
+    with pytest.raises(ValueError, match=r"not a PostgreSQL URL: mysql://u:\*\*\*@h/d") as err:
+        sqlalchemy_url("mysql://u:secret@h/d")
+    assert "secret" not in str(err.value)
