@@ -33,19 +33,35 @@ from tests.conftest import TINY_TRAINING, make_settings
 pytestmark = pytest.mark.integration
 
 
+# Wards this small (160 patients a day) train and gate only if every deterioration
+# progresses to its outcome: none settles by itself and the ward rescues none.
+PROGRESSING = {"recover_share": 0.0}
+NO_RESCUE = {"trigger": "none"}
+
 # Day 0 as ward() would simulate it (same size, seed and deterioration rate), but streamed.
 BASELINE_DAY = {
     "patients": 160,
     "hours": 24,
     "seed": 11,
     "scenario": "baseline",
-    "episodes": {"deterioration_rate_per_day": 0.5, "enrichment": 1.0},
+    "episodes": {"deterioration_rate_per_day": 0.5, "enrichment": 1.0, **PROGRESSING},
+    "rescue": NO_RESCUE,
 }
+
+
+def _simulator() -> Any:
+    sim = load_settings(environ={}).simulator
+    return sim.model_copy(
+        update={
+            "episodes": sim.episodes.model_copy(update=PROGRESSING),
+            "rescue": sim.rescue.model_copy(update=NO_RESCUE),
+        }
+    )
 
 
 def ward(scenario: str, seed: int, day: int, patients: int = 160, hours: float = 24) -> Cohort:
     base = load_settings(environ={})
-    return ward_day(base.simulator, base.features, scenario=scenario, seed=seed, day=day,
+    return ward_day(_simulator(), base.features, scenario=scenario, seed=seed, day=day,
                     patients=patients, deterioration_rate=0.5, hours=hours)  # fmt: skip
 
 
@@ -180,7 +196,7 @@ def test_the_loop_through_airflow_then_retrain_if_needed(
     dag("vigil_training")
     # v2 waits as @challenger. A later period of the wave streams through the BentoML
     # service and the scorer: v1 scores it as champion, v2 in shadow, event by event.
-    live = ward_day_settings(load_settings(environ={}).simulator, deterioration_rate=0.5, **LIVE)
+    live = ward_day_settings(_simulator(), deterioration_rate=0.5, **LIVE)
     sent_live, scoring = score_live(s, live)
     assert scoring.scored > 0.9 * sent_live.stats.valid_events, scoring.to_dict()
     assert scoring.shadow_stored == scoring.scored
