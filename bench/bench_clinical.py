@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,41 @@ PUBLISHED_NEWS2_AUROC_24H = 0.873  # Smith et al. 2013, any outcome within 24 h
 GENERAL_WARD = Path(__file__).resolve().parents[1] / "conf" / "wards" / "general.yaml"
 
 
+PART_PATIENTS = 1000  # a larger ward is simulated in parts, bounding memory
+PART_SEED_STEP = 10_000  # part k of a ward of seed s has seed s + k x this
+
+
 def _rows(sim: Any, settings: Settings) -> tuple[pd.DataFrame, float, dict[str, Any]]:
     """The ward's labelled rows (those the scorer would score), its labelled patient-days
-    and the simulator's counts."""
-    c = build_cohort(sim, settings.features)
-    rows = labelled_rows(c.features, c.labels)
+    and the simulator's counts.
+
+    A ward of more than :data:`PART_PATIENTS` patients is built as parts of that size
+    (seeds ``seed + k * PART_SEED_STEP``), keeping only each part's scored rows: a
+    4,000-patient general ward at once peaked near 17 GB.
+    """
     cadence = settings.features.cadence_minutes
-    days = len(rows) * cadence / 1440.0  # every grid row stands for one cadence of a stay
-    if settings.training.rows == "fresh":
-        rows = fresh_rows(rows, cadence)
-    stats = c.sim_stats | {"ward_patient_days": len(c.features) * cadence / 1440.0}
-    return rows.reset_index(drop=True), days, stats
+    parts = -(-sim.patients // PART_PATIENTS)
+    frames, days, ward_days = [], 0.0, 0.0
+    stats: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for k in range(parts):
+        n = min(PART_PATIENTS, sim.patients - k * PART_PATIENTS)
+        part = sim.model_copy(update={"patients": n, "seed": sim.seed + k * PART_SEED_STEP})
+        c = build_cohort(part, settings.features)
+        rows = labelled_rows(c.features, c.labels)
+        days += len(rows) * cadence / 1440.0  # every grid row stands for a cadence of stay
+        if settings.training.rows == "fresh":
+            rows = fresh_rows(rows, cadence)
+        frames.append(rows)
+        stats.update({key: c.sim_stats[key] for key in _COUNTS})
+        ward_days += len(c.features) * cadence / 1440.0
+        kinds.update(c.sim_stats["outcomes_by_kind"])
+        del c
+    out = {**stats, "outcomes_by_kind": dict(kinds), "ward_patient_days": ward_days}
+    return pd.concat(frames, ignore_index=True), days, out
+
+
+_COUNTS = ("outcomes", "episodes_started", "episodes_resolving", "escalations", "rescues")
 
 
 def _ward_facts(stats: dict[str, Any], days: float, rows: pd.DataFrame) -> dict[str, Any]:
