@@ -50,9 +50,9 @@ from pipelines.cohort import build_cohort
 from pipelines.simulator.scenarios import SCENARIOS
 from stack.settings import Settings, load_settings
 from training.clinical import AlertPolicySettings, calibration_stats, matched_comparison
-from training.dataset import fresh_rows, labelled_rows
+from training.dataset import labelled_rows
 from training.evaluate import compare
-from training.job import choose, prepare, study
+from training.job import choose, prepare, scored_rows, study
 from training.models import risk
 
 PUBLISHED_NEWS2_AUROC_24H = 0.873  # Smith et al. 2013, any outcome within 24 h
@@ -82,9 +82,7 @@ def _rows(sim: Any, settings: Settings) -> tuple[pd.DataFrame, float, dict[str, 
         c = build_cohort(part, settings.features)
         rows = labelled_rows(c.features, c.labels)
         days += len(rows) * cadence / 1440.0  # every grid row stands for a cadence of stay
-        if settings.training.rows == "fresh":
-            rows = fresh_rows(rows, cadence)
-        frames.append(rows)
+        frames.append(scored_rows(settings, rows))
         stats.update({key: c.sim_stats[key] for key in _COUNTS})
         ward_days += len(c.features) * cadence / 1440.0
         kinds.update(c.sim_stats["outcomes_by_kind"])

@@ -3,9 +3,9 @@
 ``kafka.security`` (:class:`~stack.settings.KafkaSecuritySettings`) is mapped here to the
 keyword options of kafka-python and to the properties of librdkafka (confluent-kafka),
 so every producer, consumer and admin of either library connects the same way. Secrets
-are revealed only in these mappings, at connect time: a ``SecretStr`` (masked wherever
-settings are printed) or a file (``*_file``, e.g. a mounted secret, read when needed so a
-rotated secret is picked up by the next connection).
+are revealed only in these mappings, when a client is created: a ``SecretStr`` (masked
+wherever settings are printed) or a file (``*_file``, e.g. a mounted secret, read then, so
+a rotated secret takes effect with the next client the process creates).
 """
 
 from __future__ import annotations

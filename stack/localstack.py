@@ -502,21 +502,11 @@ class PostgresService(_Service):
                     app_password,
                 )
             )
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
-            ).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{PG_DATABASE}" OWNER "{app_user}"')
-            else:
-                conn.execute(f'ALTER DATABASE "{PG_DATABASE}" OWNER TO "{app_user}"')
+            _own_database(conn, PG_DATABASE, app_user)
             if self.s.mlflow.backend_store == "postgres":
                 # MLflow's tracking store, a database of its own (its schema migrations
                 # and Vigil's never meet), owned by the same role.
-                name = self.s.mlflow.database
-                if not conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
-                ).fetchone():
-                    conn.execute(f'CREATE DATABASE "{name}" OWNER "{app_user}"')
+                _own_database(conn, self.s.mlflow.database, app_user)
         # Tables made before the role existed belong to postgres: hand them over.
         with psycopg.connect(
             _embedded_database_url(self.s, "superuser"), autocommit=True, connect_timeout=5
@@ -545,6 +535,13 @@ class PostgresService(_Service):
         if res.returncode != 0 and psutil.pid_exists(pid):
             _kill_group(pid)
         return True
+
+
+def _own_database(conn: Any, name: str, owner: str) -> None:
+    """Database ``name`` exists and belongs to ``owner`` (names are settings-validated)."""
+    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    verb = f'ALTER DATABASE "{name}" OWNER TO' if exists else f'CREATE DATABASE "{name}" OWNER'
+    conn.execute(f'{verb} "{owner}"')
 
 
 _SCRAM_HBA = """\

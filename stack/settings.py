@@ -77,7 +77,7 @@ class KafkaSecuritySettings(_Strict):
     """TLS and SASL towards a secured cluster, for both client libraries.
 
     Secrets are never printed: passwords are ``SecretStr`` (shown as ``**********``) or
-    read from a file at connect time (``*_file``, e.g. a mounted Kubernetes secret).
+    read from a file when a client is created (``*_file``, e.g. a mounted Kubernetes secret).
     """
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

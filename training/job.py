@@ -95,6 +95,14 @@ class TrainSummary:
 
 
 # --------------------------------------------------------------------------- data
+def scored_rows(settings: Settings, rows: pd.DataFrame) -> pd.DataFrame:
+    """The labelled rows ``training.rows`` trains and judges on (``fresh``: those the
+    scorer scores, :func:`training.dataset.fresh_rows`; ``all``: every grid row)."""
+    if settings.training.rows == "fresh":
+        return fresh_rows(rows, settings.features.cadence_minutes)
+    return rows
+
+
 def load_rows(settings: Settings) -> pd.DataFrame:
     """Labelled feature rows in the configured range, from the lake.
 
@@ -115,9 +123,7 @@ def load_rows(settings: Settings) -> pd.DataFrame:
         keep &= features["ts"] >= pd.Timestamp(cfg.since)
     if cfg.until is not None:
         keep &= features["ts"] < pd.Timestamp(cfg.until)
-    rows = labelled_rows(features[keep.to_numpy()], labels)
-    if cfg.rows == "fresh":
-        rows = fresh_rows(rows, settings.features.cadence_minutes)
+    rows = scored_rows(settings, labelled_rows(features[keep.to_numpy()], labels))
     if rows.empty:
         raise TrainingDataError(
             f"no labelled rows between {cfg.since or 'the start'} and {cfg.until or 'now'}"
