@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import psycopg
 import yaml
 
+from stack.db import recreate_database
 from stack.localstack import down, endpoints, free_port, up
 from stack.settings import Settings, load_settings
 
@@ -84,13 +84,10 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 def fresh_lake_and_database(base: Settings, name: str) -> Settings:
     """``base`` with a lake folder and a (re-created) PostgreSQL database of its own."""
     url = endpoints(base).database_url
-    server = url.rsplit("/", 1)[0]
-    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    own = recreate_database(url, name)
     return base.model_copy(
         update={
             "lake": base.lake.model_copy(update={"root": f"{base.lake.root}-{name}"}),
-            "postgres": base.postgres.model_copy(update={"url": f"{server}/{name}"}),
+            "postgres": base.postgres.model_copy(update={"url": own}),
         }
     )

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import pandas as pd
-import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -38,6 +37,7 @@ from ops.live import score_live
 from ops.retrain import retrain_if_needed
 from pipelines.cohort import Cohort, build_cohort, ward_day, ward_day_settings
 from stack import db
+from stack.db import recreate_database
 from stack.lake import Lake
 from stack.localstack import endpoints, up
 from stack.logs import configure_logging
@@ -52,16 +52,13 @@ DB = "vigil_drift_demo"
 def demo_settings(base: Settings) -> Settings:
     """``base`` with a lake, database, registered model and budget of the demo's own."""
     url = endpoints(base).database_url
-    server = url.rsplit("/", 1)[0]
-    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB}"')
+    own = recreate_database(url, DB)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     lake = base.resolve(base.lake.root).parent / f"drift-demo-{stamp}"
     out = base.model_copy(
         update={
             "lake": base.lake.model_copy(update={"root": str(lake)}),
-            "postgres": base.postgres.model_copy(update={"url": f"{server}/{DB}"}),
+            "postgres": base.postgres.model_copy(update={"url": own}),
             "training": base.training.model_copy(
                 update={
                     "experiment": "drift-demo",

@@ -8,6 +8,7 @@ stage may call :func:`migrate` before it writes.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -281,6 +282,47 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple]:  # type: ignore[type-arg]
     """A connection to the configured (or embedded) database."""
     return psycopg.connect(endpoints(settings).database_url, autocommit=autocommit)
+
+
+def drop_database(server_url: str, name: str, *, wait_s: float = 30.0) -> None:
+    """Drop database ``name`` (if it exists) on the server of ``server_url``.
+
+    ``WITH (FORCE)`` ends the sessions of our own role, but a role that is not a
+    superuser may not end the server's own workers: an autovacuum worker that has just
+    started on a freshly loaded database makes it fail with "permission denied to
+    terminate process". A plain ``DROP DATABASE`` cancels autovacuum by itself, so that
+    is the fallback; a session of another role still connected is waited out up to
+    ``wait_s``, then reported by name.
+    """
+    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    db = sql.Identifier(name)
+    deadline = time.monotonic() + wait_s
+    with psycopg.connect(admin, autocommit=True) as conn:
+        while True:
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                pass
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(db))
+                return
+            except psycopg.errors.ObjectInUse as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"database {name!r} still has sessions of another role after"
+                        f" {wait_s:.0f} s; end them (pg_terminate_backend) and drop it"
+                    ) from e
+            time.sleep(0.2)
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """A new, empty database ``name`` (dropped first if it exists); returns its URL."""
+    drop_database(server_url, name)
+    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def migrate(settings: Settings) -> list[int]:

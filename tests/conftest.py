@@ -116,16 +116,11 @@ def stack_settings(stack_overlay: dict[str, Any], tmp_path: Path) -> Settings:
 @pytest.fixture
 def etl_settings(stack_settings: Settings) -> Iterator[Settings]:
     """Stack settings with a database of this test's own (tables are per test)."""
-    import psycopg
-
+    from stack.db import drop_database, recreate_database
     from stack.localstack import endpoints
 
-    base = endpoints(stack_settings).database_url
     name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = base.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = base.rsplit("/", 1)[0] + f"/{name}"
+    url = recreate_database(endpoints(stack_settings).database_url, name)
     s = stack_settings.model_copy(
         update={
             "postgres": stack_settings.postgres.model_copy(update={"url": url}),
@@ -138,8 +133,7 @@ def etl_settings(stack_settings: Settings) -> Iterator[Settings]:
         }
     )
     yield s
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(url, name)
 
 
 # --------------------------------------------------------------------------- training

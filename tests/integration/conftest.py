@@ -20,6 +20,7 @@ import pytest
 
 from pipelines.produce import with_simulator
 from serving.server import ServingProcess
+from stack.db import drop_database, recreate_database
 from stack.kafka import KafkaClient
 from stack.localstack import endpoints, free_port
 from stack.settings import Settings
@@ -75,21 +76,12 @@ def served(
 @contextlib.contextmanager
 def _own_database(s: Settings) -> Iterator[Settings]:
     """``s`` with a PostgreSQL database of its own, dropped afterwards."""
-    admin = endpoints(s).database_url.rsplit("/", 1)[0] + "/postgres"
     name = f"s_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = recreate_database(endpoints(s).database_url, name)
     try:
-        yield s.model_copy(
-            update={
-                "postgres": s.postgres.model_copy(
-                    update={"url": admin.rsplit("/", 1)[0] + f"/{name}"}
-                )
-            }
-        )
+        yield s.model_copy(update={"postgres": s.postgres.model_copy(update={"url": url})})
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(url, name)
 
 
 @pytest.fixture

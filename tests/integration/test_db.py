@@ -13,7 +13,9 @@ from stack.db import (
     MIGRATIONS,
     connect,
     copy_table,
+    drop_database,
     load_partitions,
+    recreate_database,
     replace_range_partition,
     transaction,
 )
@@ -249,3 +251,26 @@ def test_a_constant_column_is_filled_by_the_new_tables_default(etl_settings: Set
                 conn, name, f"{name}_00", (H0, H0 + timedelta(hours=1)), data, ("k", "t"),
                 constants=constants,
             )  # fmt: skip
+
+
+def test_dropping_a_database_waits_out_a_session_the_role_may_not_end(
+    stack_settings: Settings,
+) -> None:
+    """The role Vigil runs as may not end a superuser's backend (an autovacuum worker
+    is one): ``WITH (FORCE)`` fails, so the drop waits for it, and says so if it stays."""
+    import threading
+
+    from stack.localstack import _embedded_database_url, endpoints
+
+    server = endpoints(stack_settings).database_url
+    name = f"d_{uuid.uuid4().hex[:8]}"
+    recreate_database(server, name)
+    other = _embedded_database_url(stack_settings, "superuser", name)
+    with psycopg.connect(other) as held:
+        with pytest.raises(RuntimeError, match=f"{name}.*still has sessions"):
+            drop_database(server, name, wait_s=1.0)
+        threading.Timer(1.0, held.close).start()
+        drop_database(server, name, wait_s=20.0)  # succeeds once the session has gone
+    with psycopg.connect(server) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        assert left.fetchone() == (0,)

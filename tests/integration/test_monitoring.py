@@ -25,6 +25,7 @@ from features.spec import FEATURES_TABLE
 from ops.live import ROLES, score_live
 from pipelines.cohort import Cohort, ward_day, ward_day_settings
 from pipelines.produce import simulate_to_kafka
+from stack.db import drop_database, recreate_database
 from stack.lake import Lake
 from stack.localstack import endpoints
 from stack.settings import Settings, load_settings
@@ -83,16 +84,14 @@ def loop_settings(
     }
     probe = make_settings(tmp_path, run_dir=stack_overlay["run_dir"], local_stack=local)
     base = endpoints(probe).database_url
-    admin = base.rsplit("/", 1)[0] + "/postgres"
     name = f"m_{tag}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = recreate_database(base, name)
     s = make_settings(
         tmp_path,
         run_dir=str(tmp_path / "run"),
         local_stack=local,
         mlflow=mlflow_overlay["mlflow"],
-        postgres={"url": base.rsplit("/", 1)[0] + f"/{name}"},
+        postgres={"url": url},
         kafka={"partitions": 3, "topics": {role: f"{role}.{tag}" for role in ROLES}},
         landing={"group_id": f"landing-{tag}", "idle_timeout_s": 10},
         spark={"master": "local[2]", "shuffle_partitions": 4},
@@ -113,8 +112,7 @@ def loop_settings(
         logging={"format": "text"},
     )
     yield s
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(url, name)
 
 
 @pytest.mark.timeout(1200)  # ~8.5 min alone, ~10 beside `make test`'s other worker
