@@ -10,6 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 .DEFAULT_GOAL := help
 .PHONY: help setup lock up down status simulate ingest etl features train promote rollback models \
         serve score package drift retrain-if-needed triggers eda airflow demo demo-drift demo-airflow \
+        spark-cluster spark-cluster-stop \
         test test-fast test-integration \
         lint format bench mlflow-ui schemas clean
 
@@ -37,10 +38,17 @@ lock: ## Re-resolve requirements.in into requirements.lock
 up: setup ## Start the embedded stack (Kafka API, PostgreSQL, MLflow) on loopback
 	$(BIN)/python -m stack up
 
-down: setup ## Stop the embedded stack (and a demo's BentoML service, make airflow); no process is left behind
+down: setup ## Stop the embedded stack (and a demo's BentoML service, make airflow, make spark-cluster); no process is left behind
 	$(BIN)/python -m serving stop
 	$(BIN)/python -m ops.airflowcli stop
+	$(BIN)/python -m stack.sparkcluster stop
 	$(BIN)/python -m stack down
+
+spark-cluster: setup ## A Spark standalone master + workers on loopback (SPARK_WORKERS=2); prints the master URL
+	$(BIN)/python -m stack.sparkcluster
+
+spark-cluster-stop: setup ## Stop the cluster of make spark-cluster
+	$(BIN)/python -m stack.sparkcluster stop
 
 status: setup ## Show pid, address and health of each embedded service
 	$(BIN)/python -m stack status

@@ -9,7 +9,6 @@ real DAG run recorded in the Airflow metadata database under ``<run_dir>/airflow
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ops.airflowcli import dags_test, home_of, migrate
+from ops.airflowcli import dags_test, home_of, metadata_rows, migrate
 from pipelines.produce import simulate_to_kafka, with_simulator
 from stack.localstack import up
 from stack.logs import configure_logging
@@ -27,15 +26,13 @@ CHAIN = ("vigil_ingest", "vigil_etl", "vigil_features", "vigil_training", "vigil
 
 
 def _task_states(home: Path, dag_id: str) -> dict[str, str]:
-    with sqlite3.connect(home / "airflow.db") as conn:
-        run = conn.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-        ).fetchone()
-        rows = conn.execute(
-            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-            (dag_id, run[0] if run else ""),
-        ).fetchall()
-    return {t: str(s) for t, s in rows}
+    rows = metadata_rows(
+        home,
+        "SELECT task_id, state FROM task_instance WHERE dag_id = :dag AND run_id = ("
+        " SELECT run_id FROM dag_run WHERE dag_id = :dag ORDER BY id DESC LIMIT 1)",
+        dag=dag_id,
+    )
+    return {str(t): str(s) for t, s in rows}
 
 
 _SKIP = re.compile(r"Skipping task\..*?reason=(?P<why>.+?)(?:\s+loc=\S+)?\s*$")
@@ -54,7 +51,7 @@ def skip_reasons(log: str) -> list[str]:
 def run_airflow_demo(settings: Settings, console: Console) -> bool:
     up(settings)
     home = home_of(settings)
-    migrate(home)
+    migrate(home, settings)
     sent, _ = simulate_to_kafka(settings)
     console.print(f"simulated {sent.stats.patients} patients: "
                   f"{sent.stats.vitals_messages:,} vital-sign messages into Kafka")  # fmt: skip

@@ -1,8 +1,16 @@
 """Running Vigil's DAGs with the Airflow CLI: ``make airflow``, ``make demo-airflow``, tests.
 
-Every Airflow process gets the same environment: an Airflow home (metadata DB, logs),
-this repository's ``dags/``, no example DAGs, DAGs unpaused at creation, a login-free
-local UI on loopback, and the Vigil config the tasks load (``VIGIL_CONFIG``).
+Every Airflow process gets the same environment: an Airflow home (logs, and which
+metadata DB it uses), this repository's ``dags/``, no example DAGs, DAGs unpaused at
+creation, a login-free local UI on loopback, and the Vigil config the tasks load
+(``VIGIL_CONFIG``).
+
+The metadata DB (``airflow.metadata_db``) is chosen when the home is migrated and
+remembered in it (``metadata-db.url``, owner-only): PostgreSQL — database
+``airflow.database`` of Vigil's server, through psycopg 3, with the asyncio URL Airflow 3
+also needs (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC``, ``postgresql+psycopg_async``)
+derived from it — or SQLite in the home. Every process on that home then uses the same
+database, whichever Vigil config its tasks are given.
 """
 
 from __future__ import annotations
@@ -16,10 +24,39 @@ from pathlib import Path
 
 import yaml
 
-from stack.localstack import write_private
+from stack.db import ensure_database
+from stack.localstack import endpoints, mask_url, sqlalchemy_url, write_private
 from stack.settings import REPO_ROOT, Settings
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
+METADATA_URL_FILE = "metadata-db.url"  # in the Airflow home: its PostgreSQL database
+
+
+def metadata_db_url(settings: Settings) -> str | None:
+    """The SQLAlchemy URL of Airflow's metadata DB for ``settings`` (None: SQLite)."""
+    if settings.airflow.metadata_db == "sqlite":
+        return None
+    return sqlalchemy_url(endpoints(settings).database_url, database=settings.airflow.database)
+
+
+def home_metadata_url(home: Path) -> str:
+    """The metadata DB the Airflow home ``home`` was migrated on (a SQLAlchemy URL)."""
+    try:
+        return (home / METADATA_URL_FILE).read_text().strip()
+    except FileNotFoundError:
+        return f"sqlite:///{home / 'airflow.db'}"
+
+
+def metadata_rows(home: Path, query: str, **params: object) -> list[tuple[object, ...]]:
+    """The rows of a read-only ``query`` (``:name`` parameters) on ``home``'s metadata DB."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(home_metadata_url(home))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query), params).fetchall()]
+    finally:
+        engine.dispose()
 
 
 def airflow_env(
@@ -37,6 +74,12 @@ def airflow_env(
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__HOST": "127.0.0.1",
     }
+    url = home_metadata_url(home)
+    if not url.startswith("sqlite"):
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = sqlalchemy_url(
+            url, driver="psycopg_async"
+        )
     if config is not None:
         env["VIGIL_CONFIG"] = str(config)
     if retries is not None:
@@ -44,11 +87,21 @@ def airflow_env(
     return env
 
 
-def migrate(home: Path) -> None:
-    """Create or upgrade the metadata database of ``home`` (idempotent)."""
+def migrate(home: Path, settings: Settings) -> None:
+    """Create or upgrade the metadata database of ``home`` (idempotent), on the database
+    ``settings`` choose, which ``home`` remembers from then on."""
     home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    url = metadata_db_url(settings)
+    if url is None:
+        (home / METADATA_URL_FILE).unlink(missing_ok=True)
+    else:
+        ensure_database(endpoints(settings).database_url, settings.airflow.database)
+        write_private(home / METADATA_URL_FILE, url)
+    done = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), check=False,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        where = mask_url(home_metadata_url(home))
+        raise RuntimeError(f"airflow db migrate failed on {where}:\n{done.stderr[-3000:]}")
 
 
 def write_config(settings: Settings, path: Path) -> Path:
@@ -102,13 +155,16 @@ def standalone_env(home: Path, config: Path, port: int, *, unpaused: bool) -> di
 def standalone(settings: Settings, port: int = 8080, *, unpaused: bool = False) -> int:
     """``airflow standalone`` on loopback with Vigil's DAGs and config; returns its exit code."""
     home = home_of(settings)
-    migrate(home)
+    migrate(home, settings)
     config = write_config(settings, home / "vigil.yaml")
     env = standalone_env(home, config, port, unpaused=unpaused)
     print(f"Airflow UI: http://127.0.0.1:{port} (no login: simple auth manager, all admins)")
     if not unpaused:
         print("New DAGs start paused: unpause them in the UI (or `make airflow UNPAUSED=1`)")
-    print(f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home}; Ctrl-C or `make down` stops it")
+    print(
+        f"DAGs: {REPO_ROOT / 'dags'}; Airflow home: {home};"
+        f" metadata DB: {mask_url(home_metadata_url(home))}; Ctrl-C or `make down` stops it"
+    )
     # Its own process group, so stopping it stops the scheduler's forked workers too.
     proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, start_new_session=True)
     pidfile = home / "standalone.pid"

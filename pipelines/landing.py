@@ -15,17 +15,31 @@ waited out with backoff — for ever when continuous, up to ``landing.outage_max
 when bounded, then the run fails with the dependency named. Nothing is committed that
 is not written, so a wait loses nothing.
 
-Exactly once into the lake, across crashes, by a write-ahead journal per consumer group:
+Exactly once into the lake, across crashes, by a write-ahead journal per lander run:
 
-1. write ``_landing/<group>/pending.json``: the files this flush will write and the
+1. write ``_landing/<group>/pending/<run>.json``: the files this flush will write and the
    offsets it will commit;
 2. write the Parquet files (each atomically);
 3. commit the offsets to Kafka;
 4. delete the journal.
 
-On start, a leftover journal whose offsets were not committed means a crash between 1 and
-3: its files are deleted and the same offsets are consumed again. The dead-letter *topic*
-is at-least-once (a crash after step 2 may resend); the lake is the record.
+A journal left behind means a lander stopped between 1 and 4. Whoever next holds its
+partitions settles it: offsets committed, the files stay; not committed (a crash between
+1 and 3), its files are deleted and the same offsets are consumed again. A commit the group
+refuses (it rebalanced under the flush) is taken back the same way by the lander itself.
+The dead-letter *topic* is at-least-once (a crash after step 2 may resend); the lake is
+the record.
+
+Partitions (``landing.assignment``): ``all`` reads every partition of the three topics
+(one lander at a time); ``group`` subscribes, so that the landers of a consumer group share
+them. A group lander reads its partitions through the fetch process and uses its own
+group consumer only to stay a member (its partitions paused); when the group moves a
+partition away, the rows of it not yet committed are dropped (the new owner reads them
+from the last commit); a partition gained starts from the group's commit once the journals
+that touch it are settled. A run that lost touch with the group for longer than the
+group allows (``GROUP_SILENCE_S``) may have been replaced, and starts again from the
+group's commits. No instance commits a partition it does not hold, so each offset lands
+once whichever instance lands it.
 
 Modes: ``bounded`` drains up to the end offsets seen at start, then exits (what Airflow
 schedules); ``continuous`` runs until SIGINT/SIGTERM, flushing on size or time.
@@ -45,22 +59,26 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import typer
 
 from stack.batchvalidate import BatchValidator, arrow_schema, validate_isolated
 from stack.catalog import (
+    LANDING_STATE,
     RAW_ADMISSIONS,
     RAW_DEAD,
     RAW_OUTCOMES,
     RAW_VITALS,
     by_hour,
     landing_journal,
+    landing_journals,
     landing_run,
 )
 from stack.consume import ConsumeLoop, Offsets, Polled
@@ -95,8 +113,13 @@ from stack.resilience import Outage
 from stack.settings import Settings, load_settings
 
 log = logging.getLogger("vigil.landing")
+_T = TypeVar("_T")
 
 POLL_TIMEOUT_S = 0.2  # how long one poll waits for data (the loop's tick when idle)
+MEMBERSHIP_EVERY_S = 0.5  # a group lander hears from its group this often
+# Both clients' default max.poll.interval is 300 s: a member silent that long is replaced.
+# Silent for longer than this, a lander takes nothing it holds for granted.
+GROUP_SILENCE_S = 240.0
 FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -182,6 +205,32 @@ class _Buffer:
         self.dead: list[_Dead] = []
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.count = 0
+
+    def drop(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget what came from ``partitions`` (topic, partition); returns how many
+        records that was."""
+        if not partitions:
+            return 0
+        before = self.count
+
+        def keep(tables: list[pa.Table]) -> list[pa.Table]:
+            out = []
+            for table in tables:  # each holds one topic's rows (see with_kafka)
+                topic = table.column("kafka_topic")[0].as_py() if table.num_rows else None
+                gone = pa.array([p for (tp, p) in partitions if tp == topic], pa.int32())
+                kept = table.filter(pc.invert(pc.is_in(table.column("kafka_partition"), gone)))
+                if kept.num_rows:
+                    out.append(kept)
+            return out
+
+        self.vitals, self.outcomes = keep(self.vitals), keep(self.outcomes)
+        self.admissions = keep(self.admissions)
+        self.dead = [d for d in self.dead if (d.topic, d.partition) not in partitions]
+        for key in partitions:
+            self.last_offsets.pop(key, None)
+        self.count = sum(t.num_rows for t in (*self.vitals, *self.outcomes, *self.admissions))
+        self.count += len(self.dead)
+        return before - self.count
 
     @property
     def next_offsets(self) -> dict[TopicPartition, int]:
@@ -273,7 +322,7 @@ class Lander:
         self.topics = settings.kafka.topics
         self.client = client or KafkaClient(settings.kafka, endpoints(settings).bootstrap_servers)
         self.lake = Lake(settings.resolve(settings.lake.root))
-        self.journal = landing_journal(self.cfg.group_id)
+        self.journal = ""  # this run's journal (set when the run starts)
         bounds = settings.contract.bounds()
         self._vitals = BatchValidator(VitalsEvent, bounds)
         self._outcomes = BatchValidator(OutcomeEvent, bounds)
@@ -282,6 +331,12 @@ class Lander:
         self._dlq: Producer | None = None
         self._failpoint = self._parse_failpoint()
         self.outages: dict[str, Outage] = {}
+        self._landing: _Landing | None = None
+
+    def holding(self) -> set[TopicPartition]:
+        """The partitions the running run reads now (empty when none runs)."""
+        landing = self._landing
+        return set(landing.position.copy()) if landing is not None else set()
 
     @staticmethod
     def _parse_failpoint() -> int | None:
@@ -291,26 +346,46 @@ class Lander:
         return None
 
     # ------------------------------------------------------------------ recovery
-    def _recover(self, consumer: Consumer, summary: LandingSummary) -> None:
-        if not self.lake.exists(self.journal):
-            return
-        pending = self.lake.read_json(self.journal)
-        planned = {
-            TopicPartition(t, int(p)): int(o)
-            for t, parts in pending["offsets"].items()
-            for p, o in parts.items()
-        }
-        now = consumer.committed(list(planned))
-        committed = all((now[tp] or 0) >= off for tp, off in planned.items())
-        if not committed:
-            for rel in pending["files"]:
-                self.lake.delete(rel)
-            summary.recovered_files = len(pending["files"])
-            log.warning(
-                "recovered an interrupted flush: its files were removed and will be rewritten",
-                extra={"stage": "landing", "files": len(pending["files"])},
-            )
-        self.lake.delete(self.journal)
+    def _journals(self) -> list[str]:
+        """The journals other runs of this group left (this run's own is never settled)."""
+        group = self.cfg.group_id
+        found = self.lake.files(landing_journals(group), suffix=".json")
+        legacy = f"{LANDING_STATE}/{group}/pending.json"  # one per group, before 2026-12
+        if self.lake.exists(legacy):
+            found.append(legacy)
+        return [rel for rel in found if rel != self.journal]
+
+    def _recover(
+        self, consumer: Consumer, summary: LandingSummary, gained: set[TopicPartition] | None
+    ) -> None:
+        """Settle the journals that touch ``gained`` (None: every journal of the group).
+
+        A flush whose offsets were committed keeps its files; one whose offsets were not
+        loses them, and its records are read again from the last commit. (A commit is
+        one request: were it ever half taken, the files stay — nothing is lost.)
+        """
+        for rel in self._journals():
+            try:
+                pending = self.lake.read_json(rel)
+            except FileNotFoundError:
+                continue  # settled meanwhile by its own run
+            planned = {
+                TopicPartition(t, int(p)): int(o)
+                for t, parts in pending["offsets"].items()
+                for p, o in parts.items()
+            }
+            if gained is not None and not set(planned) & gained:
+                continue  # another member's: it settles it
+            now = consumer.committed(list(planned))
+            if not any((now[tp] or 0) >= off for tp, off in planned.items()):
+                for f in pending["files"]:
+                    self.lake.delete(f)
+                summary.recovered_files += len(pending["files"])
+                log.warning(
+                    "recovered an interrupted flush: its files were removed and will be rewritten",
+                    extra={"stage": "landing", "files": len(pending["files"])},
+                )
+            self.lake.delete(rel)
 
     # ------------------------------------------------------------------ flush
     def _outage(self, what: str, *, bounded: bool) -> Outage:
@@ -432,6 +507,8 @@ class Lander:
         )
         t0 = time.monotonic()
         self.outages = {}
+        self.journal = landing_journal(self.cfg.group_id, summary.run_id)
+        group = self.cfg.assignment == "group"
         # Reads only (this process owns the group's offsets); started first, so that a
         # fetch process starts up while this one finds out where to resume.
         fetch = RestartingFetcher(
@@ -451,42 +528,42 @@ class Lander:
                 def connect() -> tuple[list[TopicPartition], Consumer]:
                     if not self.settings.kafka.bootstrap_servers:
                         ensure_topics(self.settings)  # the embedded broker forgets topics
-                    partitions = self.client.all_partitions(topics)
-                    return partitions, self.client.consumer(self.cfg.group_id)
+                    consumer = self.client.consumer(self.cfg.group_id)
+                    if group:
+                        consumer.subscribe(topics)  # the group says which partitions
+                        return [], consumer
+                    return self.client.all_partitions(topics), consumer
 
                 partitions, consumer = broker.call(connect, retry_on=is_broker_outage)
                 self._dlq = self.client.producer() if self.cfg.dead_letters_to_topic else None
-                self._recover(consumer, summary)
-                # Resume from the group's committed offsets (or the earliest).
-                c = consumer
-                marks = broker.call(lambda: c.watermarks(partitions), retry_on=is_broker_outage)
-                committed = broker.call(lambda: c.committed(partitions), retry_on=is_broker_outage)
-                position = {tp: committed[tp] or marks[tp][0] for tp in partitions}
-                end = {tp: high for tp, (_low, high) in marks.items()}
-                fetch.start(position)
+                landing = self._landing = _Landing(
+                    self, consumer, fetch, summary, t0, bounded=bounded
+                )
+                if group:
+                    landing.join(timeout_s=self.cfg.idle_timeout_s + 30.0)
+                else:
+                    landing.gain(set(partitions), every_journal=True)
                 previous_handlers = self._install_signal_handlers()
-                landing = _Landing(self, summary, position, t0, bounded=bounded)
                 loop = ConsumeLoop(
-                    poll=lambda: fetch.poll(position),
-                    commit=c.commit,
-                    kafka=broker,
-                    stop=self._stop_event,
+                    poll=landing.poll, commit=consumer.commit, kafka=broker, stop=self._stop_event
                 )
                 ended = loop.run(
                     landing,
                     idle_timeout_s=self.cfg.idle_timeout_s if bounded else None,
                     max_seconds=max_seconds,
-                    drained=_Drained(position, end) if bounded else None,
+                    drained=_Drained(landing.position, landing.end) if bounded else None,
                 )
                 if ended == "idle":
+                    position, end = landing.position, landing.end
                     log.warning(
                         "no data before reaching the end offsets; stopping",
                         extra={"stage": "landing", "lagging": {
                             f"{tp.topic}/{tp.partition}": end[tp] - position[tp]
-                            for tp in partitions if position[tp] < end[tp]
+                            for tp in end if position[tp] < end[tp]
                         }},
                     )  # fmt: skip
             finally:
+                self._landing = None
                 for sig, handler in previous_handlers.items():
                     signal.signal(sig, handler)
                 fetch.close()
@@ -540,25 +617,124 @@ class _Drained:
 
 class _Landing:
     """The lander as the consume loop's handler: polls are buffered, flushed (journal,
-    files, dead letters) on size or time, committed by the loop, then the journal goes."""
+    files, dead letters) on size or time, committed by the loop, then the journal goes.
+
+    It also keeps what this run holds: ``position`` (the next offset to read, per
+    partition held) and ``end`` (a bounded run's goal), given once (``all``) or kept in
+    step with the group (``group``: :meth:`poll` hears from the group first).
+    """
 
     def __init__(
         self,
         lander: Lander,
+        consumer: Consumer,
+        fetch: RestartingFetcher,
         summary: LandingSummary,
-        position: dict[TopicPartition, int],
         t0: float,
         *,
         bounded: bool,
     ) -> None:
-        self.lander, self.summary, self.position, self.t0 = lander, summary, position, t0
-        self.bounded = bounded
+        self.lander, self.consumer, self.fetch = lander, consumer, fetch
+        self.summary, self.t0, self.bounded = summary, t0, bounded
+        self.group = lander.cfg.assignment == "group"
+        self.position: dict[TopicPartition, int] = {}
+        self.end: dict[TopicPartition, int] = {}
         self.buf = _Buffer()
         self.last_flush = time.monotonic()
         self.files: list[str] = []
+        self.heard_from_group = time.monotonic()
 
+    # ------------------------------------------------------------ what this run holds
+    def _kafka(self, fn: Callable[[], _T]) -> _T:
+        return self.lander._outage("kafka", bounded=self.bounded).call(
+            fn, retry_on=is_broker_outage
+        )
+
+    def gain(self, gained: set[TopicPartition], *, every_journal: bool = False) -> None:
+        """Start reading ``gained``: journals touching them settled first, then from the
+        group's committed offsets (or the earliest)."""
+        c, parts = self.consumer, sorted(gained, key=lambda tp: (tp.topic, tp.partition))
+        self._kafka(lambda: self.lander._recover(
+            c, self.summary, None if every_journal else gained))  # fmt: skip
+        marks = self._kafka(lambda: c.watermarks(parts))
+        committed = self._kafka(lambda: c.committed(parts))
+        for tp in parts:
+            self.position[tp] = committed[tp] or marks[tp][0]
+            self.end[tp] = marks[tp][1]
+        self.fetch.restart(self.position)
+
+    def lose(self, lost: set[TopicPartition]) -> None:
+        """Stop reading ``lost``; what was taken from them and not committed is dropped
+        (their new owner reads it again from the last commit)."""
+        dropped = self.buf.drop({(tp.topic, tp.partition) for tp in lost})
+        self.summary.records -= dropped
+        for tp in lost:
+            self.position.pop(tp, None)
+            self.end.pop(tp, None)
+        log.info(
+            "partitions moved to another lander",
+            extra={"stage": "landing", "partitions": len(lost), "dropped_records": dropped},
+        )
+        self.fetch.restart(self.position)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait until the group has given this lander partitions (or ``timeout_s``: a
+        group with more landers than partitions leaves some with none)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.position and time.monotonic() < deadline:
+            if self.lander._stop_event.is_set():
+                return
+            self._hear_from_group(POLL_TIMEOUT_S)
+
+    def _hear_from_group(self, timeout_s: float = 0.0) -> None:
+        """One poll of the group consumer (its partitions paused: it reads nothing), then
+        follow the assignment it reports.
+
+        A rebalance revokes every partition (eager): all that was not committed is
+        dropped, and the lander polls the group until it has its new partitions (up to
+        the session timeout), so that the rebalance completes for the whole group.
+        """
+        c = self.consumer
+        silent = time.monotonic() - self.heard_from_group > GROUP_SILENCE_S
+        self._kafka(lambda: c.poll_columns(1, timeout_s))  # the group protocol; data ignored
+        if c.rebalancing():
+            if self.position:
+                self.lose(set(self.position))
+            session_s = self.lander.settings.kafka.consumer.session_timeout_ms / 1000
+            deadline = time.monotonic() + session_s
+            while c.rebalancing() and time.monotonic() < deadline:
+                if self.lander._stop_event.is_set():
+                    return
+                self._kafka(lambda: c.poll_columns(1, POLL_TIMEOUT_S))
+        self.heard_from_group = time.monotonic()
+        held = set() if c.rebalancing() else c.assignment()
+        if held:
+            c.pause(sorted(held, key=lambda tp: (tp.topic, tp.partition)))
+        mine = set(self.position)
+        if silent and mine:  # may have been replaced meanwhile: forget and start again
+            log.warning("no word from the group for too long: starting again from its commits",
+                        extra={"stage": "landing"})  # fmt: skip
+            self.lose(mine)
+            mine = set()
+        if mine - held:
+            self.lose(mine - held)
+        if held - mine:
+            self.gain(held - mine)
+
+    def poll(self) -> list[PartitionBatch]:
+        """The next records of the partitions held (after hearing from the group)."""
+        if self.group and (
+            not self.position or time.monotonic() - self.heard_from_group >= MEMBERSHIP_EVERY_S
+        ):
+            self._hear_from_group()
+        if not self.position:
+            time.sleep(POLL_TIMEOUT_S)  # holding nothing: a poll's worth of waiting
+            return []
+        return self.fetch.poll(self.position)
+
+    # ------------------------------------------------------------ the loop's handler
     def assigned(self, gained: set[TopicPartition]) -> None:
-        """Partitions are assigned by hand (the lander reads them all)."""
+        """Not used: this handler follows the group itself (see :meth:`poll`)."""
 
     def take(self, polled: Polled) -> None:
         if self.summary.first_record_s is None:
@@ -592,6 +768,28 @@ class _Landing:
                    "files": len(self.files)},
         )  # fmt: skip
         self.buf, self.last_flush, self.files = _Buffer(), time.monotonic(), []
+
+    def refused(self, offsets: Offsets) -> None:
+        """The group moved on before the commit: take the flush back (its records' owner
+        reads them again from the last commit) and start again from the group's commits."""
+        lander, summary = self.lander, self.summary
+        for rel in self.files:
+            lander.lake.delete(rel)
+        lander.lake.delete(lander.journal)
+        summary.records -= self.buf.count
+        summary.flushes -= 1
+        summary.vitals -= sum(t.num_rows for t in self.buf.vitals)
+        summary.outcomes -= sum(t.num_rows for t in self.buf.outcomes)
+        summary.admissions -= sum(t.num_rows for t in self.buf.admissions)
+        log.warning(
+            "flush taken back: the group rebalanced before its commit",
+            extra={"stage": "landing", "files": len(self.files)},
+        )
+        self.buf, self.last_flush, self.files = _Buffer(), time.monotonic(), []
+        held = set(self.position)
+        self.position.clear()
+        self.end.clear()
+        self.gain(held)
 
 
 def main(

@@ -375,6 +375,11 @@ class _Scoring:
         self.summary.step_seconds["commit"] += time.perf_counter() - self._commit_started
         self.summary.last_batch_s = time.monotonic() - self.t0
 
+    def refused(self, offsets: Offsets) -> None:
+        """Stored but not committed: the new owner scores these again, and stores nothing
+        twice (rows are keyed; an alert is published only for a new row)."""
+        self.committed(offsets)
+
 
 # --------------------------------------------------------------------------- helpers
 def _pg_outage(exc: BaseException) -> bool:

@@ -98,8 +98,14 @@ def staging_zone(job: str) -> str:
     return f"{STAGING}/{job}"
 
 
-def landing_journal(group_id: str) -> str:
-    return f"{LANDING_STATE}/{group_id}/pending.json"
+def landing_journal(group_id: str, run_id: str) -> str:
+    """One lander run's write-ahead journal (landers of a group each keep their own)."""
+    return f"{landing_journals(group_id)}/{run_id}.json"
+
+
+def landing_journals(group_id: str) -> str:
+    """The folder of a group's journals (``pending.json`` beside it: before 2026-12)."""
+    return f"{LANDING_STATE}/{group_id}/pending"
 
 
 def landing_runs(group_id: str) -> str:

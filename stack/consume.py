@@ -9,7 +9,10 @@ rebalances tolerated — and a :class:`Handler` owns what is done with the recor
   stores them);
 - :meth:`Handler.due` says when what was taken should be made durable, and
   :meth:`Handler.flush` makes it so and returns the offsets that may be committed;
-- :meth:`Handler.committed` follows each commit (the lander drops its journal).
+- :meth:`Handler.committed` follows each commit (the lander drops its journal), and
+  :meth:`Handler.refused` a commit the group refused because it moved on (a rebalance):
+  the records' new owner reads them again from the last commit, so the lander takes its
+  files back, and the scorer, whose writes are idempotent, keeps its rows.
 
 :class:`Polled` is one poll's records as columns: no per-message object, Kafka timestamps
 sanitised (``stack.contracts.sane_kafka_ts_ms``), any record recoverable by position for a
@@ -102,7 +105,10 @@ class Handler(Protocol):
         """Make what was taken durable; the offsets that may now be committed."""
 
     def committed(self, offsets: Offsets) -> None:
-        """After ``offsets`` were committed (or found taken over by a rebalance)."""
+        """After ``offsets`` were committed."""
+
+    def refused(self, offsets: Offsets) -> None:
+        """After the group refused to commit ``offsets`` (it rebalanced meanwhile)."""
 
 
 def _ended(
@@ -212,9 +218,11 @@ class ConsumeLoop:
             return
         try:
             self._kafka.call(lambda: self._commit(offsets), retry_on=is_broker_outage)
-        except CommitFailedError as exc:  # durable already: the new owner re-delivers
+        except CommitFailedError as exc:  # the new owner reads these records again
             self.uncommitted += 1
             log.warning("batch stored but not committed (the group rebalanced): %s", exc)
+            handler.refused(offsets)
+            return
         handler.committed(offsets)
 
     def _step(self, fn: Callable[..., None], arg: object) -> bool:

@@ -316,6 +316,23 @@ def drop_database(server_url: str, name: str, *, wait_s: float = 30.0) -> None:
             time.sleep(0.2)
 
 
+def ensure_database(server_url: str, name: str) -> str:
+    """Database ``name`` on the server of ``server_url``, created if missing (the role
+    needs CREATEDB for that: on a hospital's server, ask its DBA); returns its URL."""
+    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if found.fetchone() is None:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.errors.InsufficientPrivilege as e:
+                raise RuntimeError(
+                    f"database {name!r} does not exist and this role may not create it:"
+                    f" ask the server's administrator to create it, owned by this role"
+                ) from e
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
 def recreate_database(server_url: str, name: str) -> str:
     """A new, empty database ``name`` (dropped first if it exists); returns its URL."""
     drop_database(server_url, name)

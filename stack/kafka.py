@@ -161,6 +161,12 @@ class Consumer(Protocol):
     ) -> None: ...
     def subscribe(self, topics: Sequence[str]) -> None: ...
     def assignment(self) -> set[TopicPartition]: ...
+    def rebalancing(self) -> bool:
+        """Whether the group has revoked this member's partitions and not yet given it
+        new ones (eager rebalancing: until then, :meth:`assignment` may still list the
+        old ones, and a commit is refused)."""
+        ...
+
     def poll_batch(self, max_records: int, timeout_s: float) -> list[Record]: ...
     def poll_columns(self, max_records: int, timeout_s: float) -> list[PartitionBatch]: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
@@ -294,6 +300,7 @@ class _KpConsumer:
             )
         except KafkaTimeoutError as exc:
             raise KafkaUnavailableError(f"no Kafka broker answered at {bootstrap}") from exc
+        self._group = {"rebalancing": False}  # set by the rebalance listener
 
     @staticmethod
     def _tp(tp: TopicPartition) -> Any:
@@ -311,7 +318,21 @@ class _KpConsumer:
             self._c.seek(self._tp(tp), off)
 
     def subscribe(self, topics: Sequence[str]) -> None:
-        self._c.subscribe(list(topics))
+        from kafka import ConsumerRebalanceListener
+
+        state = self._group
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                state["rebalancing"] = True
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                state["rebalancing"] = False
+
+        self._c.subscribe(list(topics), listener=Listener())
+
+    def rebalancing(self) -> bool:
+        return self._group["rebalancing"]
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}
@@ -530,6 +551,7 @@ class _CkConsumer:
             }
         )
         self._assigned: list[TopicPartition] = []
+        self._group = {"rebalancing": False}  # set by the rebalance callbacks
 
     @staticmethod
     def _tp(tp: TopicPartition, offset: int | None = None) -> Any:
@@ -551,7 +573,18 @@ class _CkConsumer:
         self._c.assign([self._tp(tp, at.get(tp, OFFSET_STORED)) for tp in partitions])
 
     def subscribe(self, topics: Sequence[str]) -> None:
-        self._c.subscribe(list(topics))
+        state = self._group
+
+        def revoked(_consumer: Any, _partitions: Any) -> None:
+            state["rebalancing"] = True
+
+        def assigned(_consumer: Any, _partitions: Any) -> None:
+            state["rebalancing"] = False  # the client assigns them after this returns
+
+        self._c.subscribe(list(topics), on_assign=assigned, on_revoke=revoked)
+
+    def rebalancing(self) -> bool:
+        return self._group["rebalancing"]
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._c.assignment()}

@@ -253,10 +253,16 @@ class RestartingFetcher:
         self.outage = outage
         self._peak = 0.0
 
-    def start(self, position: dict[TopicPartition, int]) -> None:
-        assert self._current is not None
-        self._current.start(position)
-        self._started = True
+    def restart(self, position: dict[TopicPartition, int]) -> None:
+        """Read ``position``'s partitions from there on: the fetcher made early starts
+        with them; a running one is replaced (what it read ahead is dropped)."""
+        if self._started:
+            self.close()
+        self._started = bool(position)
+        if position:
+            if self._current is None:
+                self._current = self._make()
+            self._current.start(dict(position))
 
     def poll(self, position: dict[TopicPartition, int]) -> list[PartitionBatch]:
         return self.outage.call(lambda: self._poll(position), retry_on=self._retry_on)

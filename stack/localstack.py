@@ -507,6 +507,8 @@ class PostgresService(_Service):
                 # MLflow's tracking store, a database of its own (its schema migrations
                 # and Vigil's never meet), owned by the same role.
                 _own_database(conn, self.s.mlflow.database, app_user)
+            if self.s.airflow.metadata_db == "postgres":
+                _own_database(conn, self.s.airflow.database, app_user)  # Airflow's, likewise
         # Tables made before the role existed belong to postgres: hand them over.
         with psycopg.connect(
             _embedded_database_url(self.s, "superuser"), autocommit=True, connect_timeout=5

@@ -181,11 +181,49 @@ class MlflowSettings(_Strict):
     )
 
 
+class AirflowSettings(_Strict):
+    metadata_db: Literal["sqlite", "postgres"] = Field(
+        "postgres",
+        description="Airflow's metadata database: database `database` of Vigil's "
+        "PostgreSQL (embedded or postgres.url; concurrent writers, the LocalExecutor's "
+        "parallel tasks) or SQLite in the Airflow home (single writer)",
+    )
+    database: str = Field(
+        "airflow", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="PostgreSQL database"
+    )
+
+
 class SparkSettings(_Strict):
-    master: str = "local[*]"
+    master: str = Field(
+        "local[*]", description="local[N], or a cluster: spark://host:7077 (make spark-cluster)"
+    )
     shuffle_partitions: int = Field(8, gt=0)
     driver_memory: str = "2g"
+    executor_memory: str = Field("1g", description="per executor, on a cluster")
     ui: bool = Field(False, description="Spark UI on port 4040 (loopback)")
+    driver_host: str = Field(
+        "127.0.0.1",
+        description="the address executors reach the driver at: this host's address on the"
+        " cluster's network when workers run on other hosts",
+    )
+    driver_bind_address: str = Field(
+        "127.0.0.1", description="the interface the driver listens on (0.0.0.0: all)"
+    )
+    driver_port: int = Field(
+        0, ge=0, lt=65536, description="the driver's RPC port (0: any free one)"
+    )
+    block_manager_port: int = Field(
+        0, ge=0, lt=65536, description="the driver's block manager port (0: any free one)"
+    )
+    ship_code: bool = Field(
+        False,
+        description="send Vigil's own packages to the executors as a zip with each session"
+        " (spark.submit.pyFiles): for workers where Vigil is not installed. Third-party"
+        " packages (pyarrow, pandas) must be on the executors' Python already",
+    )
+    executor_python: str | None = Field(
+        None, description="the executors' Python (null: this interpreter's path)"
+    )
 
 
 class LocalStackSettings(_Strict):
@@ -383,6 +421,12 @@ class LandingSettings(_Strict):
         5.0, gt=0, description="bounded drain gives up waiting for data after this long"
     )
     dead_letters_to_topic: bool = True
+    assignment: Literal["all", "group"] = Field(
+        "all",
+        description="'all': one lander reads every partition (start at once; run one at a"
+        " time); 'group': landers of the group share the partitions (scale out, each one"
+        " exactly once; joining costs a few seconds)",
+    )
     fetch: Literal["process", "inline"] = Field(
         "process",
         description="read Kafka in a child process (overlaps with validating and writing)"
@@ -741,6 +785,7 @@ class Settings(_Strict):
     postgres: PostgresSettings = PostgresSettings()
     lake: LakeSettings = LakeSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    airflow: AirflowSettings = AirflowSettings()
     spark: SparkSettings = SparkSettings()
     local_stack: LocalStackSettings = LocalStackSettings()
     simulator: SimulatorSettings = SimulatorSettings()

@@ -217,12 +217,15 @@ def training_settings(mlflow_overlay: dict[str, Any], tmp_path: Path) -> Setting
 
 # --------------------------------------------------------------------------- airflow
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An Airflow home with a migrated metadata database (SQLite), this repo's dags/."""
+def airflow_home(tmp_path_factory: pytest.TempPathFactory, stack_overlay: dict[str, Any]) -> Path:
+    """An Airflow home with a migrated metadata database — on the session's PostgreSQL,
+    as by default (a database of its own) — and this repo's dags/."""
     from ops.airflowcli import migrate
 
     home = tmp_path_factory.mktemp("airflow-home")
-    migrate(home)
+    s = make_settings(home, run_dir=stack_overlay["run_dir"], local_stack=stack_overlay[
+        "local_stack"], airflow={"database": f"airflow_{uuid.uuid4().hex[:8]}"})  # fmt: skip
+    migrate(home, s)
     return home
 
 
@@ -235,11 +238,11 @@ def run_dag(home: Path, settings: Settings, dag_id: str, tmp: Path) -> Any:
 
 def asset_events(home: Path, uri: str) -> int:
     """Asset events recorded for ``uri`` in the Airflow metadata database."""
-    import sqlite3
+    from ops.airflowcli import metadata_rows
 
-    with sqlite3.connect(home / "airflow.db") as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ?",
-            (uri,),
-        ).fetchone()
-    return int(row[0])
+    rows = metadata_rows(
+        home,
+        "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = :uri",
+        uri=uri,
+    )
+    return int(str(rows[0][0]))

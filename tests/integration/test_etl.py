@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from ops.airflowcli import home_metadata_url
 from pipelines.etl.job import run_etl
 from pipelines.landing import VITALS_SCHEMA, Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
@@ -170,7 +171,9 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     # do not run on a broken batch. AirflowFailException is what the DAG raises for an
     # EtlValidationError, and only for it.
     processed = "vigil://lake/processed/vitals_minute"
-    before = asset_events(airflow_home, processed)  # the session's Airflow home is shared
+    # The session's Airflow home is shared, its metadata on PostgreSQL as by default.
+    assert home_metadata_url(airflow_home).startswith("postgresql+psycopg://")
+    before = asset_events(airflow_home, processed)
     run = run_dag(airflow_home, s, "vigil_etl", tmp_path)
     log = run.stdout + run.stderr
     assert "AirflowFailException: raw_vitals validation failed" in log, log[-3000:]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from stack.kafka import KafkaClient, TopicPartition
+from stack.kafka import Consumer, KafkaClient, TopicPartition
 from stack.localstack import endpoints
 from stack.settings import Settings
 
@@ -68,3 +70,35 @@ def test_produce_poll_commit_resume(client: KafkaClient, stack_settings: Setting
             break
     assert min(r.offset for r in rest) == 10
     again.close()
+
+
+def test_group_members_share_partitions_and_settle(
+    client: KafkaClient, stack_settings: Settings
+) -> None:
+    """What a group lander relies on: two members of a group end up holding disjoint
+    halves of the partitions, and say they are no longer rebalancing once they do."""
+    import time
+
+    topic = stack_settings.kafka.topics.vitals
+    admin = client.admin()
+    admin.ensure_topics({topic: 4})
+    admin.close()
+    group = f"share-{client.settings.client}"
+    first = client.consumer(group)
+    first.subscribe([topic])
+
+    def settle(*members: Consumer, until: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline, [(m.rebalancing(), m.assignment()) for m in members]
+            for m in members:
+                m.poll_columns(1, 0.2)
+
+    settle(first, until=lambda: len(first.assignment()) == 4 and not first.rebalancing())
+    second = client.consumer(group)
+    second.subscribe([topic])
+    settle(first, second, until=lambda: not first.rebalancing() and not second.rebalancing()
+           and len(first.assignment()) == len(second.assignment()) == 2)  # fmt: skip
+    assert not first.assignment() & second.assignment()
+    first.close()
+    second.close()

@@ -9,8 +9,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -25,7 +27,13 @@ from pydantic import ValidationError
 from pipelines.landing import Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
 from pipelines.simulator.engine import MALFORMED_KINDS
-from stack.catalog import RAW_ADMISSIONS, RAW_DEAD, RAW_OUTCOMES, RAW_VITALS
+from stack.catalog import (
+    RAW_ADMISSIONS,
+    RAW_DEAD,
+    RAW_OUTCOMES,
+    RAW_VITALS,
+    landing_journals,
+)
 from stack.contracts import VitalsEvent
 from stack.kafka import KafkaClient
 from stack.lake import Lake
@@ -174,7 +182,7 @@ def test_crash_between_write_and_commit_loses_and_duplicates_nothing(
     )  # fmt: skip
     assert crashed.returncode == 17, crashed.stderr.decode()[-2000:]
     lake = _lake(s)
-    assert lake.exists(f"_landing/{s.landing.group_id}/pending.json")
+    assert len(lake.files(landing_journals(s.landing.group_id), ".json")) == 1
     assert max(_offsets(lake).values()) == 1
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -384,3 +392,103 @@ def _fresh_topics() -> dict[str, str]:
         "admissions": f"admissions.{tag}", "dead_letters": f"vitals.deadletter.{tag}",
         "predictions": f"predictions.{tag}", "alerts": f"alerts.{tag}",
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- scale out
+def _group_landing(s: Settings) -> Settings:
+    """Landers that share the partitions in a consumer group, flushing often."""
+    return s.model_copy(
+        update={"landing": s.landing.model_copy(
+            update={"assignment": "group", "flush_records": 1000, "flush_seconds": 0.5})}
+    )  # fmt: skip
+
+
+def _all_committed(s: Settings) -> bool:
+    """Whether the landing group has committed every partition up to its end."""
+    client, t = KafkaClient(s.kafka, endpoints(s).bootstrap_servers), s.kafka.topics
+    parts = client.all_partitions([t.vitals, t.outcomes, t.admissions])
+    consumer = client.consumer(s.landing.group_id)
+    try:
+        committed, marks = consumer.committed(parts), consumer.watermarks(parts)
+    finally:
+        consumer.close()
+    return all((committed[tp] or 0) >= marks[tp][1] for tp in parts)
+
+
+def _run_in_thread(lander: Lander, out: dict[str, Any]) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.update(s=lander.run(bounded=False)), daemon=True)
+    t.start()
+    return t
+
+
+def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_two_landers_split_the_partitions_and_land_each_offset_once(
+    stack_settings: Settings,
+) -> None:
+    s = _group_landing(with_simulator(stack_settings, faults=FAULTY, patients=30, hours=3))
+    lake = _lake(s)
+    first, _ = simulate_to_kafka(s)
+    a, b = Lander(s), Lander(s)
+    runs: list[dict[str, Any]] = [{}, {}]
+    threads = [_run_in_thread(a, runs[0])]
+    _until(lambda: sum(_offsets(lake).values()) == first.messages, 120, "the first lander")
+    topics = s.kafka.topics
+    every = set(KafkaClient(s.kafka, endpoints(s).bootstrap_servers).all_partitions(
+        [topics.vitals, topics.outcomes, topics.admissions]))  # fmt: skip
+    _until(lambda: a.holding() == every, 30, "the lone lander to hold every partition")
+    threads.append(_run_in_thread(b, runs[1]))
+
+    def split() -> bool:  # each sees the rebalance at its own next poll: wait for both
+        held_a, held_b = a.holding(), b.holding()
+        return bool(held_a and held_b) and not held_a & held_b and held_a | held_b == every
+
+    _until(split, 60, "the group to split the partitions between the two")
+    second, _ = simulate_to_kafka(s)  # while both run: each lands its own partitions
+    total = first.messages + second.messages
+    _until(lambda: sum(_offsets(lake).values()) >= total, 120, "both landers to land it all")
+    for lander in (a, b):
+        lander._stop_event.set()
+    for t in threads:
+        t.join(timeout=60)
+    summaries = [r["s"] for r in runs]
+    assert summaries[1].records > 0, "the second lander landed nothing"
+    assert summaries[0].records > first.messages, "the first lander landed no second batch"
+    _assert_exactly_once(s, lake)
+    assert sum(_offsets(lake).values()) == total
+    assert sum(x.records for x in summaries) == total
+
+
+def test_a_lander_that_dies_mid_flush_is_settled_by_the_group(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    s = _group_landing(with_simulator(stack_settings, faults=FAULTY))
+    sent, _ = simulate_to_kafka(s)
+    cmd, env = _lander_cmd(s, tmp_path)
+    crashed = subprocess.run(
+        cmd, env={**env, "VIGIL_FAILPOINT": "landing.after_write:2"},
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert crashed.returncode == 17, crashed.stderr.decode()[-2000:]
+    lake = _lake(s)
+    (journal,) = lake.files(landing_journals(s.landing.group_id), ".json")
+    orphaned = len(lake.read_json(journal)["files"])
+    landers = [Lander(s), Lander(s)]
+    runs: list[dict[str, Any]] = [{}, {}]
+    threads = [_run_in_thread(x, r) for x, r in zip(landers, runs, strict=True)]
+    _until(lambda: _all_committed(s) and not lake.files(landing_journals(s.landing.group_id),
+           ".json"), 120, "the group to settle the journal and commit every offset")  # fmt: skip
+    for lander in landers:
+        lander._stop_event.set()
+    for t in threads:
+        t.join(timeout=60)
+    _assert_exactly_once(s, lake)
+    assert sum(_offsets(lake).values()) == sent.messages
+    assert sum(r["s"].recovered_files for r in runs) == orphaned > 0
+    assert sum(r["s"].records for r in runs) > 0  # the orphaned flush's records, again
+    assert not lake.files(landing_journals(s.landing.group_id), ".json")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stack.settings import REPO_ROOT
+from stack.settings import REPO_ROOT, Settings
 
 DAGS = REPO_ROOT / "dags"
 EXPECTED = {
@@ -118,3 +118,30 @@ def test_make_airflow_tells_every_component_its_port_and_starts_paused(tmp_path:
     assert env["VIGIL_CONFIG"] == str(tmp_path / "vigil.yaml")
     on = standalone_env(tmp_path, tmp_path / "vigil.yaml", 8080, unpaused=True)
     assert on["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+
+
+def test_an_airflow_home_on_postgresql_gives_every_process_both_urls(tmp_path: Path) -> None:
+    """Airflow 3 on PostgreSQL needs the asyncio URL too (without it `airflow db migrate`
+    fails for want of asyncpg): both are derived from the one the home was migrated on."""
+    from ops.airflowcli import METADATA_URL_FILE, airflow_env, home_metadata_url
+
+    assert home_metadata_url(tmp_path) == f"sqlite:///{tmp_path / 'airflow.db'}"
+    assert not any("SQL_ALCHEMY" in k for k in airflow_env(tmp_path))
+    url = "postgresql+psycopg://vigil:s%40cret@127.0.0.1:15432/airflow"
+    (tmp_path / METADATA_URL_FILE).write_text(url + "\n")
+    env = airflow_env(tmp_path)
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == url
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == (
+        "postgresql+psycopg_async://vigil:s%40cret@127.0.0.1:15432/airflow"
+    )
+
+
+def test_the_metadata_db_setting_picks_the_database(settings: Settings) -> None:
+    from ops.airflowcli import metadata_db_url
+
+    pg = settings.model_copy(update={"postgres": settings.postgres.model_copy(
+        update={"url": "postgresql://u:p@db.hospital:5432/vigil"})})  # fmt: skip
+    assert metadata_db_url(pg) == "postgresql+psycopg://u:p@db.hospital:5432/airflow"
+    lite = pg.model_copy(update={"airflow": pg.airflow.model_copy(
+        update={"metadata_db": "sqlite"})})  # fmt: skip
+    assert metadata_db_url(lite) is None
