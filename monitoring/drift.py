@@ -158,6 +158,7 @@ def detect_drift(
     num_cols = numerical
     definition = DataDefinition(numerical_columns=num_cols, categorical_columns=categorical)
     preset = DataDriftPreset(
+        drift_share=cfg.trigger_share,  # Evidently's dataset line counts as Vigil does
         num_method=cfg.num_method,
         num_threshold=cfg.num_threshold,
         cat_method=cfg.cat_method,

