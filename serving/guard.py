@@ -13,12 +13,21 @@ request to a scoring endpoint the guard checks, in this order:
 
 Health, readiness, metrics and the OpenAPI document stay open, so probes and scrapers
 need no key. Answers are JSON ``{"error": ...}`` and never echo the request.
+
+The docs page (``GET /``, Swagger UI on the OpenAPI document) is BentoML's own with its
+Google Tag Manager snippet removed — a hospital's browser must not call a tracker — and
+served with a Content-Security-Policy that allows this origin only, so nothing of a
+later BentoML page can load from elsewhere either. Its scripts and styles are BentoML's
+local ``static_content``: the page works without a network.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 JSON = "application/json"
@@ -28,6 +37,33 @@ PROTECTED: dict[str, str] = {
     "/predict": JSON, "/predict_shadow": JSON, "/predict_columns": JSON,
     "/arrow/predict": ARROW, "/explain": JSON, "/score_vitals": JSON,
 }  # fmt: skip
+
+
+# Same origin only (Swagger UI's inline bootstrap and styles, its data: icons).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-src 'none'; object-src 'none'"
+)
+_TAG_MANAGER = re.compile(
+    r"<!--\s*Google Tag Manager(?: \(noscript\))?\s*-->.*?"
+    r"<!--\s*End Google Tag Manager(?: \(noscript\))?\s*-->",
+    re.S,
+)
+
+
+@cache
+def docs_page() -> bytes:
+    """BentoML's docs page without the tag manager (read once from the installed package)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("_bentoml_impl.server")  # BentoML's server package: where the page is
+    if spec is None or spec.origin is None:
+        raise RuntimeError("BentoML's server package is not installed")
+    page = (Path(spec.origin).parent / "main-openapi.html").read_text()
+    page = _TAG_MANAGER.sub("", page)
+    if "googletagmanager" in page:  # a BentoML release changed the snippet: fail loudly
+        raise RuntimeError("BentoML's docs page still loads Google Tag Manager")
+    return page.encode()
 
 
 class _TooLargeError(Exception):
@@ -58,6 +94,9 @@ class Guard:
             await _reply(send, 413, f"request body over {self.max_bytes} bytes")
             return
         path = scope["path"]
+        if path == "/" and scope.get("method") in ("GET", "HEAD"):
+            await _docs(send, head=scope["method"] == "HEAD")
+            return
         wanted = PROTECTED.get(path)
         if wanted is not None:
             given = headers.get(b"x-api-key", b"")
@@ -106,6 +145,18 @@ def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
         return await receive()  # type: ignore[no-any-return]
 
     return replayed
+
+
+async def _docs(send: Any, *, head: bool) -> None:
+    body = docs_page()
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+        (b"content-security-policy", DOCS_CSP.encode()),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 async def _reply(send: Any, status: int, message: str) -> None:

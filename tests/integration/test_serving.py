@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -426,6 +427,24 @@ def test_no_arrow_body_gets_a_5xx(served: dict[str, Any], body: bytes, cut: int,
         assert r.status_code < 500, (content[:64], r.text[:300])
         if r.status_code >= 400:
             assert r.json()["error"]
+
+
+def test_the_docs_page_calls_no_third_party_and_works_offline(served: dict[str, Any]) -> None:
+    """BentoML's docs page loaded Google Tag Manager in the viewer's browser: the page is
+    served without it, under a same-origin Content-Security-Policy, and everything it
+    loads is served by the service itself."""
+    page = httpx.get(f"{served['url']}/")
+    assert page.status_code == 200
+    assert "swagger-ui" in page.text
+    assert "googletagmanager" not in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+    assert "https:" not in csp
+    loads = re.findall(r'(?:src|href)="(\./[^"]+)"', page.text)
+    assert len(loads) >= 4  # styles, scripts, icons: all relative to the service
+    for rel in loads:
+        assert httpx.get(f"{served['url']}/{rel[2:]}").status_code == 200, rel
+    assert httpx.head(f"{served['url']}/").status_code == 200
 
 
 def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
