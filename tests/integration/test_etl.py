@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from ops.airflowcli import home_metadata_url
+from pipelines.etl.datadocs import outside_loads
 from pipelines.etl.job import run_etl
 from pipelines.landing import VITALS_SCHEMA, Lander
 from pipelines.produce import simulate_to_kafka, with_simulator
@@ -105,6 +107,18 @@ def test_faults_end_where_they_belong_and_rows_reconcile(etl_settings: Settings)
     assert (report / "raw_vitals.json").exists()
     assert (report / "processed_vitals.json").exists()
     assert (report / "data_docs" / "index.html").exists()
+    # Data Docs that work offline: no page loads anything from elsewhere (GX's own load
+    # Bootstrap, jQuery and Vega from CDNs, its logo from S3), and each carries Vigil's
+    # stylesheet, which is in the site.
+    pages = list((report / "data_docs").rglob("*.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        html = page.read_text()
+        assert outside_loads(html) == [], (page.name, outside_loads(html)[:3])
+        assert "Content-Security-Policy" in html
+        sheet = re.search(r'href="([^"]*vigil-offline\.css)"', html)
+        assert sheet is not None
+        assert (page.parent / sheet[1]).resolve().is_file()
     run = q(s, "SELECT status, raw_validation_success, processed_validation_success FROM etl_runs")
     assert run == [("succeeded", True, True)]
 
