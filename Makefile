@@ -143,6 +143,8 @@ bench: setup ## Run every benchmark; results in bench/results/*.json (takes ~1 h
 	$(BIN)/python -m bench.bench_drift
 	$(BIN)/python -m bench.bench_retrain
 	$(BIN)/python -m bench.bench_chaos
+	$(BIN)/python -m bench.bench_scale --part landing
+	$(BIN)/python -m bench.bench_scale --part spark
 	$(BIN)/python -m bench.report
 
 mlflow-ui: up ## Print the MLflow UI address (the server runs with `make up`)

@@ -13,13 +13,23 @@ the rounds are interleaved (the machine is shared: only side-by-side figures com
 imports, joining and draining included); ``msgs_per_s`` is messages / ``wall_s``. Every
 round checks that each offset landed exactly once.
 
-Usage: ``python -m bench.bench_scale --part landing [--patients N --hours H --repeat R]``.
+``--part spark``: one ward landed once, then the ETL and the features (``make etl``,
+``make features`` as their own processes) on a Spark standalone cluster started from the
+installed pyspark (``stack.sparkcluster``) with one worker and with two (one core and
+``--worker-memory`` each), each round on a fresh copy of the raw lake and a fresh
+database; ``events_per_s`` is raw events / the stage's wall time (Spark's start-up on
+the cluster included).
+
+Usage: ``python -m bench.bench_scale --part landing|spark [--patients N --hours H
+--repeat R]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,13 +142,105 @@ def run_landing(patients: int, hours: float, repeat: int) -> dict[str, Any]:
     }
 
 
+def _stage(module: str, s: Settings, overlay: Path) -> float:
+    """Run ``python -m module`` on ``s``; its wall time in seconds."""
+    path = overlay.with_name(f"scale-{module}-{uuid.uuid4().hex[:6]}.yaml")
+    path.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", module], env={**os.environ, "VIGIL_CONFIG": str(path)},
+        capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} failed: {done.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def run_spark(patients: int, hours: float, repeat: int, worker_memory: str) -> dict[str, Any]:
+    from pipelines.landing import Lander
+    from stack.db import drop_database, recreate_database
+    from stack.localstack import endpoints
+    from stack.sparkcluster import SparkCluster
+
+    rounds: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    with private_stack(["kafka", "postgres"]) as (stack_settings, overlay):
+        s = with_simulator(stack_settings, patients=patients, hours=hours, seed=11)
+        sent, _ = simulate_to_kafka(s)
+        landed = Lander(s).run(bounded=True)
+        raw = Path(s.resolve(s.lake.root)) / "raw"
+        events = landed.vitals
+        for _ in range(repeat):
+            for workers in (1, 2):
+                cluster = SparkCluster(s, workers=workers, cores=1, memory=worker_memory)
+                info = cluster.start()
+                tag = f"w{workers}-{uuid.uuid4().hex[:6]}"
+                root = raw.parent.parent / f"lake-{tag}"
+                shutil.copytree(raw, root / "raw")
+                url = recreate_database(endpoints(s).database_url, f"scale_{tag}")
+                run = s.model_copy(update={
+                    "lake": s.lake.model_copy(update={"root": str(root)}),
+                    "postgres": s.postgres.model_copy(update={"url": url}),
+                    "spark": s.spark.model_copy(update={
+                        "master": info.master_url, "executor_memory": worker_memory,
+                        "shuffle_partitions": 4}),
+                    "etl": s.etl.model_copy(update={"reports_dir": root / "reports"}),
+                })  # fmt: skip
+                try:
+                    etl_s = _stage("pipelines.etl", run, overlay)
+                    features_s = _stage("pipelines.features", run, overlay)
+                finally:
+                    cluster.stop()
+                    drop_database(url, f"scale_{tag}")
+                    shutil.rmtree(root, ignore_errors=True)
+                r = {
+                    "etl_s": etl_s,
+                    "features_s": features_s,
+                    "etl_events_per_s": events / etl_s,
+                    "features_events_per_s": events / features_s,
+                }
+                rounds[workers].append(r)
+                print(workers, json.dumps(r), flush=True)
+    results: dict[str, Any] = {
+        f"workers_{w}": {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
+        | {"rounds": [{k: round(v, 1) for k, v in r.items()} for r in rs]}
+        for w, rs in rounds.items()
+    }
+    for stage in ("etl", "features"):
+        results[f"{stage}_2_vs_1_workers"] = round(
+            results["workers_2"][f"{stage}_events_per_s"]
+            / results["workers_1"][f"{stage}_events_per_s"],
+            3,
+        )
+    return {
+        "parameters": {
+            "part": "spark",
+            "patients": patients,
+            "hours": hours,
+            "messages": sent.messages,
+            "vital_events": events,
+            "repeat": repeat,
+            "worker": f"1 core, {worker_memory}",
+            "statistic": "median of interleaved rounds",
+            "cluster": "Spark standalone from the installed pyspark, loopback",
+        },
+        "results": results,
+        "versions": versions("pyspark", "great-expectations"),
+        "machine": machine(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["landing"], default="landing")
+    ap.add_argument("--part", choices=["landing", "spark"], default="landing")
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--hours", type=float, default=12)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--worker-memory", default="2g")
     args = ap.parse_args()
+    if args.part == "spark":
+        out = run_spark(args.patients, args.hours, args.repeat, args.worker_memory)
+        print(write_result("scale_spark", out))
+        return
     out = run_landing(args.patients, args.hours, args.repeat)
     print(write_result("scale_landing", out))
 

@@ -263,6 +263,46 @@ def _clinical(d: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _scale_landing(d: dict[str, Any]) -> list[Row]:
+    r, p = d["results"], d["parameters"]
+    names = {"all_1": "one lander, every partition", "group_1": "one lander in a group",
+             "group_2": "two landers in a group"}  # fmt: skip
+    rows: list[Row] = []
+    for k, label in names.items():
+        x = r[k]
+        took = f"{_n(x['wall_s'], 1)} s, start {_n(x['startup_s'], 1)} s"
+        rows.append((f"{label}: {_n(p['messages'])} messages",
+                     f"{_n(x['msgs_per_s'])} msg/s ({took})", "–", "–"))  # fmt: skip
+    split = r["group_2"]["records_per_lander"]
+    rows += [
+        ("two landers: records each", " / ".join(_n(x) for x in split), "both land", _met(
+            min(split) > 0)),
+        ("two vs one in a group", f"{_n(r['group_2_vs_group_1'], 2)}×", "–", "–"),
+        ("group vs every partition (one lander)", f"{_n(r['group_1_vs_all_1'], 2)}×", "–", "–"),
+    ]  # fmt: skip
+    return rows
+
+
+def _scale_spark(d: dict[str, Any]) -> list[Row]:
+    r, p = d["results"], d["parameters"]
+    rows: list[Row] = []
+    for w in (1, 2):
+        x = r[f"workers_{w}"]
+        rows += [
+            (f"ETL, {w} worker{'s' if w > 1 else ''} ({p['worker']})",
+             f"{_n(x['etl_events_per_s'])} events/s ({_n(x['etl_s'], 1)} s)", "–", "–"),
+            (f"features, {w} worker{'s' if w > 1 else ''}",
+             f"{_n(x['features_events_per_s'])} events/s ({_n(x['features_s'], 1)} s)", "–", "–"),
+        ]  # fmt: skip
+    rows += [
+        ("ETL: two workers vs one", f"{_n(r['etl_2_vs_1_workers'], 2)}×", "–", "–"),
+        ("features: two workers vs one", f"{_n(r['features_2_vs_1_workers'], 2)}×", "–", "–"),
+    ]
+    return rows
+
+
+ANCHORS = {"retrain_respiratory_wave": "retrain"}
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("ingest", "Ingest: simulator → Kafka → raw lake", "python -m bench.bench_ingest", _ingest),
     ("etl", "ETL: raw lake → processed lake + PostgreSQL", "python -m bench.bench_etl", _etl),
@@ -275,6 +315,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("chaos", "Chaos: hostile messages and killed parts", "python -m bench.bench_chaos", _chaos),
     ("clinical", "Clinical validity: the model against every NEWS2 trigger",
      "python -m bench.bench_clinical", _clinical),
+    ("scale_landing", "Scale-out: one lander and two",
+     "python -m bench.bench_scale --part landing", _scale_landing),
+    ("scale_spark", "Scale-out: Spark standalone with one worker and two",
+     "python -m bench.bench_scale --part spark", _scale_spark),
 ]  # fmt: skip
 
 
@@ -295,7 +339,7 @@ def render() -> str:
         d = json.loads(path.read_text())
         out += [
             f"## {title}",
-            f'<a id="{name.split("_")[0]}"></a>',
+            f'<a id="{ANCHORS.get(name, name.replace("_", "-"))}"></a>',
             "",
             f"`{command}` · measured {str(d.get('when', '?'))[:16].replace('T', ' ')} UTC · "
             f"[`bench/results/{name}.json`](../bench/results/{name}.json)",
