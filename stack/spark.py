@@ -27,17 +27,49 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
+# The driver JVM's log4j2 configuration (Vigil's own): warnings and errors only, on
+# stdout. Spark's default writes INFO start-up lines to stderr, which Airflow 3 files
+# under ERROR in a task's log; two start-up warnings that say nothing actionable here
+# (a loopback host name, Hadoop's native library) are kept to errors.
+LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+appender.out.type = Console
+appender.out.name = out
+appender.out.target = SYSTEM_OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = %d{yyyy-MM-dd HH:mm:ss} %p spark %c{1}: %m%n
+logger.hostname.name = org.apache.spark.util.Utils
+logger.hostname.level = error
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
+
+
+def _log4j2(settings: Settings) -> Path:
+    path = settings.run_path / "spark-log4j2.properties"
+    if not path.exists() or path.read_text() != LOG4J2:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LOG4J2)
+    return path
+
+
 def spark_session(settings: Settings, app: str = "vigil") -> SparkSession:
     """The process's Spark session (created on first use, then reused)."""
     cfg = settings.spark
     os.environ.setdefault("PYSPARK_PYTHON", cfg.executor_python or sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if cfg.driver_bind_address not in ("0.0.0.0", "::"):
+        os.environ.setdefault("SPARK_LOCAL_IP", cfg.driver_bind_address)
     from pyspark.sql import SparkSession
 
     spark = (
         SparkSession.builder.master(cfg.master)
         .appName(app)
         .config("spark.driver.memory", cfg.driver_memory)
+        .config(
+            "spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_log4j2(settings)}"
+        )
         .config("spark.executor.memory", cfg.executor_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         # Scans split into at least as many tasks as shuffles do: by default a 320 MB lake

@@ -149,3 +149,36 @@ def test_shipped_code_is_what_executors_import(
     where = next(line for line in done.stdout.splitlines() if line.startswith("WHERE"))
     assert ".zip" in where, where
     assert "/vigil-" in where, where
+
+
+def test_the_driver_jvm_logs_warnings_to_stdout_not_info_to_stderr(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Airflow 3 files every stderr line of a task under ERROR: Spark's default log4j
+    profile put ~10 start-up lines there (INFO banners, harmless WARNs). The driver JVM now
+    logs warnings and errors only, to stdout; stderr keeps the JVM's own one-line note."""
+    s = settings.model_copy(
+        update={"run_dir": tmp_path / "run",
+                "spark": settings.spark.model_copy(update={"master": "local[1]"})}
+    )  # fmt: skip
+    config = tmp_path / "log.yaml"
+    config.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
+    script = (
+        "from stack.settings import load_settings\n"
+        "from stack.spark import spark_session\n"
+        "spark = spark_session(load_settings())\n"
+        "print('ROWS', spark.range(10).count())\n"
+        "spark.stop()\n"
+    )
+    env = {**os.environ, "VIGIL_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
+    env.pop("SPARK_LOCAL_IP", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ROWS 10" in done.stdout
+    stderr = [line for line in done.stderr.splitlines()
+              if line.strip() and "incubator modules" not in line]  # fmt: skip
+    assert stderr == []
+    assert "log4j2-defaults.properties" not in done.stdout + done.stderr
