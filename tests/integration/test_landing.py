@@ -169,18 +169,25 @@ def _lander_cmd(s: Settings, tmp: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "pipelines.landing"], env
 
 
+def _crash_a_lander(s: Settings, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """A lander process that dies between its second flush's files and their commit;
+    returns the command and environment of a lander on the same settings."""
+    cmd, env = _lander_cmd(s, tmp)
+    crashed = subprocess.run(
+        cmd, env={**env, "VIGIL_FAILPOINT": "landing.after_write:2"},
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert crashed.returncode == 17, crashed.stderr.decode()[-2000:]
+    return cmd, env
+
+
 def test_crash_between_write_and_commit_loses_and_duplicates_nothing(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
     s = with_simulator(stack_settings, faults=FAULTY)
     s = s.model_copy(update={"landing": s.landing.model_copy(update={"flush_records": 3000})})
     sent, _ = simulate_to_kafka(s)
-    cmd, env = _lander_cmd(s, tmp_path)
-    crashed = subprocess.run(
-        cmd, env={**env, "VIGIL_FAILPOINT": "landing.after_write:2"},
-        capture_output=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert crashed.returncode == 17, crashed.stderr.decode()[-2000:]
+    cmd, env = _crash_a_lander(s, tmp_path)
     lake = _lake(s)
     assert len(lake.files(landing_journals(s.landing.group_id), ".json")) == 1
     assert max(_offsets(lake).values()) == 1
@@ -469,12 +476,7 @@ def test_a_lander_that_dies_mid_flush_is_settled_by_the_group(
 ) -> None:
     s = _group_landing(with_simulator(stack_settings, faults=FAULTY))
     sent, _ = simulate_to_kafka(s)
-    cmd, env = _lander_cmd(s, tmp_path)
-    crashed = subprocess.run(
-        cmd, env={**env, "VIGIL_FAILPOINT": "landing.after_write:2"},
-        capture_output=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert crashed.returncode == 17, crashed.stderr.decode()[-2000:]
+    _crash_a_lander(s, tmp_path)
     lake = _lake(s)
     (journal,) = lake.files(landing_journals(s.landing.group_id), ".json")
     orphaned = len(lake.read_json(journal)["files"])

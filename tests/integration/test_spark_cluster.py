@@ -117,6 +117,23 @@ def test_etl_and_features_on_a_cluster_equal_the_local_run(
     assert all(int(str(a["cores"])) >= 1 for a in apps)
 
 
+def _in_a_session(s: Settings, tmp: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """``body`` run in a new process with ``spark``, the session of settings ``s``."""
+    config = tmp / f"session-{uuid.uuid4().hex[:6]}.yaml"
+    config.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
+    script = (
+        "from stack.settings import load_settings\n"
+        "from stack.spark import spark_session\n"
+        f"spark = spark_session(load_settings())\n{body}spark.stop()\n"
+    )
+    env = {**os.environ, "VIGIL_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
+    env.pop("SPARK_LOCAL_IP", None)
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        timeout=300, check=False, cwd=tmp,
+    )  # fmt: skip
+
+
 def test_shipped_code_is_what_executors_import(
     cluster: ClusterInfo, tmp_path: Path, settings: Settings
 ) -> None:
@@ -130,21 +147,11 @@ def test_shipped_code_is_what_executors_import(
             ),
         }
     )
-    config = tmp_path / "ship.yaml"
-    config.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
-    script = (
-        "from stack.settings import load_settings\n"
-        "from stack.spark import spark_session\n"
-        "spark = spark_session(load_settings())\n"
+    done = _in_a_session(s, tmp_path, (
         "where = spark.sparkContext.parallelize([0], 1)"
         ".map(lambda _: __import__('stack.contracts').__file__).collect()\n"
         "print('WHERE', where[0])\n"
-        "spark.stop()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env={**os.environ, "VIGIL_CONFIG": str(config)},
-        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     where = next(line for line in done.stdout.splitlines() if line.startswith("WHERE"))
     assert ".zip" in where, where
@@ -161,21 +168,7 @@ def test_the_driver_jvm_logs_warnings_to_stdout_not_info_to_stderr(
         update={"run_dir": tmp_path / "run",
                 "spark": settings.spark.model_copy(update={"master": "local[1]"})}
     )  # fmt: skip
-    config = tmp_path / "log.yaml"
-    config.write_text(yaml.safe_dump(json.loads(s.model_dump_json())))
-    script = (
-        "from stack.settings import load_settings\n"
-        "from stack.spark import spark_session\n"
-        "spark = spark_session(load_settings())\n"
-        "print('ROWS', spark.range(10).count())\n"
-        "spark.stop()\n"
-    )
-    env = {**os.environ, "VIGIL_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
-    env.pop("SPARK_LOCAL_IP", None)
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
-        timeout=300, check=False, cwd=tmp_path,
-    )  # fmt: skip
+    done = _in_a_session(s, tmp_path, "print('ROWS', spark.range(10).count())\n")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ROWS 10" in done.stdout
     stderr = [line for line in done.stderr.splitlines()
