@@ -18,7 +18,9 @@ The docs page (``GET /``, Swagger UI on the OpenAPI document) is BentoML's own w
 Google Tag Manager snippet removed — a hospital's browser must not call a tracker — and
 served with a Content-Security-Policy that allows this origin only, so nothing of a
 later BentoML page can load from elsewhere either. Its scripts and styles are BentoML's
-local ``static_content``: the page works without a network.
+local ``static_content``: the page works without a network. The OpenAPI document's
+description is Vigil's (:data:`DESCRIPTION`), not BentoML's default README, whose badge
+images come from public hosts.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ _TAG_MANAGER = re.compile(
     r"<!--\s*Google Tag Manager(?: \(noscript\))?\s*-->.*?"
     r"<!--\s*End Google Tag Manager(?: \(noscript\))?\s*-->",
     re.S,
+)
+
+
+DESCRIPTION = (
+    "Vigil's deterioration-risk service: calibrated risk of an ICU transfer, an emergency "
+    "response or a cardiac arrest within the model's horizon, from vital-sign features, "
+    "with the model version that answered. `POST /predict` takes feature rows, "
+    "`/score_vitals` raw vital-sign events, `/arrow/predict` an Arrow stream; "
+    "`/readyz` says whether a verified model is loaded; `/metrics` is for Prometheus. "
+    "Scoring endpoints need `X-API-Key` when the service has one."
 )
 
 
@@ -93,10 +105,9 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await _reply(send, 413, f"request body over {self.max_bytes} bytes")
             return
-        path = scope["path"]
-        if path == "/" and scope.get("method") in ("GET", "HEAD"):
-            await _docs(send, head=scope["method"] == "HEAD")
+        if await self._documentation(scope, receive, send):
             return
+        path = scope["path"]
         wanted = PROTECTED.get(path)
         if wanted is not None:
             given = headers.get(b"x-api-key", b"")
@@ -113,6 +124,18 @@ class Guard:
             await _reply(send, 413, f"request body over {self.max_bytes} bytes")
             return
         await self.app(scope, _replay(body, receive), send)
+
+    async def _documentation(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """The docs page and the document it renders (see the module's docstring); False
+        for any other request."""
+        path, method = scope["path"], scope.get("method")
+        if path == "/" and method in ("GET", "HEAD"):
+            await _docs(send, head=method == "HEAD")
+            return True
+        if path == "/docs.json" and method == "GET":
+            await self.app(scope, receive, _described(send))
+            return True
+        return False
 
     async def _read(self, receive: Any) -> list[dict[str, Any]]:
         """The request's body messages, refusing (``_TooLargeError``) past the limit.
@@ -145,6 +168,34 @@ def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
         return await receive()  # type: ignore[no-any-return]
 
     return replayed
+
+
+def _described(send: Any) -> Any:
+    """A ``send`` that puts Vigil's description into the OpenAPI document it passes on."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        if start.get("status") == 200:
+            doc = json.loads(body)
+            doc.setdefault("info", {})["description"] = DESCRIPTION
+            body = json.dumps(doc).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", b"%d" % len(body)))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 async def _docs(send: Any, *, head: bool) -> None:

@@ -445,6 +445,11 @@ def test_the_docs_page_calls_no_third_party_and_works_offline(served: dict[str, 
     for rel in loads:
         assert httpx.get(f"{served['url']}/{rel[2:]}").status_code == 200, rel
     assert httpx.head(f"{served['url']}/").status_code == 200
+    # The document the page renders describes Vigil, without BentoML's README badges
+    # (images from public hosts, which the policy would block anyway).
+    doc = httpx.get(f"{served['url']}/docs.json").json()
+    assert doc["info"]["description"].startswith("Vigil's deterioration-risk service")
+    assert "http" not in doc["info"]["description"]
 
 
 def test_openapi_document_lists_the_endpoints(served: dict[str, Any]) -> None:
