@@ -284,6 +284,11 @@ def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connecti
     return psycopg.connect(endpoints(settings).database_url, autocommit=autocommit)
 
 
+def _on_server(server_url: str, database: str) -> str:
+    """The URL of ``database`` on the server of ``server_url``."""
+    return server_url.rsplit("/", 1)[0] + f"/{database}"
+
+
 def drop_database(server_url: str, name: str, *, wait_s: float = 30.0) -> None:
     """Drop database ``name`` (if it exists) on the server of ``server_url``.
 
@@ -294,7 +299,7 @@ def drop_database(server_url: str, name: str, *, wait_s: float = 30.0) -> None:
     is the fallback; a session of another role still connected is waited out up to
     ``wait_s``, then reported by name.
     """
-    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    admin = _on_server(server_url, "postgres")
     db = sql.Identifier(name)
     deadline = time.monotonic() + wait_s
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -319,7 +324,7 @@ def drop_database(server_url: str, name: str, *, wait_s: float = 30.0) -> None:
 def ensure_database(server_url: str, name: str) -> str:
     """Database ``name`` on the server of ``server_url``, created if missing (the role
     needs CREATEDB for that: on a hospital's server, ask its DBA); returns its URL."""
-    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    admin = _on_server(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if found.fetchone() is None:
@@ -330,16 +335,16 @@ def ensure_database(server_url: str, name: str) -> str:
                     f"database {name!r} does not exist and this role may not create it:"
                     f" ask the server's administrator to create it, owned by this role"
                 ) from e
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    return _on_server(server_url, name)
 
 
 def recreate_database(server_url: str, name: str) -> str:
     """A new, empty database ``name`` (dropped first if it exists); returns its URL."""
     drop_database(server_url, name)
-    admin = server_url.rsplit("/", 1)[0] + "/postgres"
+    admin = _on_server(server_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    return _on_server(server_url, name)
 
 
 def migrate(settings: Settings) -> list[int]:

@@ -212,7 +212,7 @@ def _alive(pid_file: Path, marker: str) -> int | None:
         return None
 
 
-def _kill_group(pid: int, timeout_s: float = 10.0) -> None:
+def kill_group(pid: int, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group led by ``pid``, then SIGKILL whatever is left."""
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
@@ -295,7 +295,7 @@ class _Service:
     def stop(self) -> bool:
         pid = self.pid()
         if pid is not None:
-            _kill_group(pid)
+            kill_group(pid)
         self.pid_file.unlink(missing_ok=True)
         return pid is not None
 
@@ -535,7 +535,7 @@ class PostgresService(_Service):
             check=False,
         )
         if res.returncode != 0 and psutil.pid_exists(pid):
-            _kill_group(pid)
+            kill_group(pid)
         return True
 
 

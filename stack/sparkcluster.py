@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.localstack import free_port
+from stack.localstack import free_port, kill_group
 from stack.settings import Settings
 
 HOST = "127.0.0.1"
@@ -114,7 +113,7 @@ class SparkCluster:
         except FileNotFoundError:
             return False
         for pid in reversed(data["pids"]):
-            _stop(pid)
+            kill_group(pid, timeout_s=15.0)  # spark-class execs java in its group
         self.state.unlink(missing_ok=True)
         return True
 
@@ -163,20 +162,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _stop(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group of ``pid`` (spark-class execs java in it), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if not _alive(pid):
-            return
 
 
 def main(argv: list[str]) -> int:
