@@ -164,8 +164,10 @@ def _ephemeral_floor() -> int:
         return 32768  # Linux's default
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on loopback (for tests), below the ephemeral range.
+def free_port(host: str = "127.0.0.1", block: int = 1) -> int:
+    """A currently free TCP port on loopback (for tests), below the ephemeral range;
+    with ``block`` > 1 the first of that many consecutive free ports (a multi-worker
+    scorer serves its metrics on ``port + i``).
 
     A port from ``bind(0)`` lies in the ephemeral range, where every outgoing connection
     also takes its source port: between choosing it and the server binding it, a client
@@ -175,14 +177,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     floor = _ephemeral_floor()
     rng = random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(max(1024, floor - 12_000), floor)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        port = rng.randrange(max(1024, floor - 12_000), floor - block + 1)
+        with contextlib.ExitStack() as held:
             try:
-                s.bind((host, port))
+                for p in range(port, port + block):
+                    s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    s.bind((host, p))
             except OSError:
                 continue
             return port
-    raise StackError(f"no free port on {host} below {floor} after 200 tries")
+    raise StackError(f"no {block} free port(s) on {host} below {floor} after 200 tries")
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:

@@ -609,10 +609,11 @@ def test_two_workers_share_the_group_and_store_every_event_once(
 def test_workers_stop_when_their_parent_is_killed(
     scorer_settings: Settings, tmp_path: Path
 ) -> None:
-    proc = _score_process(scorer_settings, tmp_path, "--workers", "2")
+    port = free_port(block=2)  # worker i serves on port + i: both must be free
+    s = scorer_settings.with_scorer(metrics_port=port)
+    proc = _score_process(s, tmp_path, "--workers", "2")
     try:
         deadline = time.monotonic() + 120
-        port = scorer_settings.scorer.metrics_port
         while True:  # both workers serve their metrics (port, port + 1) once running
             assert time.monotonic() < deadline, "the workers did not start"
             assert proc.poll() is None
