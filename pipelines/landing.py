@@ -37,8 +37,10 @@ group consumer only to stay a member (its partitions paused); when the group mov
 partition away, the rows of it not yet committed are dropped (the new owner reads them
 from the last commit); a partition gained starts from the group's commit once the journals
 that touch it are settled. A run that lost touch with the group for longer than the
-group allows (``GROUP_SILENCE_S``) may have been replaced, and starts again from the
-group's commits. No instance commits a partition it does not hold, so each offset lands
+group allows (``GROUP_SILENCE_SHARE`` of ``kafka.consumer.max_poll_interval_ms``) may have
+been replaced: a flush written across such a silence is taken back, not committed (its new
+owner may have settled its journal already), and the run starts again from the group's
+commits. No instance commits a partition it does not hold, so each offset lands
 once whichever instance lands it.
 
 Modes: ``bounded`` drains up to the end offsets seen at start, then exits (what Airflow
@@ -117,10 +119,12 @@ _T = TypeVar("_T")
 
 POLL_TIMEOUT_S = 0.2  # how long one poll waits for data (the loop's tick when idle)
 MEMBERSHIP_EVERY_S = 0.5  # a group lander hears from its group this often
-# Both clients' default max.poll.interval is 300 s: a member silent that long is replaced.
-# Silent for longer than this, a lander takes nothing it holds for granted.
-GROUP_SILENCE_S = 240.0
-FAILPOINT_ENV = "VIGIL_FAILPOINT"  # "landing.after_write:N" → die after the N-th flush's files
+# A member that has not polled for kafka.consumer.max_poll_interval_ms is replaced. Silent
+# for this share of it, a lander takes nothing it holds for granted.
+GROUP_SILENCE_SHARE = 0.8
+# Failpoints for tests: "landing.after_write:N" → die after the N-th flush's files;
+# "landing.stall_after_write:N:S" → stand still S seconds there (once).
+FAILPOINT_ENV = "VIGIL_FAILPOINT"
 
 _TS = pa.timestamp("us", tz="UTC")
 _KAFKA_COLS = [
@@ -339,10 +343,14 @@ class Lander:
         return set(landing.position.copy()) if landing is not None else set()
 
     @staticmethod
-    def _parse_failpoint() -> int | None:
+    def _parse_failpoint() -> tuple[str, int, float] | None:
+        """(``die`` or ``stall``, the flush, seconds) from :data:`FAILPOINT_ENV`."""
         raw = os.environ.get(FAILPOINT_ENV, "")
         if raw.startswith("landing.after_write:"):
-            return int(raw.split(":", 1)[1])
+            return "die", int(raw.split(":", 1)[1]), 0.0
+        if raw.startswith("landing.stall_after_write:"):
+            _, flush, seconds = raw.split(":")
+            return "stall", int(flush), float(seconds)
         return None
 
     # ------------------------------------------------------------------ recovery
@@ -430,8 +438,12 @@ class Lander:
 
         self._outage("lake", bounded=bounded).call(write, retry_on=_is_io_outage)
         summary.flushes += 1
-        if self._failpoint is not None and summary.flushes >= self._failpoint:
-            os._exit(17)  # simulated crash: files written, offsets not committed
+        if self._failpoint is not None:
+            kind, at, seconds = self._failpoint
+            if kind == "die" and summary.flushes >= at:
+                os._exit(17)  # simulated crash: files written, offsets not committed
+            if kind == "stall" and summary.flushes == at:
+                time.sleep(seconds)  # simulated stall (a GC pause, a frozen VM, a slow disk)
         if self._dlq is not None and buf.dead:
             dlq = self._dlq
             self._outage("kafka", bounded=bounded).call(
@@ -643,6 +655,8 @@ class _Landing:
         self.last_flush = time.monotonic()
         self.files: list[str] = []
         self.heard_from_group = time.monotonic()
+        poll_interval_s = lander.settings.kafka.consumer.max_poll_interval_ms / 1000
+        self.silence_s = GROUP_SILENCE_SHARE * poll_interval_s
 
     # ------------------------------------------------------------ what this run holds
     def _kafka(self, fn: Callable[[], _T]) -> _T:
@@ -695,7 +709,7 @@ class _Landing:
         the session timeout), so that the rebalance completes for the whole group.
         """
         c = self.consumer
-        silent = time.monotonic() - self.heard_from_group > GROUP_SILENCE_S
+        silent = self._silent()
         self._kafka(lambda: c.poll_columns(1, timeout_s))  # the group protocol; data ignored
         if c.rebalancing():
             if self.position:
@@ -753,7 +767,20 @@ class _Landing:
         if not self.buf.last_offsets:
             return {}
         self.files = self.lander._write(self.buf, self.summary, bounded=self.bounded)
+        if self.group and self._silent():
+            # Replaced meanwhile, perhaps, and the new owner may have settled this flush's
+            # journal (removed its files) already: committing it would lose records on a
+            # broker that does not fence stale members. Hear from the group again first.
+            self._take_back("no word from the group for longer than it allows")
+            self.position.clear()
+            self.end.clear()
+            self.fetch.restart(self.position)
+            return {}
         return self.buf.next_offsets
+
+    def _silent(self) -> bool:
+        """Whether the group may have replaced this member since it last heard from it."""
+        return time.monotonic() - self.heard_from_group > self.silence_s
 
     def committed(self, offsets: Offsets) -> None:
         lander, buf, summary = self.lander, self.buf, self.summary
@@ -772,6 +799,14 @@ class _Landing:
     def refused(self, offsets: Offsets) -> None:
         """The group moved on before the commit: take the flush back (its records' owner
         reads them again from the last commit) and start again from the group's commits."""
+        self._take_back("the group rebalanced before its commit")
+        held = set(self.position)
+        self.position.clear()
+        self.end.clear()
+        self.gain(held)
+
+    def _take_back(self, why: str) -> None:
+        """Undo the flush written and not committed: its files, its journal, its counts."""
         lander, summary = self.lander, self.summary
         for rel in self.files:
             lander.lake.delete(rel)
@@ -782,14 +817,9 @@ class _Landing:
         summary.outcomes -= sum(t.num_rows for t in self.buf.outcomes)
         summary.admissions -= sum(t.num_rows for t in self.buf.admissions)
         log.warning(
-            "flush taken back: the group rebalanced before its commit",
-            extra={"stage": "landing", "files": len(self.files)},
+            f"flush taken back: {why}", extra={"stage": "landing", "files": len(self.files)}
         )
         self.buf, self.last_flush, self.files = _Buffer(), time.monotonic(), []
-        held = set(self.position)
-        self.position.clear()
-        self.end.clear()
-        self.gain(held)
 
 
 def main(

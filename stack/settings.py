@@ -69,8 +69,23 @@ class ConsumerSettings(_Strict):
     max_poll_records: int = Field(5000, gt=0)
     session_timeout_ms: int = Field(6000, gt=0)
     heartbeat_interval_ms: int = Field(1000, gt=0)
+    max_poll_interval_ms: int = Field(
+        300_000,
+        gt=0,
+        description="a group member that has not polled for this long is replaced (both"
+        " clients' default); at least session_timeout_ms",
+    )
     fetch_max_bytes: int = Field(16_777_216, gt=0, description="per fetch request")
     max_partition_fetch_bytes: int = Field(2_097_152, gt=0, description="per partition")
+
+    @model_validator(mode="after")
+    def _poll_interval(self) -> ConsumerSettings:
+        if self.max_poll_interval_ms < self.session_timeout_ms:  # librdkafka refuses it
+            raise ValueError(
+                f"max_poll_interval_ms ({self.max_poll_interval_ms}) is below"
+                f" session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
 
 
 class KafkaSecuritySettings(_Strict):

@@ -494,3 +494,67 @@ def test_a_lander_that_dies_mid_flush_is_settled_by_the_group(
     assert sum(r["s"].recovered_files for r in runs) == orphaned > 0
     assert sum(r["s"].records for r in runs) > 0  # the orphaned flush's records, again
     assert not lake.files(landing_journals(s.landing.group_id), ".json")
+
+
+def test_a_lander_that_stalls_past_the_poll_interval_is_replaced_and_commits_nothing(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lander frozen between its files and their commit for longer than the group
+    allows (``max_poll_interval_ms``) is replaced: the other lander takes its partitions
+    and settles the flush; woken, it takes the flush back instead of committing, rejoins,
+    and every offset lands once. (The frozen one is not the group's leader: the embedded
+    broker never elects another when a leader leaves — docs/operations.md.)"""
+    s = _group_landing(with_simulator(stack_settings, faults=FAULTY, patients=30, hours=3))
+    consumer = s.kafka.consumer.model_copy(
+        update={"max_poll_interval_ms": 7000, "max_poll_records": 150})  # fmt: skip
+    s = s.model_copy(update={
+        "kafka": s.kafka.model_copy(update={"consumer": consumer}),
+        "landing": s.landing.model_copy(update={"flush_records": 200}),
+    })  # fmt: skip
+    lake = _lake(s)
+    first, _ = simulate_to_kafka(s)
+    topics = s.kafka.topics
+    every = set(KafkaClient(s.kafka, endpoints(s).bootstrap_servers).all_partitions(
+        [topics.vitals, topics.outcomes, topics.admissions]))  # fmt: skip
+    b = Lander(s)  # the group's leader
+    monkeypatch.setenv("VIGIL_FAILPOINT", "landing.stall_after_write:2:20")
+    a = Lander(s)  # stands still 20 s after its second flush's files
+    monkeypatch.delenv("VIGIL_FAILPOINT")
+    runs: list[dict[str, Any]] = [{}, {}]
+    threads = [_run_in_thread(b, runs[1])]
+    _until(lambda: sum(_offsets(lake).values()) == first.messages, 120,
+           "the first lander to land the first batch")  # fmt: skip
+    _until(lambda: b.holding() == every, 30, "the lone lander to hold every partition")
+    threads.append(_run_in_thread(a, runs[0]))
+
+    def split() -> bool:
+        held_a, held_b = a.holding(), b.holding()
+        return bool(held_a and held_b) and not held_a & held_b and held_a | held_b == every
+
+    _until(split, 60, "the group to split the partitions")
+    second, _ = simulate_to_kafka(s)
+    assert second.messages > 1000  # several flushes each
+    _until(lambda: a._landing is not None and a._landing.summary.flushes >= 2, 60,
+           "the second lander to write its second flush")  # fmt: skip
+    stalled = lake.read_json(a.journal)["files"]
+    assert stalled
+    _until(lambda: b.holding() == every, 60, "the group to replace the frozen lander")
+    _until(lambda: not any(lake.exists(f) for f in stalled), 30,
+           "the first lander to settle the frozen lander's flush")  # fmt: skip
+    assert a._landing is not None
+    assert a._landing.summary.flushes == 2  # still frozen
+    _until(split, 90, "the woken lander to rejoin and the group to split again")
+    assert "flush taken back: no word from the group" in caplog.text
+    total = first.messages + second.messages
+    _until(lambda: sum(_offsets(lake).values()) >= total and _all_committed(s), 120,
+           "both landers to land it all")  # fmt: skip
+    for lander in (a, b):
+        lander._stop_event.set()
+    for t in threads:
+        t.join(timeout=60)
+    summaries = [r["s"] for r in runs]
+    assert summaries[1].recovered_files == len(stalled)
+    assert not lake.files(landing_journals(s.landing.group_id), ".json")
+    _assert_exactly_once(s, lake)
+    assert sum(_offsets(lake).values()) == total
+    assert sum(x.records for x in summaries) == total

@@ -100,3 +100,10 @@ def test_sqlalchemy_urls_name_the_driver_and_database() -> None:
     with pytest.raises(ValueError, match=r"not a PostgreSQL URL: mysql://u:\*\*\*@h/d") as err:
         sqlalchemy_url("mysql://u:secret@h/d")
     assert "secret" not in str(err.value)
+
+
+def test_a_poll_interval_below_the_session_timeout_is_refused() -> None:
+    ok = load_settings(environ={"VIGIL__KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS": "6000"})
+    assert ok.kafka.consumer.max_poll_interval_ms == ok.kafka.consumer.session_timeout_ms
+    with pytest.raises(ConfigError, match=r"max_poll_interval_ms \(5999\) is below"):
+        load_settings(environ={"VIGIL__KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS": "5999"})
