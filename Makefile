@@ -31,9 +31,11 @@ setup: $(STAMP) ## Create the virtualenv and install the lock (re-runs only when
 	@$(BIN)/python -I -c 'import ops' 2>/dev/null \
 	  || $(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 
-lock: ## Re-resolve requirements.in into requirements.lock
+lock: ## Re-resolve requirements.in into requirements.lock, then the stream image's subset
 	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"; }
 	$(BIN)/uv pip compile -q requirements.in --python-version 3.11 -o requirements.lock
+	$(MAKE) setup
+	$(BIN)/python -m ops.images
 
 up: setup ## Start the embedded stack (Kafka API, PostgreSQL, MLflow) on loopback
 	$(BIN)/python -m stack up

@@ -39,6 +39,12 @@ from stack.kafka import KafkaClient
 from stack.lake import Lake
 from stack.localstack import endpoints, ensure_topics
 from stack.settings import Settings, TopicNames
+from tests.integration.importaudit import (
+    as_deployed,
+    as_stream_image,
+    audits,
+    imported_outside_the_image,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -196,6 +202,26 @@ def test_crash_between_write_and_commit_loses_and_duplicates_nothing(
     assert b"recovered an interrupted flush" in done.stderr
     _assert_exactly_once(s, lake)
     assert sum(_offsets(lake).values()) == sent.messages
+
+
+def test_the_lander_runs_with_only_what_the_stream_image_installs(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """Deployed (addresses given) and able to import only ``deploy/requirements-stream.txt``
+    (every other installed module refused), the lander lands every message."""
+    s = as_deployed(with_simulator(stack_settings, faults=FAULTY, patients=10, hours=1, seed=5))
+    sent, _ = simulate_to_kafka(s)
+    cmd, env = _lander_cmd(s, tmp_path)
+    audit = tmp_path / "imports"
+    audit.mkdir()
+    done = subprocess.run(cmd, env=as_stream_image(env, audit), capture_output=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    _assert_exactly_once(s, _lake(s))
+    assert sum(_offsets(_lake(s)).values()) == sent.messages
+    (lander,) = audits(audit)  # (its fetch process is ended by it: no exit hook runs)
+    assert {"pyarrow", "kafka", "pydantic"} <= set(lander["imported"])
+    assert not imported_outside_the_image(audit)
 
 
 def test_kill_mid_drain_then_rerun_loses_nothing(stack_settings: Settings, tmp_path: Path) -> None:

@@ -54,6 +54,12 @@ from tests.integration.conftest import (
     _topic_messages,
     _wait_version,
 )
+from tests.integration.importaudit import (
+    as_deployed,
+    as_stream_image,
+    audits,
+    imported_outside_the_image,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -575,21 +581,29 @@ def test_shadow_without_a_challenger_is_a_409_and_the_scorer_goes_on(
         reg.client.set_registered_model_alias(reg.name, CHALLENGER, served["challenger"])
 
 
-def _score_process(s: Settings, tmp: Path, *args: str) -> psutil.Popen:
+def _score_process(s: Settings, tmp: Path, *args: str, audit: Path | None = None) -> psutil.Popen:
     cfg = tmp / "scorer.yaml"
     cfg.write_text(yaml.safe_dump(s.model_dump(mode="json")))
     env = dict(os.environ, VIGIL_CONFIG=str(cfg))
+    if audit is not None:
+        env = as_stream_image(env, audit)
     return psutil.Popen([sys.executable, "-m", "serving", "score", *args], env=env, cwd=REPO_ROOT)
 
 
 def test_two_workers_share_the_group_and_store_every_event_once(
     scorer_settings: Settings, tmp_path: Path
 ) -> None:
-    s = _faulty(scorer_settings, seed=23)
+    s = as_deployed(_faulty(scorer_settings, seed=23))
     sent, _ = simulate_to_kafka(s)
-    out = tmp_path / "summary.json"
-    proc = _score_process(s, tmp_path, "--workers", "2", "--bounded", "--summary-json", str(out))
+    out, audit = tmp_path / "summary.json", tmp_path / "imports"
+    audit.mkdir()
+    proc = _score_process(s, tmp_path, "--workers", "2", "--bounded", "--summary-json", str(out),
+                          audit=audit)  # fmt: skip
     assert proc.wait(timeout=300) == 0
+    # Deployed, with every module the lean stream image does not install refused, the
+    # parent and both workers ran it all.
+    assert len(audits(audit)) == 3
+    assert not imported_outside_the_image(audit)
     summary = json.loads(out.read_text())
     # Kafka split the partitions: both workers scored, and together every event once.
     assert len(summary["per_worker_scored"]) == 2

@@ -15,7 +15,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
+from ops.images import STREAM_REQUIREMENTS, stream_requirements
 from stack.settings import REPO_ROOT, load_settings
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -167,3 +169,38 @@ def test_prometheus_scrapes_services_compose_runs() -> None:
               for sd in job.get("dns_sd_configs", []) for n in sd["names"]}  # fmt: skip
     assert hosts <= set(services), hosts - set(services)
     assert Path(REPO_ROOT / "conf/prometheus/alerts.yml").exists()
+
+
+def _lock_versions(text: str) -> dict[str, str]:
+    pins = re.findall(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", text, re.M)
+    return {canonicalize_name(name): version for name, version in pins}
+
+
+def test_the_stream_images_requirements_are_fresh_and_pinned_as_in_the_lock() -> None:
+    """requirements-stream.txt is what ops.images generates from the installed (locked)
+    environment, a subset of requirements.lock at the same versions, and far smaller."""
+    stream_text = STREAM_REQUIREMENTS.read_text()
+    assert stream_text == stream_requirements(), "stale: run python -m ops.images"
+    stream = _lock_versions(stream_text)
+    lock = _lock_versions((REPO_ROOT / "requirements.lock").read_text())
+    assert {name: lock.get(name) for name in stream} == stream
+    assert {"kafka-python", "pyarrow", "psycopg", "httpx"} <= set(stream)
+    assert not {"pyspark", "apache-airflow", "mlflow", "great-expectations", "bentoml"} & set(
+        stream
+    )
+    assert len(stream) < len(lock) / 5
+
+
+def test_the_lander_and_scorer_images_are_the_lean_stream_stage() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)
+    parents = {stage: parent for parent, stage in stages}
+    assert parents["lander"] == parents["scorer"] == "stream"
+    stream = text[text.index("AS stream\n") : text.index("AS lander\n")]
+    assert "requirements-stream.txt" in stream
+    assert "requirements.lock" not in stream
+    copied = {line.split()[0] for line in re.findall(r"^COPY (.+)$", stream, re.M)}
+    # What the lander's and the scorer's processes import of Vigil (their integration
+    # tests run them able to import only the stream requirements).
+    assert copied >= {"conf", "stack", "pipelines", "features", "serving"}
+    assert not copied & {"training", "monitoring", "dags", "ops"}
