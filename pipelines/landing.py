@@ -443,6 +443,7 @@ class Lander:
             if kind == "die" and summary.flushes >= at:
                 os._exit(17)  # simulated crash: files written, offsets not committed
             if kind == "stall" and summary.flushes == at:
+                self._failpoint = None  # once (a flush taken back is counted again)
                 time.sleep(seconds)  # simulated stall (a GC pause, a frozen VM, a slow disk)
         if self._dlq is not None and buf.dead:
             dlq = self._dlq
