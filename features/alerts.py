@@ -39,9 +39,15 @@ class AlertPolicy:
             scored: ``patient_id``, ``ts``, ``risk``, ``alert`` (threshold crossed).
         """
         out = pd.Series([None] * len(scored), index=scored.index, dtype=object)
-        crossed = scored[scored["alert"].astype(bool)]
-        for idx, row in crossed.sort_values(["ts"], kind="stable").iterrows():
-            pid, ts, risk = row["patient_id"], row["ts"], float(row["risk"])
+        crossed = scored[scored["alert"].astype(bool)].sort_values(["ts"], kind="stable")
+        reasons: dict[object, str] = {}
+        for idx, pid, ts, risk in zip(
+            crossed.index,
+            crossed["patient_id"].tolist(),
+            crossed["ts"].tolist(),  # Timestamps, as the state keeps them
+            crossed["risk"].astype(float).tolist(),
+            strict=True,
+        ):
             prev = self.last.get(pid)
             if prev is None:
                 reason = "first"
@@ -51,6 +57,8 @@ class AlertPolicy:
                 reason = "risk_rose"
             else:
                 continue
-            out[idx] = reason
+            reasons[idx] = reason
             self.last[pid] = (ts, risk)
+        if reasons:
+            out.loc[list(reasons)] = list(reasons.values())
         return out
