@@ -173,6 +173,19 @@ def _scenario(
                       "lead_minutes_median": c.model_lead["median_minutes"],
                       "ward_alerts_per_patient_day": c.model_ward_alerts},
         }  # fmt: skip
+        if c.ward is not None:  # the model held to the trigger's ward alerts instead
+            w = c.ward
+            out["triggers"][key]["ward_budget"] = {
+                "threshold": w.threshold,
+                "trigger": {"ward_alerts_per_patient_day": w.trigger_alerts / days,
+                            "alert_ppv": w.trigger_ppv,
+                            "episodes_caught": w.trigger_lead["detected"],
+                            "lead_minutes_median": w.trigger_lead["median_minutes"]},
+                "model": {"ward_alerts_per_patient_day": w.model_alerts / days,
+                          "alert_ppv": w.model_ppv,
+                          "episodes_caught": w.model_lead["detected"],
+                          "lead_minutes_median": w.model_lead["median_minutes"]},
+            }  # fmt: skip
     return out
 
 

@@ -250,6 +250,20 @@ def _clinical_wards(kind: str, trained: dict[str, Any], wards: dict[str, Any]) -
             f"{_n(b['ward_alerts_per_patient_day'], 2)}", "model ≥ trigger",
             _met(b["sensitivity"] >= a["sensitivity"]),
         ))  # fmt: skip
+    for tr in wards["baseline"]["triggers"].values():
+        if "ward_budget" not in tr:
+            continue
+        a, b = tr["ward_budget"]["trigger"], tr["ward_budget"]["model"]
+        rows.append((
+            f"{kind}, baseline, {tr['label']} vs model at its ward alerts: ward alerts / "
+            "patient-day, alert PPV, episodes caught, median lead (h)",
+            f"{_n(a['ward_alerts_per_patient_day'], 2)} vs "
+            f"{_n(b['ward_alerts_per_patient_day'], 2)}; {_n(a['alert_ppv'], 3)} vs "
+            f"{_n(b['alert_ppv'], 3)}; {_n(a['episodes_caught'])} vs "
+            f"{_n(b['episodes_caught'])}; {_n(a['lead_minutes_median'] / 60, 1)} vs "
+            f"{_n(b['lead_minutes_median'] / 60, 1)}", "model ≥ trigger (episodes)",
+            _met(b["episodes_caught"] >= a["episodes_caught"]),
+        ))  # fmt: skip
     return rows
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from training.calibrate import CalibrationChoice
-from training.clinical import MatchedComparison, comparisons_table
+from training.clinical import MatchedComparison, comparisons_table, ward_budget_table
 from training.evaluate import Interval
 from training.threshold import OperatingPoint
 from training.tune import StudyResult
@@ -206,6 +206,14 @@ def render_card(c: ModelCard) -> str:
         "an alert within the horizon before the outcome; lead is from the first such alert.",
         "",
         _table(comparisons_table(c.triggers)),
+        "",
+        "## NEWS2 triggers vs the model at the same ward alerts (held-out patients)",
+        "At a row budget the scorer's alert policy turns the trigger's long runs of "
+        "crossings into few alerts and the model's into more. Here the model gets its "
+        "lowest threshold that raises no more *ward alerts* than the trigger. Alert PPV: "
+        "the share of those alerts raised within the horizon before a deterioration.",
+        "",
+        _table(ward_budget_table(c.triggers)),
         "",
         "## Warning lead time at the operating threshold (held-out episodes)",
         f"- Model: {int(c.lead_model['detected'])} of {int(c.lead_model['episodes'])} episodes "

@@ -47,6 +47,7 @@ class MatchedComparison:
     # After the scorer's alert policy (quiet period, re-alert margin); NaN if not computed.
     trigger_ward_alerts: float = float("nan")
     model_ward_alerts: float = float("nan")
+    ward: WardBudget | None = None  # the model held to the trigger's *ward* alerts
 
     def metrics(self) -> dict[str, float]:
         """Flat, MLflow-safe metric names: ``news2_ge5_ppv``, ``model_at_news2_ge5_ppv``…"""
@@ -61,6 +62,50 @@ class MatchedComparison:
             out[f"{prefix}_alerts_per_patient_day"] = op.alerts_per_patient_day
             out[f"{prefix}_episodes_caught"] = lead["detected"]
             out[f"{prefix}_episodes_caught_share"] = lead["detected"] / max(lead["episodes"], 1)
+            out[f"{prefix}_lead_minutes_median"] = lead["median_minutes"]
+        if self.ward is not None:
+            out.update(self.ward.metrics())
+        return out
+
+
+@dataclass(frozen=True)
+class WardBudget:
+    """A trigger and the model held to as many *ward alerts* — what the scorer's alert
+    policy raises from their threshold crossings — on the same rows.
+
+    The row budget of :class:`MatchedComparison` gives both the same number of rows over
+    threshold; the policy then turns a trigger's long runs of crossings into few alerts
+    and the model's scattered ones into more, so at a row budget the model may raise more
+    alerts than the trigger it is compared with. Here the model gets its lowest threshold
+    that raises no more ward alerts than the trigger. An alert is a true one if it is
+    raised within the horizon before a deterioration (its row's label); an episode is
+    caught by such an alert."""
+
+    key: str
+    label: str
+    threshold: float  # the model's
+    patient_days: float
+    trigger_alerts: int
+    model_alerts: int
+    trigger_ppv: float  # share of the ward alerts that are true
+    model_ppv: float
+    trigger_lead: dict[str, float]
+    model_lead: dict[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        """``news2_ge5_ward_alert_ppv``, ``model_at_news2_ge5_ward_budget_ppv``…"""
+        days = max(self.patient_days, 1e-12)
+        out: dict[str, float] = {}
+        if np.isfinite(self.threshold):  # inf: the trigger raised no alert
+            out[f"model_at_{self.key}_ward_budget_threshold"] = self.threshold
+        for prefix, alerts, ppv, lead in (
+            (f"{self.key}_ward", self.trigger_alerts, self.trigger_ppv, self.trigger_lead),
+            (f"model_at_{self.key}_ward_budget", self.model_alerts, self.model_ppv,
+             self.model_lead),
+        ):  # fmt: skip
+            out[f"{prefix}_alerts_per_patient_day"] = alerts / days
+            out[f"{prefix}_alert_ppv"] = ppv
+            out[f"{prefix}_episodes_caught"] = lead["detected"]
             out[f"{prefix}_lead_minutes_median"] = lead["median_minutes"]
         return out
 
@@ -81,11 +126,11 @@ class AlertPolicySettings:
     margin: float
 
 
-def ward_alerts(
+def alerts_raised(
     rows: pd.DataFrame, crossed: npt.ArrayLike, risk: npt.ArrayLike, policy: AlertPolicySettings
-) -> int:
-    """How many alerts the scorer's policy raises from per-row threshold crossings of
-    ``rows`` (``patient_id``, ``ts``): the alerts a ward actually receives."""
+) -> npt.NDArray[np.bool_]:
+    """The rows of ``rows`` (``patient_id``, ``ts``) on which the scorer's policy raises
+    an alert, from per-row threshold crossings: the alerts a ward actually receives."""
     frame = pd.DataFrame(
         {
             "patient_id": rows["patient_id"].to_numpy(),
@@ -95,7 +140,65 @@ def ward_alerts(
         }
     )
     decide = AlertPolicy(pd.Timedelta(minutes=policy.quiet_minutes), policy.margin).decide
-    return int(decide(frame).notna().sum())
+    raised: npt.NDArray[np.bool_] = decide(frame).notna().to_numpy(dtype=bool)
+    return raised
+
+
+def ward_alerts(
+    rows: pd.DataFrame, crossed: npt.ArrayLike, risk: npt.ArrayLike, policy: AlertPolicySettings
+) -> int:
+    """How many alerts the scorer's policy raises from ``crossed`` (see :func:`alerts_raised`)."""
+    return int(alerts_raised(rows, crossed, risk, policy).sum())
+
+
+def _ppv(y: npt.NDArray[np.int8], raised: npt.NDArray[np.bool_]) -> float:
+    return float(y[raised].mean()) if raised.any() else float("nan")
+
+
+def ward_budget(
+    rows: pd.DataFrame,
+    risk: npt.ArrayLike,
+    trigger: Trigger,
+    patient_days: float,
+    policy: AlertPolicySettings,
+) -> WardBudget:
+    """The trigger and the model at the trigger's ward alerts (:class:`WardBudget`).
+
+    Ward alerts fall as the threshold rises, though not strictly (a higher threshold can
+    end a quiet period sooner): the threshold is bisected over the distinct risks for the
+    lowest one whose alerts do not exceed the trigger's, so the model never gets more."""
+    y = rows["label"].to_numpy(dtype=np.int8)
+    total = rows["news2_total"].to_numpy(dtype=np.float64)
+    fired = trigger.fires(total, rows["news2_red"].to_numpy())
+    theirs = alerts_raised(rows, fired, total / 20, policy)
+    budget = int(theirs.sum())
+    r = np.asarray(risk, dtype=np.float64)
+    levels = np.unique(r)[::-1]  # highest first: more levels, more alerts
+
+    def raised_at(i: int) -> npt.NDArray[np.bool_]:
+        return alerts_raised(rows, r >= levels[i], r, policy)
+
+    lo, hi = -1, len(levels) - 1  # raised_at(lo) is within budget (none: -1), hi unknown
+    mine = np.zeros(len(r), dtype=bool)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        at = raised_at(mid)
+        if at.sum() <= budget:
+            lo, mine = mid, at
+        else:
+            hi = mid - 1
+    return WardBudget(
+        key=trigger.key,
+        label=trigger.label,
+        threshold=float(levels[lo]) if lo >= 0 else float("inf"),
+        patient_days=patient_days,
+        trigger_alerts=budget,
+        model_alerts=int(mine.sum()),
+        trigger_ppv=_ppv(y, theirs),
+        model_ppv=_ppv(y, mine),
+        trigger_lead=lead_times(rows, theirs),
+        model_lead=lead_times(rows, mine),
+    )
 
 
 def matched_comparison(
@@ -129,6 +232,7 @@ def matched_comparison(
         model_ward_alerts=float("nan") if policy is None else ward_alerts(
             rows, mine, r, policy
         ) / patient_days,
+        ward=None if policy is None else ward_budget(rows, r, trigger, patient_days, policy),
     )  # fmt: skip
 
 
@@ -294,6 +398,29 @@ def comparisons_table(comparisons: dict[str, MatchedComparison]) -> pd.DataFrame
                     "ward alerts / patient-day": ward,
                     "sensitivity": op.sensitivity,
                     "PPV": op.precision,
+                    "episodes caught": f"{int(lead['detected'])} / {int(lead['episodes'])}",
+                    "median lead (min)": lead["median_minutes"],
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def ward_budget_table(comparisons: dict[str, MatchedComparison]) -> pd.DataFrame:
+    """Each trigger, then the model at as many ward alerts (empty without a policy)."""
+    out: list[dict[str, Any]] = []
+    for c in comparisons.values():
+        w = c.ward
+        if w is None:
+            continue
+        for who, alerts, ppv, lead in (
+            (w.label, w.trigger_alerts, w.trigger_ppv, w.trigger_lead),
+            (f"model, {w.label}'s ward alerts", w.model_alerts, w.model_ppv, w.model_lead),
+        ):
+            out.append(
+                {
+                    "rule": who,
+                    "ward alerts / patient-day": alerts / max(w.patient_days, 1e-12),
+                    "alert PPV": ppv,
                     "episodes caught": f"{int(lead['detected'])} / {int(lead['episodes'])}",
                     "median lead (min)": lead["median_minutes"],
                 }

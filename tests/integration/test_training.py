@@ -117,7 +117,9 @@ def test_train_gate_promote_refuse_and_roll_back(
     assert trial.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in runs}
     for key in ("test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
                 "test_accuracy", "test_brier", "cv_pr_auc_mean", "cv_pr_auc_std",
-                "news2_roc_auc", "threshold", "lead_minutes_median"):  # fmt: skip
+                "news2_roc_auc", "threshold", "lead_minutes_median",
+                "news2_ge5_ward_alert_ppv", "model_at_news2_ge5_ward_budget_alert_ppv",
+                "model_at_news2_ge7_ward_budget_episodes_caught"):  # fmt: skip
         assert key in parent.data.metrics, key
     for key in ("feature_set_version", "data_from", "data_to", "git_commit",
                 "etl_validation_runs"):  # fmt: skip
@@ -130,7 +132,8 @@ def test_train_gate_promote_refuse_and_roll_back(
             "feature_importance", "optuna_history")} <= figures  # fmt: skip
     card = Path(b.card_path).read_text()
     for section in ("## Data", "## Held-out patients: model vs NEWS2", "## Operating threshold",
-                    "## Warning lead time", "## Subgroups", "## Limitations"):  # fmt: skip
+                    "## Warning lead time", "## Subgroups", "## Limitations",
+                    "## NEWS2 triggers vs the model at the same ward alerts"):  # fmt: skip
         assert section in card
     split = reg.run_json(b.run_id, "split.json")
     assert not set(split["train_patients"]) & set(split["test_patients"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +19,8 @@ from training.clinical import (
     net_benefit,
     top_k,
     ward_alerts,
+    ward_budget,
+    ward_budget_table,
 )
 
 
@@ -81,6 +85,80 @@ def test_ward_alerts_follow_the_scorers_policy() -> None:
     assert np.isnan(
         matched_comparison(labelled, risk, TRIGGERS["news2_ge5"], 2.0).model_ward_alerts
     )
+
+
+def _ward(patients: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Sets every 30 min for 24 h; a third of patients deteriorate at hour 20 (label 1 in
+    the 4 h before). NEWS2 climbs late and noisily; the risk is a noisy early warning."""
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp("2026-01-05T00:00:00Z")
+    frames = []
+    for i in range(patients):
+        m = np.arange(0, 24 * 60, 30)
+        sick = i % 3 == 0
+        to_out = np.where(sick & (m < 20 * 60), 20 * 60 - m, np.nan)
+        label = (to_out <= 240).astype(int)
+        news2 = rng.integers(0, 5, len(m)) + np.where(sick & (m > 17 * 60), 4, 0)
+        frames.append(pd.DataFrame({
+            "patient_id": f"p{i}", "ts": t0 + pd.to_timedelta(m, unit="min"), "label": label,
+            "minutes_to_outcome": to_out, "news2_total": news2, "news2_red": 0,
+        }))  # fmt: skip
+    rows = pd.concat(frames, ignore_index=True)
+    early = rows["minutes_to_outcome"].between(0, 360).to_numpy()
+    risk = np.clip(0.1 + 0.5 * early + rng.normal(0, 0.08, len(rows)), 0, 1)
+    return rows, risk
+
+
+@pytest.mark.parametrize("quiet", [0, 60, 240])
+def test_the_model_never_gets_more_ward_alerts_than_the_trigger(quiet: int) -> None:
+    rows, risk = _ward(30, seed=quiet)
+    policy = AlertPolicySettings(quiet_minutes=quiet, margin=0.15)
+    w = ward_budget(rows, risk, TRIGGERS["news2_ge5"], 15.0, policy)
+    fired = TRIGGERS["news2_ge5"].fires(rows["news2_total"].to_numpy(), rows["news2_red"])
+    assert w.trigger_alerts == ward_alerts(rows, fired, rows["news2_total"] / 20, policy) > 0
+    assert 0 < w.model_alerts <= w.trigger_alerts
+    # The lowest such threshold: the next distinct risk below it raises too many.
+    below = np.unique(risk[risk < w.threshold])
+    if len(below):
+        more = ward_alerts(rows, risk >= below[-1], risk, policy)
+        assert more > w.trigger_alerts or more == w.model_alerts  # ties of the policy
+    assert w.model_alerts == ward_alerts(rows, risk >= w.threshold, risk, policy)
+    # This risk is the sharper signal: at no more ward alerts, as many episodes and a
+    # higher share of true alerts. (Its lead is not always longer: an alert before the
+    # horizon opens a quiet period that can hide the next one.)
+    assert w.model_lead["detected"] >= w.trigger_lead["detected"]
+    assert w.model_ppv >= w.trigger_ppv
+    m = w.metrics()
+    assert m["model_at_news2_ge5_ward_budget_alerts_per_patient_day"] == w.model_alerts / 15
+    assert m["news2_ge5_ward_alert_ppv"] == pytest.approx(
+        rows["label"].to_numpy()[ward_alerts_mask(rows, fired, policy)].mean()
+    )
+
+
+def ward_alerts_mask(rows: pd.DataFrame, fired: np.ndarray, policy: AlertPolicySettings) -> Any:
+    from training.clinical import alerts_raised
+
+    return alerts_raised(rows, fired, rows["news2_total"].to_numpy() / 20, policy)
+
+
+def test_a_trigger_that_never_fires_leaves_the_model_no_alerts() -> None:
+    rows, risk = _ward(6, seed=1)
+    rows["news2_total"] = 0
+    w = ward_budget(rows, risk, TRIGGERS["news2_ge7"], 3.0, AlertPolicySettings(60, 0.15))
+    assert (w.trigger_alerts, w.model_alerts, w.threshold) == (0, 0, float("inf"))
+    assert np.isnan(w.model_ppv)
+    assert w.model_lead["detected"] == 0
+
+
+def test_matched_comparisons_carry_the_ward_budget_into_metrics_and_table() -> None:
+    rows, risk = _ward(12, seed=3)
+    policy = AlertPolicySettings(60, 0.15)
+    c = matched_comparison(rows, risk, TRIGGERS["news2_ge5_or_red"], 6.0, policy)
+    assert c.ward is not None
+    assert "model_at_news2_ge5_or_red_ward_budget_alert_ppv" in c.metrics()
+    table = ward_budget_table({"news2_ge5_or_red": c})
+    assert list(table["rule"]) == ["NEWS2 ≥ 5 or red", "model, NEWS2 ≥ 5 or red's ward alerts"]
+    assert matched_comparison(rows, risk, TRIGGERS["news2_ge5"], 6.0).ward is None
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=40), st.integers(0, 50))
