@@ -93,7 +93,7 @@ class WardBudget:
     model_lead: dict[str, float]
 
     def metrics(self) -> dict[str, float]:
-        """``news2_ge5_ward_alert_ppv``, ``model_at_news2_ge5_ward_budget_ppv``…"""
+        """``news2_ge5_ward_alert_ppv``, ``model_at_news2_ge5_ward_budget_alert_ppv``…"""
         days = max(self.patient_days, 1e-12)
         out: dict[str, float] = {}
         if np.isfinite(self.threshold):  # inf: the trigger raised no alert
@@ -165,7 +165,8 @@ def ward_budget(
     """The trigger and the model at the trigger's ward alerts (:class:`WardBudget`).
 
     Ward alerts fall as the threshold rises, though not strictly (a higher threshold can
-    end a quiet period sooner): the threshold is bisected over the distinct risks for the
+    drop the alert that opened a quiet period, and a later crossing then alerts): the
+    threshold is bisected over the distinct risks for the
     lowest one whose alerts do not exceed the trigger's, so the model never gets more."""
     y = rows["label"].to_numpy(dtype=np.int8)
     total = rows["news2_total"].to_numpy(dtype=np.float64)
