@@ -220,6 +220,9 @@ def matched_comparison(
     r = np.asarray(risk, dtype=np.float64)
     op_model = operating_point(y, mine.astype(np.float64), 1.0, patient_days)
     cut = float(r[mine].min()) if mine.any() else float("inf")
+    # The ward budget replays the trigger's crossings through the policy: its count is
+    # the trigger's ward alerts here too.
+    ward = None if policy is None else ward_budget(rows, r, trigger, patient_days, policy)
     return MatchedComparison(
         key=trigger.key,
         label=trigger.label,
@@ -227,13 +230,11 @@ def matched_comparison(
         model=dataclasses.replace(op_model, threshold=cut),
         trigger_lead=lead_times(rows, fired),
         model_lead=lead_times(rows, mine),
-        trigger_ward_alerts=float("nan") if policy is None else ward_alerts(
-            rows, fired, rows["news2_total"].to_numpy(dtype=np.float64) / 20, policy
-        ) / patient_days,
+        trigger_ward_alerts=float("nan") if ward is None else ward.trigger_alerts / patient_days,
         model_ward_alerts=float("nan") if policy is None else ward_alerts(
             rows, mine, r, policy
         ) / patient_days,
-        ward=None if policy is None else ward_budget(rows, r, trigger, patient_days, policy),
+        ward=ward,
     )  # fmt: skip
 
 

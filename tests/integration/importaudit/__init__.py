@@ -11,14 +11,12 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
-
 from ops.images import STREAM_REQUIREMENTS
 from stack.localstack import endpoints
 from stack.settings import Settings
+from tests.integration.importaudit.sitecustomize import canonical, installed_in_image
 
 HERE = Path(__file__).parent
-IMAGE_BASE = {"pip", "setuptools", "wheel", "vigil"}  # the base image's, and the code itself
 
 
 def as_stream_image(env: dict[str, str], out: Path) -> dict[str, str]:
@@ -47,15 +45,11 @@ def audits(out: Path) -> list[dict[str, list[str]]]:
 def imported_outside_the_image(out: Path) -> set[str]:
     """Third-party modules a process imported that the image does not install (none,
     unless the refusing finder was bypassed)."""
-    allowed = IMAGE_BASE | {
-        canonicalize_name(line.split("==")[0])
-        for line in STREAM_REQUIREMENTS.read_text().splitlines()
-        if line and not line.startswith("#")
-    }
+    allowed = installed_in_image(STREAM_REQUIREMENTS)
     owners = packages_distributions()
     imported = {top for audit in audits(out) for top in audit["imported"]}
     return {
         top
         for top in imported - set(sys.stdlib_module_names)
-        if owners.get(top) and not {canonicalize_name(d) for d in owners[top]} & allowed
+        if owners.get(top) and not {canonical(d) for d in owners[top]} & allowed
     }

@@ -20,18 +20,26 @@ _OUT = os.environ.get("VIGIL_IMPORT_AUDIT")
 _ALLOWED = os.environ.get("VIGIL_IMPORT_ALLOWED")
 
 
-def _canonical(name):
+IMAGE_BASE = {"pip", "setuptools", "wheel", "vigil"}  # the base image's, and the code itself
+
+
+def canonical(name):
+    """A distribution's name as pip compares them (PEP 503)."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_in_image(requirements_file):
+    """The distributions the image installs: the file's pins and :data:`IMAGE_BASE`."""
+    with open(requirements_file) as f:
+        lines = [ln.split("==")[0] for ln in f.read().splitlines() if ln and ln[0] != "#"]
+    return {canonical(n) for n in lines} | IMAGE_BASE
 
 
 class _StreamImage:
     """A meta-path finder that refuses modules the image does not install."""
 
     def __init__(self, allowed_file):
-        with open(allowed_file) as f:
-            lines = [ln.split("==")[0] for ln in f.read().splitlines() if ln and ln[0] != "#"]
-        # pip, setuptools, wheel: the base image's; vigil: the code itself
-        self.allowed = {_canonical(n) for n in lines} | {"pip", "setuptools", "wheel", "vigil"}
+        self.allowed = installed_in_image(allowed_file)
         self.owners = packages_distributions()
         self.refused = set()
 
@@ -39,7 +47,7 @@ class _StreamImage:
         if "." in name:
             return
         dists = self.owners.get(name)
-        if not dists or any(_canonical(d) in self.allowed for d in dists):
+        if not dists or any(canonical(d) in self.allowed for d in dists):
             return  # the standard library, Vigil's own, or installed in the image
         self.refused.add(name)
         raise ModuleNotFoundError(f"No module named {name!r} (not in the stream image)", name=name)
